@@ -1,0 +1,298 @@
+"""Every decision about the generated module, as plain data for the templates:
+which kernels, which buffers (with shapes in terms of the batch size n), which
+views, one forward and one backward step per layer call, gradient modes
+(skip / overwrite / accumulate), and the class tables of the runtime."""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+from . import __version__, catalog
+from .graph import ModelGraph, Node, Tensor
+from .ir import Program
+
+# Kernel files in the order they are pasted into a module.
+KERNEL_ORDER = ("activation", "dense", "embedding", "lstm", "concat", "losses", "metrics", "optimizers")
+_KIND_KERNELS = {"Dense": ("activation", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
+                 "LSTM": ("lstm",), "Concatenate": ("concat",)}
+
+
+@dataclass
+class Buffer:
+    key: str
+    expr: str          # e.g. "np.empty((n, 64), dt)" or a view "b['x'].reshape(-1, 64)"
+    comment: str = ""
+
+
+@dataclass
+class Step:
+    kind: str          # selects the macro in templates/layers.j2
+    where: str         # "model.py:9  x = Dense(64)(inputs)"
+    f: dict            # fields the macro substitutes
+
+
+@dataclass
+class ModulePlan:
+    module: str
+    header: str
+    kernels: list[str]
+    attrs: list[tuple[str, str]]        # class attribute name, Python literal
+    tables: list[tuple[str, str]]       # module-level table name, literal of kernel names
+    buffers: list[Buffer]
+    forward: list[Step]
+    backward: list[Step]
+    bind_inputs: list[Buffer]           # forward prologue: inputs and their views
+    bind_outputs: list[Buffer]          # backward prologue: output gradients and their views
+    returns: list[str]
+
+
+def comment_text(text: str) -> str:
+    """Source text safe inside a `#` comment: one line, printable ASCII."""
+    line = text.splitlines()[0] if text.splitlines() else ""
+    return "".join(c if " " <= c <= "~" else "?" for c in line.strip())[:100]
+
+
+def _ident(name: str) -> str:
+    s = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in name)
+    return s if s and not s[0].isdigit() else "t_" + s
+
+
+class _Lowering:
+    def __init__(self, g: ModelGraph, program: Program):
+        self.g, self.program = g, program
+        self.lines = program.source.splitlines()
+        self.fname = program.path.rsplit("/", 1)[-1]
+        self.buffers: list[Buffer] = [Buffer("_e1", "np.empty(0, dt)", "stands in for an absent bias"),
+                                      Buffer("_e2", "np.empty((0, 0), dt)", "stands in for a gradient nobody needs")]
+        self.bind_inputs: list[Buffer] = []
+        self.bind_outputs: list[Buffer] = []
+        self.keys: dict[int, str] = {}
+        self.used: set[str] = {"_e1", "_e2"}
+        self.views: dict[tuple[int, str, tuple], str] = {}
+        self.weight_index: dict[tuple[int, str], int] = {}
+        self.input_pos = {t.id: i for i, t in enumerate(g.inputs)}
+        self.output_pos: dict[int, list[int]] = {}
+        for k, t in enumerate(g.outputs):
+            self.output_pos.setdefault(t.id, []).append(k)
+        i = 0
+        for layer in g.layers:
+            for w in layer.weights:
+                self.weight_index[(id(layer), w.name)] = i
+                i += 1
+        self.needs_grad = self._needs_grad()
+
+    # -- names and buffers ------------------------------------------------
+    def _needs_grad(self) -> set[int]:
+        need = set()
+        for node in self.g.nodes:
+            if node.layer.weights or any(t.id in need for t in node.inputs):
+                need.update(t.id for t in node.outputs)
+        return need
+
+    def key(self, t: Tensor) -> str:
+        if t.id not in self.keys:
+            node = t.node
+            calls = [n for n in self.g.nodes if n.layer is node.layer]
+            base = _ident(node.layer.name)
+            if len(calls) > 1:
+                base += f"_call{calls.index(node)}"
+            if len(node.outputs) > 1:
+                base += f"_out{node.outputs.index(t)}"
+            while base in self.used:
+                base += "_"
+            self.used.add(base)
+            self.keys[t.id] = base
+        return self.keys[t.id]
+
+    def shape_expr(self, shape: tuple) -> str:
+        dims = ["n" if d is None else str(d) for d in shape]
+        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+    def buf(self, key: str, shape: tuple, comment: str) -> str:
+        if key not in self.used or not any(b.key == key for b in self.buffers):
+            self.used.add(key)
+            self.buffers.append(Buffer(key, f"np.empty({self.shape_expr(shape)}, dt)", comment))
+        return f"b[{key!r}]"
+
+    def value(self, t: Tensor, shape: tuple | None = None, grad: bool = False) -> str:
+        """Expression for a tensor's value (or gradient) buffer, optionally as a view of another shape."""
+        key = ("d_" if grad else "") + self.key(t)
+        if not grad and t.id in self.input_pos and not any(b.key == key for b in self.bind_inputs):
+            self.bind_inputs.append(Buffer(key, f"xs[{self.input_pos[t.id]}]", f"input {self.shape_expr(t.shape)}"))
+        if grad and t.id in self.output_pos and not any(b.key == key for b in self.bind_outputs):
+            ks = self.output_pos[t.id]
+            self.bind_outputs.append(Buffer(key, f"douts[{ks[0]}]", f"d loss / d output {self.shape_expr(t.shape)}"))
+            self.bind_outputs += [Buffer(key, f"b[{key!r}] + douts[{k}]", "the same tensor is output twice") for k in ks[1:]]
+        elif not (not grad and t.id in self.input_pos) and not any(b.key == key for b in self.buffers):
+            self.buf(key, t.shape, ("d loss / d " if grad else "") + f"{t.node.layer.name} {self.shape_expr(t.shape)}")
+        if shape is None or tuple(shape) == tuple(t.shape):
+            return f"b[{key!r}]"
+        vkey = key + "_" + "x".join("n" if d is None else str(d) for d in shape).replace("-1", "m")
+        if (t.id, key, tuple(shape)) not in self.views:
+            self.views[(t.id, key, tuple(shape))] = vkey
+            view = Buffer(vkey, f"b[{key!r}].reshape({', '.join('-1' if d is None else str(d) for d in shape)})",
+                          f"view {self.shape_expr(shape)}")
+            if not grad and t.id in self.input_pos:
+                self.bind_inputs.append(view)
+            elif grad and t.id in self.output_pos:
+                self.bind_outputs.append(view)
+            else:
+                self.buffers.append(view)
+        return f"b[{vkey!r}]"
+
+    def flat(self, t: Tensor, grad: bool = False) -> str:
+        """The tensor as (rows, last axis)."""
+        return self.value(t, None if len(t.shape) == 2 else (None, t.shape[-1]), grad)
+
+    def weight(self, node: Node, name: str, grad: bool = False) -> str:
+        i = self.weight_index.get((id(node.layer), name))
+        if i is None:
+            return "b['_e1']"
+        return f"{'g' if grad else 'w'}[{i}]"
+
+    def where(self, node: Node) -> str:
+        line = node.call.span.line
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        return f"{self.fname}:{line}  {comment_text(text)}"
+
+    # -- steps --------------------------------------------------------------
+    def lower(self) -> tuple[list[Step], list[Step]]:
+        fwd = [self.forward(n) for n in self.g.nodes]
+        done: set[int] = set(self.output_pos)  # output gradients arrive from the loss
+        bwd = []
+        for node in reversed(self.g.nodes):
+            if not any(t.id in self.needs_grad for t in node.outputs):
+                continue
+            modes = []
+            for t in node.inputs:
+                if t.id not in self.needs_grad:
+                    modes.append(0)
+                else:
+                    modes.append(2 if t.id in done else 1)
+                    done.add(t.id)
+            bwd.append(self.backward(node, modes))
+        return fwd, bwd
+
+    def forward(self, node: Node) -> Step:
+        cls, cfg, t = node.layer.cls, node.layer.kind.cfg, node.outputs[0]
+        f: dict = {"layer": node.layer.name}
+        if cls == "Dense":
+            f.update(y=self.flat(t), x=self.flat(node.inputs[0]), kernel=self.weight(node, "kernel"),
+                     bias=self.weight(node, "bias"), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"])
+        elif cls == "Activation":
+            f.update(y=self.flat(t), x=self.flat(node.inputs[0]), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"])
+        elif cls == "Embedding":
+            x = node.inputs[0]
+            f.update(y=self.value(t, (None, t.shape[-1])), ids=self.value(x, (-1,)), table=self.weight(node, "embeddings"))
+        elif cls == "LSTM":
+            f.update(self._lstm_fields(node))
+        elif cls == "Concatenate":
+            f.update(y=self.value(t, self._concat_view(t.shape, cfg["axis"])),
+                     parts=[(self.value(x, self._concat_view(x.shape, cfg["axis"])), off)
+                            for x, off in zip(node.inputs, self._offsets(node))])
+        return Step(cls, self.where(node), f)
+
+    def backward(self, node: Node, modes: list[int]) -> Step:
+        cls, cfg, t = node.layer.cls, node.layer.kind.cfg, node.outputs[0]
+        f: dict = {"layer": node.layer.name}
+        x = node.inputs[0]
+        dx = (lambda shape=None: "b['_e2']" if modes[0] == 0 else (self.flat(x, True) if shape is None else self.value(x, shape, True)))
+        if cls == "Dense":
+            f.update(dy=self.flat(t, True), y=self.flat(t), x=self.flat(x), dx=dx(), mode=modes[0],
+                     kernel=self.weight(node, "kernel"), dkernel=self.weight(node, "kernel", True),
+                     dbias=self.weight(node, "bias", True), act=catalog.ACTIVATIONS[cfg["activation"]])
+        elif cls == "Activation":
+            f.update(dy=self.flat(t, True), y=self.flat(t), dx=dx(), mode=modes[0], act=catalog.ACTIVATIONS[cfg["activation"]])
+        elif cls == "Embedding":
+            f.update(dy=self.value(t, (None, t.shape[-1]), True), ids=self.value(x, (-1,)),
+                     dtable=self.weight(node, "embeddings", True))
+        elif cls == "LSTM":
+            f.update(self._lstm_fields(node), mode=modes[0], dx=dx() if modes[0] == 0 else self.value(x, None, True),
+                     dy=self._lstm_y(t, True), dkernel=self.weight(node, "kernel", True),
+                     drkernel=self.weight(node, "recurrent_kernel", True), dbias=self.weight(node, "bias", True))
+            k = self.key(t)
+            T, I, U = x.shape[1], x.shape[2], cfg["units"]
+            f.update(dzs=self.buf(k + "_dzs", (T, None, 4 * U), "d loss / d gate pre-activations (T, n, 4u)"),
+                     dh=self.buf(k + "_dh", (None, U), "d loss / d h carried backward in time"),
+                     dc=self.buf(k + "_dc", (None, U), "d loss / d c carried backward in time"),
+                     dxt=self.buf(k + "_dxt", (T, None, I), "d loss / d input, time-major"))
+        elif cls == "Concatenate":
+            f.update(dy=self.value(t, self._concat_view(t.shape, cfg["axis"]), True),
+                     parts=[("b['_e2']" if m == 0 else self.value(xi, self._concat_view(xi.shape, cfg["axis"]), True), off, m)
+                            for xi, off, m in zip(node.inputs, self._offsets(node), modes)])
+        return Step(cls, self.where(node), f)
+
+    def _lstm_y(self, t: Tensor, grad: bool) -> str:
+        return self.value(t, None, grad) if len(t.shape) == 3 else self.value(t, (None, 1, t.shape[-1]), grad)
+
+    def _lstm_fields(self, node: Node) -> dict:
+        x, t, cfg = node.inputs[0], node.outputs[0], node.layer.kind.cfg
+        k, T, I, U = self.key(t), x.shape[1], x.shape[2], cfg["units"]
+        return dict(
+            y=self._lstm_y(t, False), x=self.value(x),
+            xt=self.buf(k + "_xt", (T, None, I), "input, time-major (T, n, in)"),
+            zs=self.buf(k + "_zs", (T, None, 4 * U), "gate values i f g o after activation (T, n, 4u)"),
+            hs=self.buf(k + "_hs", (T + 1, None, U), "hidden states, hs[0] = 0 (T+1, n, u)"),
+            cs=self.buf(k + "_cs", (T + 1, None, U), "cell states, cs[0] = 0 (T+1, n, u)"),
+            tc=self.buf(k + "_tc", (T, None, U), "activation(c_t) (T, n, u)"),
+            kernel=self.weight(node, "kernel"), rkernel=self.weight(node, "recurrent_kernel"), bias=self.weight(node, "bias"),
+            act=catalog.ACTIVATIONS[cfg["activation"]], ract=catalog.ACTIVATIONS[cfg["recurrent_activation"]],
+            return_sequences=cfg["return_sequences"])
+
+    @staticmethod
+    def _concat_view(shape: tuple, axis: int) -> tuple:
+        """Concatenation along `axis` is a column-block copy once every tensor
+        is viewed as (n * prod(shape[1:axis]), prod(shape[axis:]))."""
+        return (None, math.prod(shape[axis:]))
+
+    @staticmethod
+    def _offsets(node: Node) -> list[int]:
+        axis = node.layer.kind.cfg["axis"]
+        offs, o = [], 0
+        for x in node.inputs:
+            offs.append(o)
+            o += math.prod(x.shape[axis:])
+        return offs
+
+
+def lower(g: ModelGraph, program: Program) -> ModulePlan:
+    low = _Lowering(g, program)
+    fwd, bwd = low.lower()
+    returns = [low.value(t) for t in g.outputs]
+    kinds = {k for n in g.nodes for k in _KIND_KERNELS[n.layer.cls]}
+    c = g.compile
+    if c is not None:
+        kinds |= {"losses", "optimizers"} | ({"metrics"} if any(c.accuracy) else set())
+    digest = hashlib.sha256(program.source.encode()).hexdigest()
+    header = f"# Generated by gen {__version__} from {low.fname} (sha256 {digest[:16]}). DO NOT EDIT."
+    inputs = []
+    for t in g.inputs:
+        bound = next((n.layer.kind.cfg["input_dim"] for n in g.nodes if n.layer.cls == "Embedding" and n.inputs[0] is t), None)
+        inputs.append((t.node.layer.name, tuple(t.shape[1:]), t.dtype, bound))
+    outputs = [(t.node.layer.name, tuple(t.shape[1:]), c.losses[k] if c else None, c.loss_weights[k] if c else 1.0,
+                c.accuracy[k] if c else False) for k, t in enumerate(g.outputs)]
+    layers = tuple((l.name, l.cls, tuple((w.name, w.shape) for w in l.weights)) for l in g.layers)
+    shapes = {}
+    for n in g.nodes:
+        shapes.setdefault(n.layer.name, n.outputs[0].shape)
+    for t in g.inputs:
+        shapes[t.node.layer.name] = t.shape
+    attrs = [("name", repr(g.name)), ("input_names", repr(tuple(g.input_names))), ("output_names", repr(tuple(g.output_names))),
+             ("_inputs", repr(tuple(inputs))), ("_outputs", repr(tuple(outputs))), ("_layers", repr(layers)),
+             ("_inits", repr(tuple(w.init for l in g.layers for w in l.weights))),
+             ("_output_shapes", repr(shapes)),
+             ("_optimizer", repr((c.optimizer, c.optimizer_args) if c else None)),
+             ("_fit_defaults", repr(g.fit.defaults))]
+    tables = []
+    if c is not None:
+        losses = sorted(set(c.losses))
+        tables.append(("_LOSS_KERNELS", "{" + ", ".join(f"{l!r}: ({l}_forward, {l}_backward)" for l in losses) + "}"))
+        tables.append(("_OPTIMIZER_KERNELS", f"{{{c.optimizer!r}: {c.optimizer}_update}}"))
+        if any(c.accuracy):
+            tables.append(("_ACCURACY_KERNELS", "{'binary': binary_accuracy, 'categorical': categorical_accuracy, "
+                                                "'sparse_categorical': sparse_categorical_accuracy}"))
+    else:
+        tables += [("_LOSS_KERNELS", "{}"), ("_OPTIMIZER_KERNELS", "{}")]
+    return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables, low.buffers, fwd, bwd,
+                      low.bind_inputs, low.bind_outputs, returns)

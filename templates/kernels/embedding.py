@@ -1,0 +1,54 @@
+# ------------------------------------------------------------ embedding
+# out[k] = table[ids[k]].  ids are not bounds-checked here (numba does no
+# index checking): the runtime calls embedding_check_ids first.
+# The backward scatter-add may hit the same table row several times, so it
+# is never parallel over k; it is parallel over blocks of the feature axis,
+# where every thread owns a disjoint set of columns.
+
+_EMBEDDING_BLOCK = 64  # feature columns per parallel task in the backward
+
+
+@njit(parallel=True)
+def embedding_forward(out, ids, table):
+    """out = table[ids].
+
+    out   (n, d)  output
+    ids   (n,)    int32/int64 row indices, all in [0, input_dim)
+    table (input_dim, d)
+    """
+    n, d = out.shape
+    for k in prange(n):
+        row = ids[k]
+        for j in range(d):
+            out[k, j] = table[row, j]
+
+
+@njit(parallel=True)
+def embedding_backward(dtable, dout, ids):
+    """dtable[ids[k]] += dout[k] for every k (repeated ids sum).
+
+    dtable (input_dim, d)  accumulated
+    dout   (n, d)          output gradient
+    ids    (n,)            int row indices
+    """
+    n, d = dout.shape
+    nblocks = (d + _EMBEDDING_BLOCK - 1) // _EMBEDDING_BLOCK
+    for blk in prange(nblocks):
+        j0 = blk * _EMBEDDING_BLOCK
+        j1 = min(j0 + _EMBEDDING_BLOCK, d)
+        for k in range(n):  # serial over k: rows may repeat
+            row = ids[k]
+            for j in range(j0, j1):
+                dtable[row, j] += dout[k, j]
+
+
+@njit
+def embedding_check_ids(ids, input_dim):
+    """Index of the first id outside [0, input_dim), or -1.
+
+    ids (n,) int
+    """
+    for k in range(ids.shape[0]):
+        if ids[k] < 0 or ids[k] >= input_dim:
+            return k
+    return -1

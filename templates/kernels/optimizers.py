@@ -1,0 +1,100 @@
+# ----------------------------------------------------------- optimizers
+# Keras 3 update rules, written in the operation order of Keras's torch
+# backend (torch._foreach_* in backend/torch/optimizers/) so float32 results
+# round the same way.  w, g and the state arrays are flat 1-D views of the
+# whole parameter buffer; a state array a configuration does not use may be
+# passed with shape (0,).  Scalars are cast to w's dtype first so float32
+# models compute in float32.  Every element is independent: prange.
+
+
+@njit(parallel=True)
+def sgd_update(w, g, m, lr, momentum, nesterov):
+    """SGD.
+
+      momentum == 0:  w -= lr g
+      else:           m = momentum m - lr g;  w += m
+      nesterov:       w += momentum m - lr g   (with the updated m)
+
+    w (P,)  g (P,)  m (P,) momentum buffer, (0,) when momentum == 0
+    """
+    dt = w.dtype.type
+    lr_ = dt(lr)
+    mu = dt(momentum)
+    if momentum == 0.0:
+        for k in prange(w.shape[0]):
+            w[k] = w[k] - lr_ * g[k]
+    elif nesterov:
+        for k in prange(w.shape[0]):
+            m[k] = m[k] * mu - lr_ * g[k]
+            w[k] = (w[k] - lr_ * g[k]) + mu * m[k]
+    else:
+        for k in prange(w.shape[0]):
+            m[k] = m[k] * mu - lr_ * g[k]
+            w[k] = w[k] + m[k]
+
+
+@njit(parallel=True)
+def rmsprop_update(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
+    """RMSprop (epsilon inside the square root).
+
+      v  = rho v + (1 - rho) g^2
+      mg = rho mg + (1 - rho) g                   (centered)
+      inc = lr g / sqrt(v + eps [- mg^2])
+      w -= inc,  or with momentum: m = momentum m + inc; w -= m
+
+    w (P,)  g (P,)  v (P,)  m (P,) or (0,)  mg (P,) or (0,)
+    """
+    dt = w.dtype.type
+    lr_ = dt(lr)
+    rho_ = dt(rho)
+    one_m_rho = dt(1.0 - rho)
+    eps = dt(epsilon)
+    mu = dt(momentum)
+    use_m = momentum > 0.0
+    for k in prange(w.shape[0]):
+        gk = g[k]
+        v[k] = v[k] * rho_ + (gk * gk) * one_m_rho
+        den = v[k] + eps
+        if centered:
+            mg[k] = mg[k] * rho_ + gk * one_m_rho
+            den = den - mg[k] * mg[k]
+        inc = (gk * lr_) / math.sqrt(den)
+        if use_m:
+            m[k] = m[k] * mu + inc
+            w[k] = w[k] - m[k]
+        else:
+            w[k] = w[k] - inc
+
+
+@njit(parallel=True)
+def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
+    """Adam (epsilon outside the uncorrected square root).
+
+      m = beta_1 m + (1 - beta_1) g
+      v = beta_2 v + (1 - beta_2) g^2
+      vhat = max(vhat, v)                           (amsgrad; used for v)
+      alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)
+      w -= alpha m / (sqrt(v) + eps)
+
+    w (P,)  g (P,)  m (P,)  v (P,)  vhat (P,) or (0,);  t = iteration + 1
+    """
+    dt = w.dtype.type
+    one = dt(1.0)
+    b1 = dt(beta_1)
+    b2 = dt(beta_2)
+    one_m_b1 = dt(1.0 - beta_1)
+    one_m_b2 = dt(1.0 - beta_2)
+    eps = dt(epsilon)
+    step = dt(t)
+    # bias correction in the array dtype, as Keras computes it
+    alpha = dt(lr) * math.sqrt(one - b2 ** step) / (one - b1 ** step)
+    for k in prange(w.shape[0]):
+        gk = g[k]
+        m[k] = m[k] * b1 + gk * one_m_b1
+        v[k] = v[k] * b2 + (gk * gk) * one_m_b2
+        vk = v[k]
+        if amsgrad:
+            if vk > vhat[k]:
+                vhat[k] = vk
+            vk = vhat[k]
+        w[k] = w[k] - (m[k] * alpha) / (math.sqrt(vk) + eps)

@@ -1,0 +1,596 @@
+# ---------------------------------------------------------------------------
+# Runtime: the user API shared by every generated model (templates/runtime.py,
+# included verbatim). The per-model class below supplies the metadata and
+# _alloc/_forward/_backward; everything a Keras user calls lives here.
+# ---------------------------------------------------------------------------
+import os
+import tempfile
+import time
+
+_RT_WEIGHTS_FORMAT = "gen-weights-1"
+_RT_CACHE_LIMIT = 8  # batch sizes kept allocated (fit uses 2: full + last partial)
+
+# Optimizer kernel arguments after (w, g): state buffer names, then
+# hyper-parameters with Keras 3 defaults; Adam also takes t = iterations + 1.
+_RT_OPTIMIZERS = {
+    "sgd": (("m",), (("learning_rate", 0.01), ("momentum", 0.0), ("nesterov", False)), False),
+    "rmsprop": (("v", "m", "mg"), (("learning_rate", 0.001), ("rho", 0.9), ("momentum", 0.0),
+                                    ("epsilon", 1e-07), ("centered", False)), False),
+    "adam": (("m", "v", "vhat"), (("learning_rate", 0.001), ("beta_1", 0.9), ("beta_2", 0.999),
+                                   ("epsilon", 1e-07), ("amsgrad", False)), True),
+}
+
+
+@njit
+def _rt_first_nonfinite(a):
+    """Index of the first NaN/Inf in 1-D `a`, or -1 (no temporary arrays)."""
+    for i in range(a.size):
+        if not math.isfinite(a[i]):
+            return i
+    return -1
+
+
+class History(dict):
+    """fit()'s result: a dict of lists; `.history` also works, as in Keras."""
+
+    @property
+    def history(self):
+        return self
+
+
+class _Batch:
+    """Buffers for one batch size: the model's own plus loss/metric scratch."""
+
+    __slots__ = ("bufs", "xb", "tb", "loss", "acc", "dy", "douts")
+
+
+def _rt_shape(shape):
+    return str((None,) + tuple(shape))
+
+
+class _Runtime:
+    name = "model"
+    input_names = ()
+    output_names = ()
+    _inputs = ()
+    _outputs = ()
+    _layers = ()
+    _inits = ()
+    _optimizer = ("rmsprop", {})
+    _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
+
+    def __init__(self, seed=0, dtype=np.float32, check_finite=True):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, Received: {self.dtype}")
+        self.check_finite = check_finite  # NaN/Inf checks on data; off saves one pass
+        self._rng = np.random.default_rng(seed)  # init, then shuffling: one stream
+        self._wnames, self._shapes, self._layer_idx = [], [], {}
+        for lname, _cls, weights in self._layers:
+            self._layer_idx[lname] = []
+            for wname, shape in weights:
+                self._layer_idx[lname].append(len(self._shapes))
+                self._wnames.append(f"{lname}/{wname}")
+                self._shapes.append(tuple(shape))
+        self._params, self._w = self._flat(self._shapes)
+        self._grads, self._g = self._flat(self._shapes)
+        self._init_weights()
+        self._init_optimizer()
+        self.iterations = 0
+        self._cache = {}
+
+    # -- construction -------------------------------------------------------
+
+    def _flat(self, shapes):
+        """One flat buffer and per-weight reshaped views into it."""
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        flat = np.zeros(sum(sizes), dtype=self.dtype)
+        views, off = [], 0
+        for shape, size in zip(shapes, sizes):
+            views.append(flat[off:off + size].reshape(shape))
+            off += size
+        return flat, views
+
+    def _init_weights(self):
+        if len(self._inits) != len(self._w):
+            raise ValueError(f"{len(self._inits)} initialisers for {len(self._w)} weights")
+        rng = self._rng
+        for w, (kind, *args) in zip(self._w, self._inits):
+            if kind == "glorot_uniform":
+                limit = math.sqrt(6.0 / (args[0] + args[1]))
+                w[...] = rng.uniform(-limit, limit, size=w.shape)
+            elif kind == "uniform":
+                w[...] = rng.uniform(args[0], args[1], size=w.shape)
+            elif kind == "zeros":
+                w[...] = 0
+            elif kind == "lstm_bias":  # unit_forget_bias: ones on the forget gate block
+                w[...] = 0
+                w[args[0]:2 * args[0]] = 1
+            elif kind == "orthogonal":
+                w[...] = self._orthogonal(rng, w.shape)
+            else:
+                raise ValueError(f"unknown initialiser {kind!r}")
+
+    @staticmethod
+    def _orthogonal(rng, shape):
+        """Keras Orthogonal: QR of a normal matrix, signs fixed by diag(R)."""
+        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        cols = shape[-1]
+        a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.sign(np.diag(r))
+        if rows < cols:
+            q = q.T
+        return q.reshape(shape)
+
+    def _init_optimizer(self):
+        name, given = self._optimizer
+        if name not in _RT_OPTIMIZERS:
+            raise ValueError(f"unsupported optimizer {name!r}")
+        states, hyper, self._opt_takes_t = _RT_OPTIMIZERS[name]
+        unknown = set(given) - {k for k, _ in hyper}
+        if unknown:
+            raise ValueError(f"unsupported {name} arguments: {sorted(unknown)}")
+        # Python float/bool scalars so numba compiles one specialisation.
+        self._opt_args = tuple(type(d)(given.get(k, d)) for k, d in hyper)
+        self._opt_state = [np.zeros_like(self._params) for _ in states]
+        self._opt_kernel = _OPTIMIZER_KERNELS[name]
+
+    # -- data normalisation and validation (SPEC section 4) -----------------
+
+    def _structure(self, data, names, what):
+        """array | list | dict by name -> list in model order."""
+        label = f"{what}s" if len(names) != 1 else what
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in names]
+            missing = [k for k in names if k not in data]
+            if unknown or missing:
+                bad = f"Missing data for {what.lower()} '{missing[0]}'" if missing \
+                    else f"Unknown {what.lower()} name '{unknown[0]}'"
+                raise ValueError(f"{bad}. You passed a data dictionary with keys "
+                                 f"{list(data)}. Expected the following keys: {list(names)}")
+            return [data[k] for k in names]
+        if isinstance(data, (list, tuple)):
+            if len(data) != len(names):
+                raise ValueError(f"Model '{self.name}' expects {len(names)} {label.lower()} "
+                                 f"{list(names)}, Received: a list of {len(data)} arrays")
+            return list(data)
+        if len(names) != 1:
+            raise ValueError(f"Model '{self.name}' expects {len(names)} {label.lower()} "
+                             f"{list(names)}, Received: a single array")
+        return [data]
+
+    def _check_finite(self, a, label, shape):
+        if self.check_finite and a.dtype.kind == "f":
+            i = _rt_first_nonfinite(a.reshape(-1))
+            if i >= 0:
+                at = tuple(int(v) for v in np.unravel_index(i, a.shape))
+                raise ValueError(f"{label} (expected shape {_rt_shape(shape)}) contains "
+                                 f"{a.reshape(-1)[i]} at index {at}; pass check_finite=False "
+                                 f"(or set model.check_finite = False) to skip this check")
+
+    @staticmethod
+    def _check_shape(a, label, shape, alt=None):
+        if a.shape[1:] != tuple(shape) and (alt is None or a.shape[1:] != tuple(alt)):
+            raise ValueError(f"{label} expected shape {_rt_shape(shape)}, "
+                             f"Received: shape={a.shape}")
+
+    def _ids(self, a, label, shape, bound):
+        """Integer ids as contiguous int64, every id checked against its bound."""
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"{label} expected integer ids of shape {_rt_shape(shape)}, "
+                             f"Received: dtype={a.dtype}")
+        if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{label} has ids beyond the int64 range")
+        a = np.ascontiguousarray(a, dtype=np.int64)
+        if bound is not None and a.size:
+            i = embedding_check_ids(a.reshape(-1), bound)
+            if i >= 0:
+                at = tuple(int(v) for v in np.unravel_index(i, a.shape))
+                raise ValueError(f"{label} (shape {_rt_shape(shape)}) has id "
+                                 f"{a.reshape(-1)[i]} at index {at}, outside [0, {bound})")
+        return a
+
+    def _prep_inputs(self, x):
+        """Validated inputs: list of contiguous arrays in input order."""
+        xs = []
+        for a, (name, shape, kind, bound) in zip(self._structure(x, self.input_names, "Input"),
+                                                 self._inputs):
+            a, label = np.asarray(a), f"Input '{name}'"
+            self._check_shape(a, label, shape)  # rank and shape
+            if kind == "int":  # a float array for token ids is refused, not truncated
+                a = self._ids(a, label, shape, bound)
+            else:
+                if a.dtype.kind not in "biuf":  # ints/bools are cast, as Keras does
+                    raise ValueError(f"{label} expected a numeric array of shape "
+                                     f"{_rt_shape(shape)}, Received: dtype={a.dtype}")
+                a = np.ascontiguousarray(a, dtype=self.dtype)
+                self._check_finite(a, label, shape)
+            xs.append(a)
+        return xs
+
+    def _prep_targets(self, y):
+        """Validated targets in output order: int64 ids for sparse losses,
+        model dtype otherwise; also the accuracy kind per output."""
+        ts, kinds = [], []
+        for t, (name, shape, loss, _w, acc) in zip(self._structure(y, self.output_names, "Target"),
+                                                  self._outputs):
+            t, label = np.asarray(t), f"Target '{name}'"
+            if t.ndim == 0 or t.dtype.kind not in "biuf":
+                raise ValueError(f"{label} expected a numeric array, Received: {t.dtype} "
+                                 f"of shape {t.shape}")
+            kinds.append(self._accuracy_kind(shape, t.shape) if acc else None)
+            if loss == "sparse_categorical_crossentropy":
+                want = shape[:-1]
+                self._check_shape(t, label, want, want + (1,))
+                t = t.reshape((t.shape[0],) + tuple(want))  # squeeze a trailing axis of 1
+                ts.append(self._sparse_target(t, label, want, shape[-1]))
+            else:
+                # A target without the output's trailing axis of 1 is expanded (Keras).
+                self._check_shape(t, label, shape, shape[:-1] if shape[-1:] == (1,) else None)
+                t = np.ascontiguousarray(t.reshape((t.shape[0],) + tuple(shape)), dtype=self.dtype)
+                self._check_finite(t, label, shape)
+                ts.append(t)
+        return ts, kinds
+
+    def _sparse_target(self, t, label, shape, classes):
+        if t.dtype.kind == "f":
+            self._check_finite(t, label, shape)
+            if not np.array_equal(t, np.floor(t)):
+                raise ValueError(f"{label} expected integer class ids, Received: non-integer values")
+        t = np.ascontiguousarray(t, dtype=np.int64)
+        if t.size and (t.min() < 0 or t.max() >= classes):  # the kernels index with it
+            bad = t.min() if t.min() < 0 else t.max()
+            raise ValueError(f"{label} has class id {bad} outside [0, {classes})")
+        return t
+
+    @staticmethod
+    def _accuracy_kind(out_shape, t_shape):
+        """Keras resolves 'accuracy' from shapes (with the batch axis)."""
+        if out_shape[-1] == 1:
+            return "binary"
+        if len(t_shape) < len(out_shape) + 1 or t_shape[-1] == 1:
+            return "sparse_categorical"
+        return "categorical"
+
+    @staticmethod
+    def _cardinality(xs, ts=(), names=(), tnames=()):
+        sizes = [(f"input '{n}'", a.shape[0]) for n, a in zip(names, xs)]
+        sizes += [(f"target '{n}'", a.shape[0]) for n, a in zip(tnames, ts)]
+        if len({s for _, s in sizes}) > 1:
+            listed = ", ".join(f"{w} has {s}" for w, s in sizes)
+            raise ValueError(f"Data cardinality is ambiguous: {listed} samples. Make sure all "
+                             f"arrays contain the same number of samples.")
+        return sizes[0][1]
+
+    def _prep(self, x, y):
+        xs = self._prep_inputs(x)
+        ts, kinds = self._prep_targets(y)
+        n = self._cardinality(xs, ts, self.input_names, self.output_names)
+        if n == 0:
+            raise ValueError("Expected at least one sample, Received: 0")
+        return xs, ts, kinds, n
+
+    @staticmethod
+    def _batch_size(batch_size, default):
+        bs = default if batch_size is None else batch_size
+        if int(bs) != bs or bs < 1:
+            raise ValueError(f"batch_size must be a positive integer, Received: {batch_size}")
+        return int(bs)
+
+    # -- batches ------------------------------------------------------------
+
+    def _batch(self, m):
+        """Buffers for batch size m, allocated once and reused."""
+        b = self._cache.get(m)
+        if b is not None:
+            return b
+        if len(self._cache) >= _RT_CACHE_LIMIT:
+            del self._cache[next(iter(self._cache))]
+        b = _Batch()
+        b.bufs = self._alloc(m)
+        ids = [kind == "int" for _n, _s, kind, _b in self._inputs]
+        b.xb = [np.empty((m,) + tuple(s), np.int64 if i else self.dtype)
+                for (_n, s, _k, _b), i in zip(self._inputs, ids)]
+        b.tb, b.loss, b.acc, b.dy, b.douts = [], [], [], [], []
+        for _n, shape, loss, _w, _a in self._outputs:
+            rows = m * int(np.prod(shape[:-1], dtype=np.int64))
+            sparse = loss == "sparse_categorical_crossentropy"
+            b.tb.append(np.empty((m,) + tuple(shape[:-1] if sparse else shape),
+                                 np.int64 if sparse else self.dtype))
+            b.loss.append(np.empty(rows, self.dtype))
+            b.acc.append(np.empty(rows, self.dtype))
+            b.dy.append(np.empty((rows, shape[-1]), self.dtype))
+            b.douts.append(b.dy[-1].reshape((m,) + tuple(shape)))
+        self._cache[m] = b
+        return b
+
+    @staticmethod
+    def _slice(arrays, bufs, s, e, order):
+        """Rows s:e (views) or rows order[s:e] gathered into preallocated bufs."""
+        if order is None:
+            return [a[s:e] for a in arrays]
+        idx = order[s:e]
+        return [np.take(a, idx, axis=0, out=buf, mode="clip") for a, buf in zip(arrays, bufs)]
+
+    def _metrics(self, b, outs, ts, kinds):
+        """Losses and accuracies of one batch as a dict of floats."""
+        logs, total, single = {}, 0.0, len(self._outputs) == 1
+        for k, (name, shape, loss, weight, _acc) in enumerate(self._outputs):
+            y2, t2 = self._flat2(outs[k], ts[k])
+            _LOSS_KERNELS[loss][0](b.loss[k], y2, t2)
+            value = float(b.loss[k].mean())
+            total += weight * value
+            if not single:
+                logs[f"{name}_loss"] = value
+            if kinds[k] is not None:
+                logs["accuracy" if single else f"{name}_accuracy"] = self._accuracy(b.acc[k], y2, t2, kinds[k])
+        logs["loss"] = total
+        return logs
+
+    @staticmethod
+    def _flat2(out, t):
+        y2 = out.reshape(-1, out.shape[-1])
+        if not y2.flags.c_contiguous:
+            y2 = np.ascontiguousarray(y2)
+        return y2, (t.reshape(-1) if t.dtype.kind in "iu" else t.reshape(y2.shape))
+
+    @staticmethod
+    def _accuracy(buf, y2, t2, kind):
+        if kind == "binary" and t2.ndim == 1:  # int targets on a 1-unit output
+            return float(np.mean((y2[:, 0] > 0.5) == (t2 == 1)))
+        _ACCURACY_KERNELS[kind](buf, y2, t2)
+        return float(buf.mean())
+
+    def _gradients(self, b, outs, ts):
+        """d total / d outputs into b.douts, then the model's backward pass."""
+        for k, (_n, _s, loss, weight, _a) in enumerate(self._outputs):
+            y2, t2 = self._flat2(outs[k], ts[k])
+            _LOSS_KERNELS[loss][1](b.dy[k], y2, t2, float(weight) / y2.shape[0])
+        self._grads.fill(0)  # kernels accumulate parameter gradients
+        self._backward(b.bufs, b.douts)
+
+    def _train_step(self, b, xb, tb, kinds):
+        """One update; metrics are those before it. A non-finite loss or
+        gradient raises before the weights change."""
+        outs = self._forward(b.bufs, xb, True)
+        logs = self._metrics(b, outs, tb, kinds)
+        bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
+        if bad is None:
+            self._gradients(b, outs, tb)
+            bad = "gradient" if _rt_first_nonfinite(self._grads) >= 0 else None
+        if bad is not None:
+            raise FloatingPointError(
+                f"Non-finite {bad} at step {self.iterations + 1}: training stopped, the update "
+                f"was not applied and the weights are those of the last finite step. Try a "
+                f"lower learning rate or check the data.")
+        self._opt_kernel(self._params, self._grads, *self._opt_state, *self._opt_args,
+                         *((self.iterations + 1,) if self._opt_takes_t else ()))
+        self.iterations += 1
+        return logs
+
+    def _run(self, xs, ts, kinds, n, bs, order=None, train=False, epoch=None):
+        """All batches of one pass; batch-size-weighted means, like Keras."""
+        sums = {}
+        for s in range(0, n, bs):
+            e = min(s + bs, n)
+            b = self._batch(e - s)
+            xb, tb = self._slice(xs, b.xb, s, e, order), self._slice(ts, b.tb, s, e, order)
+            if train:
+                try:
+                    logs = self._train_step(b, xb, tb, kinds)
+                except FloatingPointError as err:
+                    raise FloatingPointError(f"epoch {epoch}, batch {s // bs + 1}: {err}") from None
+            else:
+                logs = self._metrics(b, self._forward(b.bufs, xb, False), tb, kinds)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v * (e - s)
+        return {k: sums[k] / n for k in sorted(sums)}
+
+    # -- public API (SPEC section 3) ----------------------------------------
+
+    def predict(self, x, batch_size=None, verbose=0):
+        """Outputs for x: one array, or a list in output order."""
+        xs = self._prep_inputs(x)
+        n = self._cardinality(xs, names=self.input_names)
+        bs = self._batch_size(batch_size, 32)
+        res = [np.empty((n,) + tuple(o[1]), self.dtype) for o in self._outputs]
+        for s in range(0, n, bs):
+            e = min(s + bs, n)
+            outs = self._forward(self._batch(e - s).bufs, [a[s:e] for a in xs], False)
+            for r, o in zip(res, outs):
+                r[s:e] = o
+        return res[0] if len(res) == 1 else res
+
+    def fit(self, x, y, epochs=None, batch_size=None, shuffle=None, validation_split=None,
+            validation_data=None, verbose=1):
+        """Train; returns the history: a dict of per-epoch lists."""
+        d = self._fit_defaults
+        epochs = int(d.get("epochs", 1) if epochs is None else epochs)
+        bs = self._batch_size(batch_size, d.get("batch_size", 32))
+        shuffle = d.get("shuffle", True) if shuffle is None else shuffle
+        split = d.get("validation_split", 0.0) if validation_split is None else validation_split
+        xs, ts, kinds, n = self._prep(x, y)
+        val = None
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("validation_data must be a tuple (x_val, y_val); sample "
+                                 "weights are not supported")
+            val = self._prep(*validation_data)
+        elif split:
+            if not 0 < split < 1:
+                raise ValueError(f"validation_split must be in (0, 1), Received: {split}")
+            at = int(math.floor(n * (1.0 - split)))  # the last fraction, before shuffling
+            if at in (0, n):
+                raise ValueError(f"Training data contains {n} samples, which is not sufficient "
+                                 f"to split it into a validation and training set as specified "
+                                 f"by `validation_split={split}`.")
+            val = ([a[at:] for a in xs], [t[at:] for t in ts], kinds, n - at)
+            xs, ts, n = [a[:at] for a in xs], [t[:at] for t in ts], at
+        history = History()
+        history.epoch = []
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            order = self._rng.permutation(n) if shuffle else None
+            logs = self._run(xs, ts, kinds, n, bs, order, train=True, epoch=epoch)
+            if val is not None:
+                vlogs = self._run(val[0], val[1], val[2], val[3], bs)
+                logs.update({f"val_{k}": v for k, v in vlogs.items()})
+            for k, v in logs.items():
+                history.setdefault(k, []).append(v)
+            history.epoch.append(epoch - 1)
+            if verbose:
+                self._print_epoch(epoch, epochs, -(-n // bs), time.perf_counter() - start, logs)
+        return history
+
+    @staticmethod
+    def _print_epoch(epoch, epochs, steps, seconds, logs):
+        parts = [f"{k}: {v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{k}: {v:.4e}"
+                 for k, v in logs.items()]
+        print(f"Epoch {epoch}/{epochs} - {steps} steps - {seconds:.2f}s - " + " - ".join(parts),
+              flush=True)
+
+    def evaluate(self, x, y, batch_size=None, verbose=0):
+        """Metrics over all of x, y (batch-size-weighted mean of batches)."""
+        xs, ts, kinds, n = self._prep(x, y)
+        return self._run(xs, ts, kinds, n, self._batch_size(batch_size, 32))
+
+    def train_on_batch(self, x, y):
+        """One optimizer step on the whole of x, y; metrics before the step."""
+        xs, ts, kinds, n = self._prep(x, y)
+        logs = self._train_step(self._batch(n), xs, ts, kinds)
+        return {k: logs[k] for k in sorted(logs)}
+
+    def compute_gradients(self, x, y):
+        """(metrics, {layer: [gradients]}) of the weighted total loss; no update."""
+        xs, ts, kinds, n = self._prep(x, y)
+        b = self._batch(n)
+        outs = self._forward(b.bufs, xs, True)
+        logs = self._metrics(b, outs, ts, kinds)
+        self._gradients(b, outs, ts)
+        grads = {name: [self._g[i].copy() for i in idx] for name, idx in self._layer_idx.items()}
+        return {k: logs[k] for k in sorted(logs)}, grads
+
+    # -- weights --------------------------------------------------------------
+
+    def get_weights(self):
+        """Copies, in Keras model.get_weights() order."""
+        return [w.copy() for w in self._w]
+
+    def _checked(self, i, a, where):
+        a = np.asarray(a)
+        if a.shape != self._shapes[i] or a.dtype.kind not in "biuf":
+            raise ValueError(f"{where}weight {i} ('{self._wnames[i]}') expected shape "
+                             f"{self._shapes[i]}, Received: shape={a.shape} dtype={a.dtype}; "
+                             f"no weights were changed")
+        return a
+
+    def set_weights(self, weights):
+        """Set all weights (Keras order); checked in full before any is written."""
+        weights = list(weights)
+        if len(weights) != len(self._w):
+            raise ValueError(f"set_weights expected {len(self._w)} arrays, Received: "
+                             f"{len(weights)}; no weights were changed")
+        checked = [self._checked(i, a, "") for i, a in enumerate(weights)]
+        for w, a in zip(self._w, checked):
+            w[...] = a
+
+    def layer_weights(self):
+        """{layer_name: [arrays]} in Keras layer.get_weights() order."""
+        return {name: [self._w[i].copy() for i in idx] for name, idx in self._layer_idx.items()}
+
+    def set_layer_weights(self, d):
+        """Set the weights of some layers; all checked before any is written."""
+        todo = []
+        for name, arrays in d.items():
+            if name not in self._layer_idx:
+                raise ValueError(f"Unknown layer '{name}'; layers: {list(self._layer_idx)}; "
+                                 f"no weights were changed")
+            idx, arrays = self._layer_idx[name], list(arrays)
+            if len(arrays) != len(idx):
+                want = [(self._wnames[i], self._shapes[i]) for i in idx]
+                raise ValueError(f"Layer '{name}' expected {len(idx)} arrays {want}, "
+                                 f"Received: {len(arrays)}; no weights were changed")
+            todo += [(i, self._checked(i, a, f"Layer '{name}': ")) for i, a in zip(idx, arrays)]
+        for i, a in todo:
+            self._w[i][...] = a
+
+    def save_weights(self, path):
+        """Write an .npz with weight names, atomically (temp file + rename)."""
+        path = os.fspath(path)
+        arrays = {f"w{i:05d}": w for i, w in enumerate(self._w)}
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, __format__=np.array(_RT_WEIGHTS_FORMAT), __model__=np.array(self.name),
+                         __names__=np.array(self._wnames, dtype=str), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load_weights(self, path):
+        """Read save_weights' file; refuses a file of a different model."""
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if "__names__" not in f.files:
+                raise ValueError(f"{path} is not a weights file written by save_weights")
+            names = [str(s) for s in f["__names__"]]
+            for i in range(max(len(names), len(self._wnames))):
+                have = names[i] if i < len(names) else "nothing"
+                want = self._wnames[i] if i < len(self._wnames) else "nothing"
+                if have != want:
+                    raise ValueError(f"{path} does not match model '{self.name}': weight {i} is "
+                                     f"'{have}' in the file, '{want}' in the model; no weights "
+                                     f"were changed")
+            arrays = [self._checked(i, f[f"w{i:05d}"], f"{path}: ") for i in range(len(names))]
+        for w, a in zip(self._w, arrays):
+            w[...] = a
+
+    # -- summary ----------------------------------------------------------------
+
+    def _layer_shape(self, lname, cls):
+        shapes = getattr(self, "_output_shapes", None) or {}
+        if lname in shapes:
+            return str(shapes[lname])
+        known = {n: s for n, s, *_ in self._inputs} if cls == "InputLayer" else \
+            {n: s for n, s, *_ in self._outputs}
+        return _rt_shape(known[lname]) if lname in known else "?"
+
+    def summary(self, print_fn=None):
+        """Keras-style table: Layer (type), Output Shape, Param #, totals."""
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        for lname, cls, weights in self._layers:
+            count = sum(int(np.prod(s, dtype=np.int64)) for _w, s in weights)
+            rows.append((f"{lname} ({cls})", self._layer_shape(lname, cls), f"{count:,}"))
+        widths = [max(len(r[c]) for r in rows) + 2 for c in range(3)]
+
+        def line(l, m, r, fill="━"):
+            return l + m.join(fill * w for w in widths) + r
+
+        def cells(r, bar):
+            return bar + bar.join((f" {r[0]:<{widths[0] - 2}} ", f" {r[1]:<{widths[1] - 2}} ",
+                                   f" {r[2]:>{widths[2] - 2}} ")) + bar
+
+        total = int(self._params.size)
+        size = self._readable(total * self.dtype.itemsize)
+        out = [f'Model: "{self.name}"', line("┏", "┳", "┓"), cells(rows[0], "┃"),
+               line("┡", "╇", "┩")]
+        for k, r in enumerate(rows[1:]):
+            if k:
+                out.append(line("├", "┼", "┤", "─"))
+            out.append(cells(r, "│"))
+        out += [line("└", "┴", "┘", "─"), f" Total params: {total:,} ({size})",
+                f" Trainable params: {total:,} ({size})", " Non-trainable params: 0 (0.00 B)"]
+        (print_fn or print)("\n".join(out))
+
+    @staticmethod
+    def _readable(nbytes):
+        for unit in ("B", "KB", "MB", "GB"):
+            if nbytes < 1024:
+                return f"{nbytes:.2f} {unit}"
+            nbytes /= 1024
+        return f"{nbytes:.2f} TB"

@@ -1,0 +1,101 @@
+"""Shared test set-up: Keras backend, generating and importing model modules."""
+
+import os
+
+# Before anything imports keras: the oracle runs Keras on torch (CPU).
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import importlib.util  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))
+GEN_TIMEOUT = 600  # seconds for one `python -m gen` run
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "conformance: generated code compared with Keras 3 (the core correctness "
+        "suite; runs by default and in CI)",
+    )
+
+
+def import_module_from_path(path, name=None):
+    """Import the Python file at ``path`` as a fresh module (a unique name
+    unless ``name`` is given, so same-named generated files never collide)."""
+    path = Path(path)
+    name = name or f"_gen_{path.stem}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def run_gen(model_file, outdir):
+    """``python -m gen model_file -o outdir`` from the repository root."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "gen", str(model_file), "-o", str(outdir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=GEN_TIMEOUT,
+    )
+
+
+class GeneratedModules:
+    """Generates model files once per session; fails loudly (never skips)
+    when the generator fails."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._cache: dict[str, dict] = {}
+
+    def modules(self, model_file, tag=None) -> dict:
+        """{model name: imported generated module} for ``model_file``."""
+        model_file = Path(model_file)
+        tag = tag or model_file.stem
+        if tag not in self._cache:
+            out = self.root / tag
+            proc = run_gen(model_file, out)
+            if proc.returncode != 0:
+                self._cache[tag] = proc
+            else:
+                files = sorted(p for p in out.glob("*.py") if not p.name.startswith("_"))
+                prefix = re.sub(r"\W", "_", f"_gen_{tag}_")
+                self._cache[tag] = {
+                    p.stem: import_module_from_path(p, prefix + p.stem) for p in files
+                }
+        result = self._cache[tag]
+        if isinstance(result, subprocess.CompletedProcess):
+            pytest.fail(
+                f"`python -m gen {model_file} -o ...` exited {result.returncode}\n"
+                f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}",
+                pytrace=False,
+            )
+        if not result:
+            pytest.fail(f"gen wrote no module for {model_file}", pytrace=False)
+        return result
+
+
+@pytest.fixture(scope="session")
+def gen_modules(tmp_path_factory):
+    """A :class:`GeneratedModules` writing under a session tmp dir."""
+    return GeneratedModules(tmp_path_factory.mktemp("generated"))
+
+
+@pytest.fixture(scope="session")
+def generated_examples(gen_modules):
+    """{example stem: {model name: generated module}} for every examples/*.py."""
+    return {p.stem: gen_modules.modules(p) for p in EXAMPLE_FILES}

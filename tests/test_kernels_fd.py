@@ -1,0 +1,758 @@
+"""Kernel checks: float64 central finite differences of every backward kernel
+against its forward, float32 forward checks against numpy references, loss /
+metric / optimizer formulas, and (when Keras with the torch backend imports in
+a subprocess) cross-checks of LSTM, losses and optimizers against Keras.
+
+Finite differences use L = sum(R * output) with a random R, so every output
+element carries a distinct weight.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+try:
+    from kernelmod import load_kernels
+except ImportError:  # tests/ imported as a package
+    from tests.kernelmod import load_kernels
+
+K = load_kernels()
+
+F32 = np.float32
+F64 = np.float64
+EPS_FD = 1e-6
+LINEAR, RELU, SIGMOID, TANH, SOFTMAX = 0, 1, 2, 3, 4
+
+
+# ---------------------------------------------------------------- helpers
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def numgrad(f, a, eps=EPS_FD):
+    """Central-difference gradient of the scalar f() w.r.t. array a (edited in place)."""
+    g = np.zeros_like(a, dtype=F64)
+    flat = a.reshape(-1)
+    gf = g.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        fp = f()
+        flat[k] = old - eps
+        fm = f()
+        flat[k] = old
+        gf[k] = (fp - fm) / (2 * eps)
+    return g
+
+
+def assert_grad(analytic, numeric, rtol=1e-5, atol=1e-7):
+    assert analytic.shape == numeric.shape
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
+
+
+def np_act(z, act):
+    if act == LINEAR:
+        return z.copy()
+    if act == RELU:
+        return np.maximum(z, 0)
+    if act == SIGMOID:
+        return 1 / (1 + np.exp(-z))
+    if act == TANH:
+        return np.tanh(z)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def away_from_zero(a, margin=0.1):
+    """Push values away from 0 so relu kinks are never straddled by a FD step."""
+    return np.where(np.abs(a) < margin, np.sign(a + 1e-12) * margin, a)
+
+
+# ------------------------------------------------------------------ dense
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_dense_forward(use_bias, dtype):
+    r = rng(1)
+    x = r.standard_normal((7, 5)).astype(dtype)
+    w = r.standard_normal((5, 4)).astype(dtype)
+    b = r.standard_normal(4).astype(dtype) if use_bias else np.zeros(0, dtype)
+    z = np.full((7, 4), np.nan, dtype)
+    K.dense_forward(z, x, w, b)
+    ref = x.astype(F64) @ w.astype(F64) + (b.astype(F64) if use_bias else 0)
+    np.testing.assert_allclose(z, ref, rtol=1e-5 if dtype == F32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_dense_backward_fd(use_bias, mode):
+    r = rng(2)
+    n, i, o = 6, 5, 4
+    x = r.standard_normal((n, i))
+    w = r.standard_normal((i, o))
+    b = r.standard_normal(o) if use_bias else np.zeros(0)
+    R = r.standard_normal((n, o))
+
+    def loss():
+        z = np.empty((n, o))
+        K.dense_forward(z, x, w, b)
+        return float(np.sum(R * z))
+
+    dw0 = r.standard_normal((i, o))  # parameter gradients accumulate
+    db0 = r.standard_normal(o) if use_bias else np.zeros(0)
+    dx0 = r.standard_normal((n, i))
+    dw, db = dw0.copy(), db0.copy()
+    dx = dx0.copy() if mode else np.zeros((0, 0))
+    K.dense_backward(dx, dw, db, R.copy(), x, w, mode)
+
+    assert_grad(dw - dw0, numgrad(loss, w))
+    if use_bias:
+        assert_grad(db - db0, numgrad(loss, b))
+    gx = numgrad(loss, x)
+    if mode == 1:
+        assert_grad(dx, gx)
+    elif mode == 2:
+        assert_grad(dx - dx0, gx)
+    else:
+        assert dx.shape == (0, 0)
+
+
+# ------------------------------------------------------------- activation
+
+@pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_activation_forward(act, dtype):
+    r = rng(3)
+    z = (3 * r.standard_normal((9, 6))).astype(dtype)
+    z[0, :] = [-200, -50, 0, 50, 200, 1]  # extremes: no overflow / nan
+    y = np.full_like(z, np.nan)
+    K.activation_forward(y, z, act)
+    ref = np_act(z.astype(F64), act)
+    np.testing.assert_allclose(y, ref, rtol=2e-6 if dtype == F32 else 1e-12, atol=1e-7)
+    assert np.all(np.isfinite(y))
+    # in place (y aliases z)
+    z2 = z.copy()
+    K.activation_forward(z2, z2, act)
+    np.testing.assert_array_equal(z2, y)
+
+
+@pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_activation_backward_fd(act, mode):
+    r = rng(4)
+    z = away_from_zero(r.standard_normal((5, 4)))
+    R = r.standard_normal((5, 4))
+
+    def loss():
+        y = np.empty_like(z)
+        K.activation_forward(y, z, act)
+        return float(np.sum(R * y))
+
+    y = np.empty_like(z)
+    K.activation_forward(y, z, act)
+    dz0 = r.standard_normal(z.shape)
+    dz = dz0.copy()
+    K.activation_backward(dz, R.copy(), y, act, mode)
+    g = numgrad(loss, z)
+    if mode == 0:
+        np.testing.assert_array_equal(dz, dz0)
+    elif mode == 1:
+        assert_grad(dz, g)
+        # dz may alias dy in mode 1
+        d = R.copy()
+        K.activation_backward(d, d, y, act, 1)
+        assert_grad(d, g)
+    else:
+        assert_grad(dz - dz0, g)
+
+
+# -------------------------------------------------------------- embedding
+
+@pytest.mark.parametrize("idtype", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_embedding_forward(idtype, dtype):
+    r = rng(5)
+    table = r.standard_normal((11, 7)).astype(dtype)
+    ids = np.array([3, 0, 10, 3, 3, 7], idtype)
+    out = np.full((6, 7), np.nan, dtype)
+    K.embedding_forward(out, ids, table)
+    np.testing.assert_array_equal(out, table[ids])
+
+
+def test_embedding_backward_fd_repeated_ids():
+    r = rng(6)
+    table = r.standard_normal((5, 3))
+    ids = np.array([1, 4, 1, 1, 0, 4], np.int64)
+    R = r.standard_normal((6, 3))
+
+    def loss():
+        out = np.empty((6, 3))
+        K.embedding_forward(out, ids, table)
+        return float(np.sum(R * out))
+
+    d0 = r.standard_normal(table.shape)
+    d = d0.copy()
+    K.embedding_backward(d, R, ids)
+    assert_grad(d - d0, numgrad(loss, table))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_embedding_backward_wide_matches_add_at(dtype):
+    # d > the parallel block width, many repeats: exact vs np.add.at
+    r = rng(7)
+    ids = r.integers(0, 6, size=400).astype(np.int32)
+    dout = r.standard_normal((400, 150)).astype(dtype)
+    d0 = r.standard_normal((6, 150)).astype(dtype)
+    d = d0.copy()
+    K.embedding_backward(d, dout, ids)
+    ref = d0.astype(F64)
+    np.add.at(ref, ids, dout.astype(F64))
+    np.testing.assert_allclose(d, ref, rtol=1e-5 if dtype == F32 else 1e-12, atol=1e-4)
+
+
+def test_embedding_check_ids():
+    for idtype in (np.int32, np.int64):
+        assert K.embedding_check_ids(np.array([0, 4, 2], idtype), 5) == -1
+        assert K.embedding_check_ids(np.array([0, 5, -1], idtype), 5) == 1
+        assert K.embedding_check_ids(np.array([0, 1, -1], idtype), 5) == 2
+        assert K.embedding_check_ids(np.zeros(0, idtype), 5) == -1
+
+
+# ------------------------------------------------------------------- lstm
+
+def lstm_ref(x, W, Rk, b, act, ract, return_sequences):
+    """Plain numpy Keras LSTM (batch-major, float64)."""
+    B, T, _ = x.shape
+    U = Rk.shape[0]
+    h = np.zeros((B, U))
+    c = np.zeros((B, U))
+    out = []
+    for t in range(T):
+        z = x[:, t] @ W + h @ Rk + (b if b.size else 0)
+        i = np_act(z[:, :U], ract)
+        f = np_act(z[:, U:2 * U], ract)
+        g = np_act(z[:, 2 * U:3 * U], act)
+        o = np_act(z[:, 3 * U:], ract)
+        c = f * c + i * g
+        h = o * np_act(c, act)
+        out.append(h)
+    return np.stack(out, 1) if return_sequences else h[:, None, :]
+
+
+def lstm_run(x, W, Rk, b, act, ract, rs):
+    """lstm_forward with freshly allocated caches; returns (y, caches)."""
+    B, T, I = x.shape
+    U = Rk.shape[0]
+    dt = x.dtype
+    y = np.full((B, T if rs else 1, U), np.nan, dt)
+    xt = np.full((T, B, I), np.nan, dt)
+    zs = np.full((T, B, 4 * U), np.nan, dt)
+    hs = np.full((T + 1, B, U), np.nan, dt)
+    cs = np.full((T + 1, B, U), np.nan, dt)
+    tc = np.full((T, B, U), np.nan, dt)
+    K.lstm_forward(y, xt, zs, hs, cs, tc, x, W, Rk, b, act, ract, rs)
+    return y, (xt, zs, hs, cs, tc)
+
+
+ACT_PAIRS = [(TANH, SIGMOID), (RELU, TANH), (SIGMOID, SIGMOID), (LINEAR, TANH)]
+
+
+@pytest.mark.parametrize("act,ract", ACT_PAIRS)
+@pytest.mark.parametrize("rs", [True, False])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_lstm_forward(act, ract, rs, use_bias):
+    r = rng(8)
+    B, T, I, U = 4, 6, 5, 3
+    x = r.standard_normal((B, T, I)).astype(F32)
+    W = (0.5 * r.standard_normal((I, 4 * U))).astype(F32)
+    Rk = (0.5 * r.standard_normal((U, 4 * U))).astype(F32)
+    b = (0.5 * r.standard_normal(4 * U)).astype(F32) if use_bias else np.zeros(0, F32)
+    y, (xt, zs, hs, cs, tc) = lstm_run(x, W, Rk, b, act, ract, rs)
+    ref = lstm_ref(*(a.astype(F64) for a in (x, W, Rk, b)), act, ract, rs)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6)
+    np.testing.assert_array_equal(xt, x.transpose(1, 0, 2))
+    assert np.all(hs[0] == 0) and np.all(cs[0] == 0)
+    np.testing.assert_allclose(hs[1:].transpose(1, 0, 2)[:, -1], ref[:, -1], rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("act,ract", ACT_PAIRS)
+@pytest.mark.parametrize("rs", [True, False])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_lstm_backward_fd(act, ract, rs, mode):
+    r = rng(9)
+    B, T, I, U = 3, 4, 5, 3
+    G = 4 * U
+    x = r.standard_normal((B, T, I))
+    W = 0.6 * r.standard_normal((I, G))
+    Rk = 0.6 * r.standard_normal((U, G))
+    b = 0.6 * r.standard_normal(G)
+    R = r.standard_normal((B, T if rs else 1, U))
+
+    def loss():
+        y, _ = lstm_run(x, W, Rk, b, act, ract, rs)
+        return float(np.sum(R * y))
+
+    _, (xt, zs, hs, cs, tc) = lstm_run(x, W, Rk, b, act, ract, rs)
+    dW0, dR0, db0 = (r.standard_normal(a.shape) for a in (W, Rk, b))
+    dW, dR, db = dW0.copy(), dR0.copy(), db0.copy()
+    dx0 = r.standard_normal(x.shape)
+    if mode:
+        dx, dxt = dx0.copy(), np.full((T, B, I), np.nan)
+    else:
+        dx, dxt = np.zeros((0, 0, 0)), np.zeros((0, 0, 0))
+    dzs = np.full((T, B, G), np.nan)
+    dh = np.full((B, U), np.nan)
+    dc = np.full((B, U), np.nan)
+    K.lstm_backward(dx, dW, dR, db, dzs, dh, dc, dxt,
+                    R, xt, zs, hs, cs, tc, W, Rk, act, ract, rs, mode)
+    assert_grad(dW - dW0, numgrad(loss, W))
+    assert_grad(dR - dR0, numgrad(loss, Rk))
+    assert_grad(db - db0, numgrad(loss, b))
+    gx = numgrad(loss, x)
+    if mode == 1:
+        assert_grad(dx, gx)
+    elif mode == 2:
+        assert_grad(dx - dx0, gx)
+
+
+def test_lstm_backward_fd_no_bias():
+    r = rng(10)
+    B, T, I, U = 2, 3, 4, 2
+    G = 4 * U
+    x = r.standard_normal((B, T, I))
+    W = 0.6 * r.standard_normal((I, G))
+    Rk = 0.6 * r.standard_normal((U, G))
+    b = np.zeros(0)
+    R = r.standard_normal((B, T, U))
+
+    def loss():
+        y, _ = lstm_run(x, W, Rk, b, TANH, SIGMOID, True)
+        return float(np.sum(R * y))
+
+    _, caches = lstm_run(x, W, Rk, b, TANH, SIGMOID, True)
+    dW, dR, db = np.zeros_like(W), np.zeros_like(Rk), np.zeros(0)
+    dx = np.empty_like(x)
+    K.lstm_backward(dx, dW, dR, db, np.empty((T, B, G)), np.empty((B, U)),
+                    np.empty((B, U)), np.empty((T, B, I)),
+                    R, *caches, W, Rk, TANH, SIGMOID, True, 1)
+    assert_grad(dW, numgrad(loss, W))
+    assert_grad(dR, numgrad(loss, Rk))
+    assert_grad(dx, numgrad(loss, x))
+
+
+# ----------------------------------------------------------------- concat
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_concat_forward(dtype):
+    r = rng(11)
+    xs = [r.standard_normal((5, w)).astype(dtype) for w in (3, 1, 4)]
+    out = np.full((5, 8), np.nan, dtype)
+    off = 0
+    for x in xs:
+        K.concat_forward(out, x, off)
+        off += x.shape[1]
+    np.testing.assert_array_equal(out, np.concatenate(xs, axis=1))
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_concat_backward_fd(mode):
+    r = rng(12)
+    widths = (3, 1, 4)
+    xs = [r.standard_normal((5, w)) for w in widths]
+    R = r.standard_normal((5, sum(widths)))
+
+    def loss():
+        out = np.empty((5, sum(widths)))
+        off = 0
+        for x in xs:
+            K.concat_forward(out, x, off)
+            off += x.shape[1]
+        return float(np.sum(R * out))
+
+    off = 0
+    for x in xs:
+        dx0 = r.standard_normal(x.shape)
+        dx = dx0.copy()
+        K.concat_backward(dx, R, off, mode)
+        off += x.shape[1]
+        g = numgrad(loss, x)
+        if mode == 0:
+            np.testing.assert_array_equal(dx, dx0)
+        elif mode == 1:
+            assert_grad(dx, g)
+        else:
+            assert_grad(dx - dx0, g)
+
+
+# ----------------------------------------------------------------- losses
+
+LOSSES = ["binary_crossentropy", "categorical_crossentropy",
+          "sparse_categorical_crossentropy", "mean_squared_error"]
+
+
+def loss_fns(name):
+    return getattr(K, name + "_forward"), getattr(K, name + "_backward")
+
+
+def np_loss(name, y, t):
+    """Reference per-sample loss in y's dtype, Keras formulas, clip bounds in y's dtype."""
+    dt = y.dtype.type
+    lo, hi = dt(1e-7), dt(1 - 1e-7)
+    if name == "binary_crossentropy":
+        p = np.clip(y, lo, hi)
+        return np.mean((t - 1) * np.log1p(-p) - t * np.log(p), axis=-1)
+    if name == "mean_squared_error":
+        return np.mean((t - y) ** 2, axis=-1)
+    p = np.clip(y / y.sum(axis=-1, keepdims=True), lo, hi)
+    if name == "categorical_crossentropy":
+        return -np.sum(t * np.log(p), axis=-1)
+    return -np.log(p[np.arange(len(t)), t])
+
+
+def loss_data(name, r, n=6, c=4, dtype=F64):
+    """Predictions well inside (lo, hi) and matching targets."""
+    if name == "binary_crossentropy":
+        y = r.uniform(0.05, 0.95, (n, c))
+        t = r.uniform(0, 1, (n, c))
+        t[0, :2] = [0, 1]  # hard targets too
+    elif name == "mean_squared_error":
+        y = r.standard_normal((n, c))
+        t = r.standard_normal((n, c))
+    else:
+        y = r.uniform(0.1, 1.0, (n, c))  # not normalised: the loss divides by the row sum
+        ids = r.integers(0, c, n)
+        if name == "sparse_categorical_crossentropy":
+            t = ids.astype(np.int64)
+        else:
+            t = np.eye(c)[ids]
+            t[1] = r.uniform(0, 1, c)  # soft target row
+    return y.astype(dtype), (t if t.dtype.kind == "i" else t.astype(dtype))
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_loss_forward(name, dtype):
+    r = rng(13)
+    y, t = loss_data(name, r, dtype=dtype)
+    fwd, _ = loss_fns(name)
+    out = np.full(len(y), np.nan, dtype)
+    fwd(out, y, t)
+    np.testing.assert_allclose(out, np_loss(name, y, t), rtol=2e-6 if dtype == F32 else 1e-12)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_backward_fd(name):
+    r = rng(14)
+    y, t = loss_data(name, r)
+    fwd, bwd = loss_fns(name)
+    scale = 0.37
+
+    def loss():
+        out = np.empty(len(y))
+        fwd(out, y, t)
+        return scale * float(out.sum())
+
+    dy = np.full_like(y, np.nan)
+    bwd(dy, y, t, scale)
+    assert_grad(dy, numgrad(loss, y))
+    # overwrite, not accumulate
+    dy2 = r.standard_normal(y.shape)
+    bwd(dy2, y, t, scale)
+    np.testing.assert_array_equal(dy2, dy)
+
+
+def test_loss_clip_bounds_float32():
+    """A saturated prediction costs -log(1 - float32(1 - 1e-7)) = 15.94, not 16.12."""
+    y = np.array([[1.0], [0.0], [1.0]], F32)
+    t = np.array([[0.0], [1.0], [1.0]], F32)
+    out = np.empty(3, F32)
+    K.binary_crossentropy_forward(out, y, t)
+    hi = F32(1 - 1e-7)
+    assert abs(out[0] - (-np.log(F64(1) - F64(hi)))) < 1e-4
+    assert abs(out[0] - 15.942385) < 1e-4
+    assert abs(out[1] - 16.118095) < 1e-4
+    assert abs(out[2] - (-np.log(F64(hi)))) < 1e-6
+    # float64 arrays clip at float64 bounds (Keras clips in the tensor dtype)
+    out64 = np.empty(3)
+    K.binary_crossentropy_forward(out64, y.astype(F64), t.astype(F64))
+    assert abs(out64[0] - 16.118095) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_loss_gradient_zero_where_clipped(dtype):
+    dt = np.dtype(dtype).type
+    lo, hi = dt(1e-7), dt(1 - 1e-7)
+    # binary: outside [lo, hi] -> 0; exactly at the bounds torch.clamp passes it
+    y = np.array([[1.0, 0.0, hi, lo, 0.5]], dtype)
+    t = np.array([[0.0, 1.0, 0.0, 1.0, 1.0]], dtype)
+    dy = np.full_like(y, np.nan)
+    K.binary_crossentropy_backward(dy, y, t, 1.0)
+    assert dy[0, 0] == 0 and dy[0, 1] == 0
+    assert dy[0, 2] > 0 and dy[0, 3] < 0 and dy[0, 4] < 0
+    # categorical: a class with all the mass is clipped (p = 1 > hi) ...
+    y = np.array([[1.0, 0.0, 0.0], [0.7, 0.2, 0.1]], dtype)
+    t = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype)
+    dy = np.full_like(y, np.nan)
+    K.categorical_crossentropy_backward(dy, y, t, 1.0)
+    np.testing.assert_array_equal(dy[0], 0)
+    assert np.all(np.isfinite(dy[1])) and dy[1, 0] < 0
+    ids = np.array([0, 0])
+    dys = np.full_like(y, np.nan)
+    K.sparse_categorical_crossentropy_backward(dys, y, ids, 1.0)
+    np.testing.assert_allclose(dys, dy, rtol=1e-6)
+    out = np.empty(2, dtype)
+    K.sparse_categorical_crossentropy_forward(out, y, ids)
+    assert abs(out[0] + np.log(F64(hi))) < 1e-6
+
+
+# ---------------------------------------------------------------- metrics
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_binary_accuracy(dtype):
+    y = np.array([[0.5, 0.51, 0.2], [0.9, 0.1, 0.6], [0.49, 0.7, 1.0]], dtype)
+    t = np.array([[0, 1, 0], [1, 1, 1], [0.0, 0.9, 1]], dtype)
+    out = np.full(3, np.nan, dtype)
+    K.binary_accuracy(out, y, t)
+    ref = np.mean(t == (y > 0.5).astype(dtype), axis=-1)
+    np.testing.assert_allclose(out, ref)
+    np.testing.assert_allclose(out, [1.0, 2 / 3, 2 / 3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_categorical_accuracy(dtype):
+    y = np.array([[0.2, 0.5, 0.5], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.3]], dtype)
+    t = np.array([[0, 1, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0]], dtype)
+    out = np.full(4, np.nan, dtype)
+    K.categorical_accuracy(out, y, t)
+    ref = (np.argmax(y, -1) == np.argmax(t, -1)).astype(dtype)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(out, [1, 0, 1, 1])
+    ids = np.array([1, 1, 2, 2])
+    K.sparse_categorical_accuracy(out, y, ids)
+    np.testing.assert_array_equal(out, [1, 0, 1, 0])
+    K.sparse_categorical_accuracy(out, y, ids.astype(np.int32))
+    np.testing.assert_array_equal(out, [1, 0, 1, 0])
+
+
+# ------------------------------------------------------------- optimizers
+
+def np_sgd(w, g, m, lr, momentum, nesterov):
+    if momentum == 0:
+        return w - lr * g, m
+    m = momentum * m - lr * g
+    return (w + momentum * m - lr * g if nesterov else w + m), m
+
+
+def np_rmsprop(w, g, v, m, mg, lr, rho, momentum, eps, centered):
+    v = rho * v + (1 - rho) * g * g
+    den = v + eps
+    if centered:
+        mg = rho * mg + (1 - rho) * g
+        den = den - mg * mg
+    inc = lr * g / np.sqrt(den)
+    if momentum > 0:
+        m = momentum * m + inc
+        return w - m, v, m, mg
+    return w - inc, v, m, mg
+
+
+def np_adam(w, g, m, v, vhat, lr, b1, b2, eps, amsgrad, t):
+    m = m + (g - m) * (1 - b1)
+    v = v + (g * g - v) * (1 - b2)
+    alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    if amsgrad:
+        vhat = np.maximum(vhat, v)
+        return w - alpha * m / (np.sqrt(vhat) + eps), m, v, vhat
+    return w - alpha * m / (np.sqrt(v) + eps), m, v, vhat
+
+
+OPT_CONFIGS = [
+    ("sgd", dict(learning_rate=0.01, momentum=0.0, nesterov=False)),
+    ("sgd", dict(learning_rate=0.05, momentum=0.9, nesterov=False)),
+    ("sgd", dict(learning_rate=0.05, momentum=0.9, nesterov=True)),
+    ("rmsprop", dict(learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False)),
+    ("rmsprop", dict(learning_rate=0.01, rho=0.8, momentum=0.5, epsilon=1e-7, centered=False)),
+    ("rmsprop", dict(learning_rate=0.01, rho=0.9, momentum=0.0, epsilon=1e-7, centered=True)),
+    ("rmsprop", dict(learning_rate=0.01, rho=0.9, momentum=0.3, epsilon=1e-3, centered=True)),
+    ("adam", dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False)),
+    ("adam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-7, amsgrad=True)),
+]
+
+
+def run_ours(kind, cfg, w0, grads):
+    """Apply our update kernel once per gradient in grads; returns w."""
+    dt = w0.dtype
+    P = w0.size
+    w = w0.copy()
+    z = lambda used: np.zeros(P if used else 0, dt)  # noqa: E731
+    if kind == "sgd":
+        m = z(cfg["momentum"] != 0)
+        for g in grads:
+            K.sgd_update(w, g, m, cfg["learning_rate"], cfg["momentum"], cfg["nesterov"])
+    elif kind == "rmsprop":
+        v, m, mg = z(True), z(cfg["momentum"] > 0), z(cfg["centered"])
+        for g in grads:
+            K.rmsprop_update(w, g, v, m, mg, cfg["learning_rate"], cfg["rho"],
+                             cfg["momentum"], cfg["epsilon"], cfg["centered"])
+    else:
+        m, v, vhat = z(True), z(True), z(cfg["amsgrad"])
+        for it, g in enumerate(grads):
+            K.adam_update(w, g, m, v, vhat, cfg["learning_rate"], cfg["beta_1"],
+                          cfg["beta_2"], cfg["epsilon"], cfg["amsgrad"], it + 1)
+    return w
+
+
+def run_ref(kind, cfg, w0, grads):
+    w = w0.astype(F64)
+    P = w.size
+    m, v, mg, vhat = np.zeros(P), np.zeros(P), np.zeros(P), np.zeros(P)
+    for it, g in enumerate(grads):
+        g = g.astype(F64)
+        if kind == "sgd":
+            w, m = np_sgd(w, g, m, cfg["learning_rate"], cfg["momentum"], cfg["nesterov"])
+        elif kind == "rmsprop":
+            w, v, m, mg = np_rmsprop(w, g, v, m, mg, cfg["learning_rate"], cfg["rho"],
+                                     cfg["momentum"], cfg["epsilon"], cfg["centered"])
+        else:
+            w, m, v, vhat = np_adam(w, g, m, v, vhat, cfg["learning_rate"], cfg["beta_1"],
+                                    cfg["beta_2"], cfg["epsilon"], cfg["amsgrad"], it + 1)
+    return w
+
+
+@pytest.mark.parametrize("kind,cfg", OPT_CONFIGS)
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_optimizer_formulas(kind, cfg, dtype):
+    r = rng(15)
+    P = 1000
+    w0 = r.standard_normal(P).astype(dtype)
+    # varying gradients (amsgrad's max matters when |g| shrinks)
+    grads = [(r.standard_normal(P) * s).astype(dtype) for s in (1.0, 2.0, 0.1, 0.5, 0.05)]
+    w = run_ours(kind, cfg, w0, grads)
+    ref = run_ref(kind, cfg, w0, grads)
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == F32 else dict(rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(w, ref, **tol)
+    assert not np.allclose(w, w0)
+
+
+# ------------------------------------------------- Keras (torch) cross-check
+
+KERAS_SCRIPT = r"""
+import json, sys, os
+import numpy as np
+import keras, torch
+d = np.load(sys.argv[1], allow_pickle=True)
+spec = json.loads(sys.argv[2])
+res = {}
+for key, item in spec.items():
+    kind = item["kind"]
+    if kind == "opt":
+        cls = {"sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop,
+               "adam": keras.optimizers.Adam}[item["name"]]
+        opt = cls(**item["cfg"])
+        w = keras.Variable(d[key + "_w"])
+        g = torch.as_tensor(d[key + "_g"])
+        for _ in range(item["steps"]):
+            opt.apply_gradients([(g, w)])
+        res[key] = keras.ops.convert_to_numpy(w)
+    elif kind == "loss":
+        y = torch.tensor(d[key + "_y"], requires_grad=True)
+        t = torch.as_tensor(d[key + "_t"])
+        fn = getattr(keras.losses, item["name"])
+        out = fn(t, y)
+        (out.sum() * item["scale"]).backward()
+        res[key] = out.detach().numpy()
+        res[key + "_grad"] = y.grad.numpy()
+    elif kind == "lstm":
+        layer = keras.layers.LSTM(item["units"], activation=item["act"],
+                                  recurrent_activation=item["ract"],
+                                  return_sequences=item["rs"], use_bias=item["use_bias"])
+        x = d[key + "_x"]
+        layer.build(x.shape)
+        ws = [d[key + "_W"], d[key + "_R"]] + ([d[key + "_b"]] if item["use_bias"] else [])
+        layer.set_weights(ws)
+        res[key] = keras.ops.convert_to_numpy(layer(x))
+np.savez(sys.argv[3], **res)
+"""
+
+
+def run_keras(tmp_path, arrays, spec):
+    inp, outp = tmp_path / "in.npz", tmp_path / "out.npz"
+    np.savez(inp, **arrays)
+    env = dict(os.environ, KERAS_BACKEND="torch", CUDA_VISIBLE_DEVICES="")
+    script = tmp_path / "keras_ref.py"
+    script.write_text(textwrap.dedent(KERAS_SCRIPT))
+    p = subprocess.run([sys.executable, str(script), str(inp), json.dumps(spec), str(outp)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        if "No module named" in p.stderr and ("keras" in p.stderr or "torch" in p.stderr):
+            pytest.skip("keras/torch not importable")
+        raise AssertionError(p.stderr[-3000:])
+    return dict(np.load(outp))
+
+
+def test_optimizers_match_keras_torch(tmp_path):
+    r = rng(16)
+    P = 257
+    arrays, spec, ours = {}, {}, {}
+    for k, (kind, cfg) in enumerate(OPT_CONFIGS):
+        key = "opt%d" % k
+        w0 = r.standard_normal(P).astype(F32)
+        g = r.standard_normal(P).astype(F32)
+        arrays[key + "_w"], arrays[key + "_g"] = w0, g
+        spec[key] = dict(kind="opt", name=kind, cfg=cfg, steps=3)
+        ours[key] = run_ours(kind, cfg, w0, [g, g, g])
+    ref = run_keras(tmp_path, arrays, spec)
+    for key in spec:
+        np.testing.assert_allclose(ours[key], ref[key], rtol=1e-5, atol=1e-7, err_msg=str(spec[key]))
+
+
+def test_losses_match_keras_torch(tmp_path):
+    r = rng(17)
+    arrays, spec, ours = {}, {}, {}
+    for name in LOSSES:
+        y, t = loss_data(name, r, n=8, c=5, dtype=F32)
+        if name == "binary_crossentropy":  # saturated and boundary predictions
+            y[1, :4] = [1.0, 0.0, F32(1 - 1e-7), F32(1e-7)]
+        if name in ("categorical_crossentropy", "sparse_categorical_crossentropy"):
+            y[2] = [1.0, 0, 0, 0, 0]
+        key = name
+        arrays[key + "_y"], arrays[key + "_t"] = y, t
+        spec[key] = dict(kind="loss", name=name, scale=0.25)
+        fwd, bwd = loss_fns(name)
+        out = np.empty(len(y), F32)
+        fwd(out, y, t)
+        dy = np.empty_like(y)
+        bwd(dy, y, t, 0.25)
+        ours[key], ours[key + "_grad"] = out, dy
+    ref = run_keras(tmp_path, arrays, spec)
+    for key in ours:
+        np.testing.assert_allclose(ours[key], ref[key], rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_lstm_matches_keras_torch(tmp_path):
+    r = rng(18)
+    B, T, I, U = 3, 5, 4, 6
+    names = {LINEAR: "linear", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh"}
+    arrays, spec, ours = {}, {}, {}
+    for k, ((act, ract), rs, use_bias) in enumerate(
+            [((TANH, SIGMOID), True, True), ((RELU, TANH), False, True),
+             ((SIGMOID, SIGMOID), True, False)]):
+        key = "lstm%d" % k
+        x = r.standard_normal((B, T, I)).astype(F32)
+        W = (0.5 * r.standard_normal((I, 4 * U))).astype(F32)
+        Rk = (0.5 * r.standard_normal((U, 4 * U))).astype(F32)
+        b = (0.5 * r.standard_normal(4 * U)).astype(F32)
+        arrays.update({key + "_x": x, key + "_W": W, key + "_R": Rk, key + "_b": b})
+        spec[key] = dict(kind="lstm", units=U, act=names[act], ract=names[ract], rs=rs,
+                         use_bias=use_bias)
+        y, _ = lstm_run(x, W, Rk, b if use_bias else np.zeros(0, F32), act, ract, rs)
+        ours[key] = y if rs else y[:, 0]
+    ref = run_keras(tmp_path, arrays, spec)
+    for key in ours:
+        np.testing.assert_allclose(ours[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
