@@ -41,8 +41,8 @@ _NAME = Param("name", None, positional=False)
 # Keys are the public Keras names; the parser maps every import spelling to them.
 CALLABLES: dict[str, Signature] = {
     "Input": Signature("Input", "input", (
-        Param("shape", None), Param("batch_size", None), Param("dtype", None), Param("sparse", None, positional=False),
-        Param("batch_shape", None, positional=False), Param("name", None)), "InputLayer"),
+        Param("shape", None), Param("batch_size", None), Param("dtype", None), Param("sparse", None),
+        Param("batch_shape", None), Param("name", None)), "InputLayer"),
     "Dense": Signature("Dense", "layer", (
         Param("units"), Param("activation", None), Param("use_bias", True), _NAME), "Dense"),
     "Embedding": Signature("Embedding", "layer", (

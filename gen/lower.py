@@ -64,11 +64,12 @@ class _Lowering:
         self.lines = program.source.splitlines()
         self.fname = program.path.rsplit("/", 1)[-1]
         self.buffers: list[Buffer] = [Buffer("_e1", "np.empty(0, dt)", "stands in for an absent bias"),
-                                      Buffer("_e2", "np.empty((0, 0), dt)", "stands in for a gradient nobody needs")]
+                                      Buffer("_e2", "np.empty((0, 0), dt)", "stands in for a gradient nobody needs"),
+                                      Buffer("_e3", "np.empty((0, 0, 0), dt)", "the same, for a sequence")]
         self.bind_inputs: list[Buffer] = []
         self.bind_outputs: list[Buffer] = []
         self.keys: dict[int, str] = {}
-        self.used: set[str] = {"_e1", "_e2"}
+        self.used: set[str] = {"_e1", "_e2", "_e3"}
         self.views: dict[tuple[int, str, tuple], str] = {}
         self.weight_index: dict[tuple[int, str], int] = {}
         self.input_pos = {t.id: i for i, t in enumerate(g.inputs)}
@@ -208,7 +209,7 @@ class _Lowering:
             f.update(dy=self.value(t, (None, t.shape[-1]), True), ids=self.value(x, (-1,)),
                      dtable=self.weight(node, "embeddings", True))
         elif cls == "LSTM":
-            f.update(self._lstm_fields(node), mode=modes[0], dx=dx() if modes[0] == 0 else self.value(x, None, True),
+            f.update(self._lstm_fields(node), mode=modes[0], dx="b['_e3']" if modes[0] == 0 else self.value(x, None, True),
                      dy=self._lstm_y(t, True), dkernel=self.weight(node, "kernel", True),
                      drkernel=self.weight(node, "recurrent_kernel", True), dbias=self.weight(node, "bias", True))
             k = self.key(t)

@@ -270,6 +270,19 @@ class _Parser:
             self.bind_target(target.target, value)
 
     def bind_target(self, target: cst.BaseExpression, value) -> None:
+        if isinstance(target, (cst.Tuple, cst.List)) and all(isinstance(e, cst.Element) and isinstance(e.value, cst.Name)
+                                                             for e in target.elements):
+            # `steps, features = 7, 3` and `a, b = two_output_model(x)`
+            if value is _POISON:
+                return
+            if not isinstance(value, tuple) or len(value) != len(target.elements):
+                n = len(value) if isinstance(value, tuple) else 1
+                self.error("unsupported-statement", f"Cannot unpack {n} value(s) into {len(target.elements)} names.",
+                           target, "the right-hand side must be a tuple of the same length")
+                return
+            for element, item in zip(target.elements, value):
+                self.bind_target(element.value, item)
+            return
         if not isinstance(target, cst.Name):
             self.error("unsupported-statement", f"gen can only assign to a plain name, not to {self.code(target)}.",
                        target, "assign each value to its own name, e.g. 'a = ...' then 'b = ...'")
@@ -335,9 +348,9 @@ class _Parser:
         if any(isinstance(p, cst.FormattedStringExpression) for p in node.parts):
             return self.unsupported(node, "f-strings with expressions", "write the string as a constant")
         text = "".join(p.value for p in node.parts).replace("{{", "{").replace("}}", "}")
-        quote = node.start[len(node.prefix):]
+        quote, prefix = node.start[len(node.prefix):], node.prefix.replace("f", "").replace("F", "")
         try:
-            return cst.SimpleString(node.prefix.replace("f", "").replace("F", "") + quote + text + quote).evaluated_value
+            return cst.SimpleString(prefix + quote + text + quote).evaluated_value
         except Exception as exc:
             return self.error("bad-constant", f"gen cannot read this literal ({exc}).", node, _CONSTANT_HINT)
 
@@ -537,7 +550,7 @@ class _Parser:
             plan.append((name, arg))
         args = {}
         for name, arg in plan:
-            if name in skip:
+            if name in skip or arg.star:  # a starred argument is already reported; its value is never read
                 continue
             value = self.eval(arg.value)
             if name is not None and not _has_poison(value):
@@ -742,10 +755,10 @@ class _Parser:
         """fit data as written: None, 'opaque', a tuple of 'opaque' or a dict of 'opaque'."""
         if isinstance(expr, cst.Name) and expr.value == "None":
             return None
-        if isinstance(expr, (cst.List, cst.Tuple)):
+        if isinstance(expr, (cst.List, cst.Tuple)) and all(isinstance(e, cst.Element) for e in expr.elements):
             return tuple("opaque" for _ in expr.elements)
         if isinstance(expr, cst.Dict) and all(isinstance(e, cst.DictElement) and isinstance(e.key, cst.SimpleString)
-                                              for e in expr.elements):
+                                              and isinstance(e.key.evaluated_value, str) for e in expr.elements):
             return {e.key.evaluated_value: "opaque" for e in expr.elements}
         return "opaque"
 

@@ -28,6 +28,19 @@ def pytest_configure(config):
     )
 
 
+# Filled by the conformance tests: {what is compared: (max abs error,
+# max error / tolerance)}, printed at the end of the run.
+CONFORMANCE_ERRORS: dict[str, tuple[float, float]] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if CONFORMANCE_ERRORS:
+        terminalreporter.section("Keras conformance: largest errors")
+        for what, (err, ratio) in sorted(CONFORMANCE_ERRORS.items()):
+            terminalreporter.write_line(
+                f"{what:<40} max abs err {err:9.3g}   {100 * ratio:6.2f}% of tolerance")
+
+
 def import_module_from_path(path, name=None):
     """Import the Python file at ``path`` as a fresh module (a unique name
     unless ``name`` is given, so same-named generated files never collide)."""

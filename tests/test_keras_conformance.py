@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXAMPLE_FILES, EXAMPLES, ROOT
+from conftest import CONFORMANCE_ERRORS, EXAMPLE_FILES, EXAMPLES, ROOT
 import keras
 import keras_oracle as ko
 
@@ -117,8 +117,15 @@ def _discover():
 
 MODELS = _discover()
 MODEL_IDS = [f"{stem}-{name}" for stem, name, _ in MODELS]
+# twitter_named.py is twitter.py with the dict forms of compile(): its file
+# variant covers those; the optimizer sweep and float64 on it would only
+# re-test the same graph (~110 s of numba compilation).
+SWEEP_SKIP = {"twitter_named"}
 TRAIN_CASES = [(stem, name, variant) for stem, name, compiled in MODELS if compiled
-               for variant in OPTIMIZER_VARIANTS]
+               for variant in OPTIMIZER_VARIANTS
+               if variant == "file" or stem not in SWEEP_SKIP]
+FLOAT64_CASES = [(stem, name) for stem, name, compiled in MODELS
+                 if compiled and stem not in SWEEP_SKIP]
 TRAIN_IDS = [f"{stem}-{name}-{variant}" for stem, name, variant in TRAIN_CASES]
 
 
@@ -166,7 +173,13 @@ def assert_close(what, got, want, rtol=RTOL, atol=ATOL, scaled=True):
     scale = float(np.max(np.abs(want))) if want.size else 0.0
     tol_abs = min(atol, rtol * scale) if scaled and scale > 0 else atol
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
-    bad = err > tol_abs + rtol * np.abs(want)
+    tol = tol_abs + rtol * np.abs(want)
+    bad = err > tol
+    if err.size:
+        key = f"{what.split('[')[0]} ({got.dtype})"
+        prev = CONFORMANCE_ERRORS.get(key, (0.0, 0.0))
+        CONFORMANCE_ERRORS[key] = (max(prev[0], float(err.max())),
+                                   max(prev[1], float(np.max(err / tol))))
     if bad.any():
         i = np.unravel_index(np.argmax(err - rtol * np.abs(want)), err.shape)
         raise AssertionError(
@@ -316,7 +329,7 @@ def test_oracle_gradients_agree_with_keras_training(stem, name):
     assert all(np.array_equal(a, b) for a, b in zip(kmodel.get_weights(), w0)), \
         "keras_step_results mutated the model"
     for i, (w, g, w1) in enumerate(zip(w0, res["grads"], res["weights"])):
-        assert_close(f"weight {i}", w1, w - lr * g, rtol=1e-5, atol=1e-7)
+        assert_close(f"oracle SGD step[{i}]", w1, w - lr * g, rtol=1e-5, atol=1e-7)
     assert any(np.abs(g).max() > 0 for g in res["grads"])
 
     clone = ko.clone_with_weights(kmodel)
@@ -440,8 +453,7 @@ def test_conformance_training(stem, name, variant, gen_modules, variant_dir):
 
 
 @pytest.mark.conformance
-@pytest.mark.parametrize("stem,name", [(s, n) for s, n, c in MODELS if c],
-                         ids=[f"{s}-{n}" for s, n, c in MODELS if c])
+@pytest.mark.parametrize("stem,name", FLOAT64_CASES, ids=[f"{s}-{n}" for s, n in FLOAT64_CASES])
 def test_conformance_float64(stem, name, gen_modules):
     """In float64 the only difference left is summation order, so formula
     errors that float32 tolerances could hide show up here."""

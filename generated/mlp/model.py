@@ -1132,6 +1132,7 @@ class Model(_Runtime):
         b = {}
         b['_e1'] = np.empty(0, dt)  # stands in for an absent bias
         b['_e2'] = np.empty((0, 0), dt)  # stands in for a gradient nobody needs
+        b['_e3'] = np.empty((0, 0, 0), dt)  # the same, for a sequence
         b['dense'] = np.empty((n, 64), dt)  # dense (n, 64)
         b['dense_1'] = np.empty((n, 64), dt)  # dense_1 (n, 64)
         b['dense_2'] = np.empty((n, 10), dt)  # dense_2 (n, 10)

@@ -1374,6 +1374,7 @@ class Model(_Runtime):
         b = {}
         b['_e1'] = np.empty(0, dt)  # stands in for an absent bias
         b['_e2'] = np.empty((0, 0), dt)  # stands in for a gradient nobody needs
+        b['_e3'] = np.empty((0, 0, 0), dt)  # the same, for a sequence
         b['embedding'] = np.empty((n, 100, 512), dt)  # embedding (n, 100, 512)
         b['embedding_nx512'] = b['embedding'].reshape(-1, 512)  # view (n, 512)
         b['lstm'] = np.empty((n, 32), dt)  # lstm (n, 32)
