@@ -17,15 +17,27 @@ from .settings import CompileSettings, FitSettings, resolve_compile, resolve_fit
 
 @dataclass
 class Tensor:
+    """A symbolic tensor. `shape` is Keras's per-sample shape (None first);
+    its buffer holds n * bmul rows, bmul > 1 inside TimeDistributed.
+    An alias shares the buffer (and gradient buffer) of `alias_of`."""
+
     id: int
     shape: Shape
     dtype: str            # "float" | "int"
-    node: "Node"
+    node: "Node | None"   # the primitive node that computes it (None for aliases and inputs of instances)
     span: Span
+    top: "TopNode | None" = None
+    bmul: int = 1
+    alias_of: "Tensor | None" = None
+
+    def base(self) -> "Tensor":
+        return self.alias_of.base() if self.alias_of is not None else self
 
 
 @dataclass
 class Layer:
+    """A layer object of the file; shared by every call site and every model."""
+
     name: str
     kind: Kind
     decl: LayerDecl
@@ -36,11 +48,38 @@ class Layer:
     def cls(self) -> str:
         return self.kind.cls
 
+    @property
+    def params(self) -> list[tuple["Layer", WeightSpec]]:
+        return [(self, w) for w in self.weights]
+
+
+@dataclass
+class Entity:
+    """An entry of Keras's model.layers that is not a plain layer: a nested
+    model or a TimeDistributed wrapper. Its weights are those it wraps."""
+
+    name: str
+    cls: str              # "Functional" | "TimeDistributed"
+    params: list[tuple[Layer, WeightSpec]]
+    decl_span: Span
+
 
 @dataclass
 class Node:
+    """One primitive layer application, in execution order."""
+
     call: CallDecl
     layer: Layer
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    via: Span | None = None   # the model call or TimeDistributed call this came through
+
+
+@dataclass
+class TopNode:
+    """One call at the model's own level (what Keras's map_graph sees)."""
+
+    entity: "Layer | Entity"
     inputs: list[Tensor]
     outputs: list[Tensor]
 
@@ -52,18 +91,30 @@ class ModelGraph:
     module: str               # generated file stem
     inputs: list[Tensor]
     outputs: list[Tensor]
-    nodes: list[Node]         # topological order (execution order)
-    layers: list[Layer]       # Keras model.layers order
+    nodes: list[Node]         # primitive nodes, execution order
+    layers: list              # Keras model.layers order: Layer | Entity
     compile: CompileSettings | None
     fit: FitSettings
+    shapes: dict = field(default_factory=dict)   # layer name -> output shape (summary)
 
     @property
     def input_names(self) -> list[str]:
-        return [t.node.layer.name for t in self.inputs]
+        return [t.top.entity.name for t in self.inputs]
 
     @property
     def output_names(self) -> list[str]:
-        return [t.node.layer.name for t in self.outputs]
+        return [t.top.entity.name for t in self.outputs]
+
+    @property
+    def params(self) -> list[tuple[Layer, WeightSpec]]:
+        """Every weight once, in Keras get_weights() order."""
+        seen, out = set(), []
+        for entity in self.layers:
+            for layer, w in entity.params:
+                if (id(layer), w.name) not in seen:
+                    seen.add((id(layer), w.name))
+                    out.append((layer, w))
+        return out
 
 
 def keras_names(program: Program) -> dict[tuple[str, int], str]:
@@ -85,51 +136,174 @@ def keras_names(program: Program) -> dict[tuple[str, int], str]:
     return names
 
 
-class _Builder:
-    """Builds the graph of one model; shared layer objects are built once."""
+class _Program:
+    """Program-wide state: one Layer per layer object, one graph per model."""
 
-    def __init__(self, program: Program, names, diags: Diagnostics, kinds: dict[int, Kind]):
-        self.program, self.names, self.diags, self.kinds = program, names, diags, kinds
+    def __init__(self, program: Program, diags: Diagnostics):
+        self.program, self.diags = program, diags
+        self.names = keras_names(program)
+        self.kinds: dict[int, Kind] = {}
+        for decl in program.layers:
+            if decl.cls == "TimeDistributed":
+                continue
+            if decl.cls not in KINDS:
+                diags.error("unsupported-layer", f"{decl.cls} is not supported yet.", decl.span,
+                            "supported layers: " + ", ".join(k for k in KINDS if k != "InputLayer") + ", TimeDistributed")
+                continue
+            self.kinds[decl.id] = KINDS[decl.cls](decl, diags)
         self.layers: dict[int, Layer] = {}
+        self.graphs: dict[int, ModelGraph | None] = {}
+        self.building: set[int] = set()
+        self.next_tensor = max([t for c in program.calls for t in c.outputs], default=0) + 1
+
+    def layer(self, lid: int) -> Layer | None:
+        if lid not in self.layers and lid in self.kinds:
+            self.layers[lid] = Layer(self.names[("layer", lid)], self.kinds[lid], self.program.layers[lid])
+        return self.layers.get(lid)
+
+    def new_id(self) -> int:
+        self.next_tensor += 1
+        return self.next_tensor
+
+    def graph(self, mid: int) -> ModelGraph | None:
+        if mid not in self.graphs:
+            if mid in self.building:
+                return None
+            self.building.add(mid)
+            self.graphs[mid] = _build_model(self, self.program.models[mid])
+        return self.graphs[mid]
+
+
+class _Builder:
+    """Builds one model's graph: tensors with shapes, primitive nodes in
+    execution order, and the top-level nodes Keras orders its layers by."""
+
+    def __init__(self, ctx: _Program, model_inputs: set[int]):
+        self.ctx, self.diags, self.program = ctx, ctx.diags, ctx.program
+        self.model_inputs = model_inputs
         self.tensors: dict[int, Tensor | None] = {}
+        self.nodes: list[Node] = []
 
-    def layer(self, lid: int) -> Layer:
-        if lid not in self.layers:
-            decl = self.program.layers[lid]
-            self.layers[lid] = Layer(self.names[("layer", lid)], self.kinds[lid], decl)
-        return self.layers[lid]
-
-    def tensor(self, tid: int, model_inputs: set[int], stack: tuple = ()) -> Tensor | None:
-        """The tensor with shapes inferred, building its producers first."""
+    def tensor(self, tid: int) -> Tensor | None:
+        """The file's tensor `tid`, building what produces it first."""
         if tid in self.tensors:
             return self.tensors[tid]
-        call, index = self.program.producer(tid)
-        if call.callee.kind != "layer":
-            self.diags.error("unsupported-call", "Calling a Model like a layer is not supported yet.", call.span,
-                             "inline the inner model's layers")
-            self.tensors[tid] = None
-            return None
-        layer = self.layer(call.callee.id)
-        refs = _flatten(call.inputs)
-        if layer.cls == "InputLayer" and tid not in model_inputs:
-            self.diags.error("disconnected", f"Graph disconnected: tensor from Input '{layer.name}' is used but is not among the "
-                             "model's inputs.", call.span, "add it to Model(inputs=[...])")
-        ins = [self.tensor(r.id, model_inputs) for r in refs]
+        self.tensors[tid] = None  # a cycle or a failure leaves None
+        call, _ = self.program.producer(tid)
+        ins = [self.tensor(r.id) for r in _flatten(call.inputs)]
         if any(t is None for t in ins):
-            self.tensors[tid] = None
             return None
-        out = layer.kind.output([t.shape for t in ins], [t.dtype for t in ins], call.span) if layer.kind.ok else None
-        if out is None:
-            self.tensors[tid] = None
+        if call.callee.kind == "model":
+            outs = self.model_call(call, ins)
+        else:
+            decl = self.program.layers[call.callee.id]
+            if decl.cls == "TimeDistributed":
+                outs = self.time_distributed(call, decl, ins)
+            else:
+                layer = self.ctx.layer(call.callee.id)
+                if layer is None:
+                    return None
+                if layer.cls == "InputLayer" and tid not in self.model_inputs:
+                    self.diags.error("disconnected", f"Graph disconnected: the Input '{layer.name}' is used but is not among "
+                                     "the model's inputs.", call.span, "add it to Model(inputs=[...])")
+                    return None
+                outs = self.apply(layer, call, ins, [call.outputs[0]])
+                if outs is not None:
+                    top = TopNode(layer, ins, outs)
+                    for t in outs:
+                        t.top = top
+        if outs is None:
             return None
-        if not layer.built:
-            layer.weights, layer.built = layer.kind.weights([t.shape for t in ins]), True
-        node = Node(call, layer, ins, [])
-        for j, otid in enumerate(call.outputs):
-            t = Tensor(otid, out[0], out[1], node, self.program.tensor_spans.get(otid, call.span))
-            node.outputs.append(t)
-            self.tensors[otid] = t
+        for tid_, t in zip(call.outputs, outs):
+            self.tensors[tid_] = t
         return self.tensors[tid]
+
+    def apply(self, layer: Layer, call: CallDecl, ins: list[Tensor], out_ids: list[int], via: Span | None = None,
+              bmul: int = 1) -> list[Tensor] | None:
+        """One primitive node: infer the output, build weights on the first call."""
+        if not layer.kind.ok:
+            return None
+        out = layer.kind.output([t.shape for t in ins], [t.dtype for t in ins], via or call.span)
+        if out is None:
+            return None
+        weights = layer.kind.weights([t.shape for t in ins])
+        if not layer.built:
+            layer.weights, layer.built = weights, True
+        elif [w.shape for w in weights] != [w.shape for w in layer.weights]:
+            self.diags.error("bad-shape", f"Layer '{layer.name}' is called on an input it was not built for. Received: "
+                             f"shapes={', '.join(fmt_shape(t.shape) for t in ins)}, weights built for "
+                             f"{', '.join(fmt_shape(w.shape) for w in layer.weights)}", via or call.span,
+                             "a shared layer needs inputs of the same feature size at every call")
+            return None
+        node = Node(call, layer, ins, [], via)
+        node.outputs = [Tensor(i, out[0], out[1], node, via or call.span, bmul=bmul) for i in out_ids]
+        self.nodes.append(node)
+        return node.outputs
+
+    def instantiate(self, inner: "ModelGraph", args: list[Tensor], via: Span, bmul: int) -> list[Tensor] | None:
+        """The inner model's primitive nodes applied to new tensors, weights shared."""
+        if len(args) != len(inner.inputs):
+            self.diags.error("bad-input", f"Model '{inner.name}' expects {len(inner.inputs)} input(s). Received: {len(args)}", via)
+            return None
+        mapping: dict[int, Tensor] = {}
+        for formal, actual in zip(inner.inputs, args):
+            if formal.shape[1:] != actual.shape[1:] or formal.dtype != actual.dtype:
+                self.diags.error("bad-shape", f"Input '{formal.top.entity.name}' of model '{inner.name}' is incompatible with the "
+                                 f"layer: expected shape={fmt_shape(formal.shape)}, found shape={fmt_shape(actual.shape)}", via)
+                return None
+            mapping[formal.id] = actual
+        for node in inner.nodes:
+            outs = self.apply(node.layer, node.call, [mapping[t.id] for t in node.inputs],
+                              [self.ctx.new_id() for _ in node.outputs], via, bmul)
+            if outs is None:
+                return None
+            mapping.update({o.id: n for o, n in zip(node.outputs, outs)})
+        return [mapping[t.id] for t in inner.outputs]
+
+    def model_call(self, call: CallDecl, ins: list[Tensor]) -> list[Tensor] | None:
+        inner = self.ctx.graph(call.callee.id)
+        if inner is None:
+            return None
+        outs = self.instantiate(inner, ins, call.span, ins[0].bmul)
+        if outs is None:
+            return None
+        # a fresh tensor per output, aliasing the instance's, so the call has outputs of its own
+        outs = [Tensor(self.ctx.new_id(), t.shape, t.dtype, None, call.span, bmul=t.bmul, alias_of=t) for t in outs]
+        top = TopNode(Entity(inner.name, "Functional", inner.params, call.span), ins, outs)
+        for t in outs:
+            t.top = top
+        return outs
+
+    def time_distributed(self, call: CallDecl, decl: LayerDecl, ins: list[Tensor]) -> list[Tensor] | None:
+        """TimeDistributed: the wrapped layer/model on (n * T, ...) rows, viewed back as (n, T, ...)."""
+        name = self.ctx.names[("layer", decl.id)]
+        if len(ins) != 1 or len(ins[0].shape) < 3:
+            self.diags.error("bad-shape", "TimeDistributed expects one input of rank 3 or more (batch, time, ...). Received: "
+                             f"shape={', '.join(fmt_shape(t.shape) for t in ins)}", call.span)
+            return None
+        x = ins[0]
+        steps = x.shape[1]
+        rows = Tensor(self.ctx.new_id(), (None, *x.shape[2:]), x.dtype, None, call.span, bmul=x.bmul * steps, alias_of=x)
+        if decl.inner.kind == "model":
+            inner = self.ctx.graph(decl.inner.id)
+            if inner is None:
+                return None
+            outs, params = self.instantiate(inner, [rows], call.span, rows.bmul), inner.params
+        else:
+            layer = self.ctx.layer(decl.inner.id)
+            if layer is None:
+                return None
+            outs = self.apply(layer, call, [rows], [self.ctx.new_id()], call.span, rows.bmul)
+            params = layer.params
+        if outs is None:
+            return None
+        if len(outs) != 1:
+            self.diags.error("bad-output", "TimeDistributed needs a layer or model with one output.", call.span)
+            return None
+        y = outs[0]
+        out = Tensor(self.ctx.new_id(), (None, steps, *y.shape[1:]), y.dtype, None, call.span, bmul=x.bmul, alias_of=y)
+        out.top = TopNode(Entity(name, "TimeDistributed", params, decl.span), ins, [out])
+        return [out]
 
 
 def _flatten(struct) -> list[Ref]:
@@ -140,23 +314,23 @@ def _flatten(struct) -> list[Ref]:
     return [r for s in struct for r in _flatten(s)]
 
 
-def _keras_layer_order(inputs: list[Tensor], outputs: list[Tensor]) -> tuple[list[Node], list[Layer]]:
-    """Keras's map_graph: nodes by DFS post-order from the outputs; depth = longest
-    path to an output, lifted to a layer's largest depth; layers by decreasing
-    depth, ties by first visit (pre-order)."""
+def _keras_layer_order(inputs: list[Tensor], outputs: list[Tensor]) -> tuple[list, list[TopNode]]:
+    """Keras's map_graph over the model's own calls: nodes in DFS post-order from
+    the outputs; depth = longest path to an output, lifted to a layer's largest
+    depth; layers by decreasing depth, ties by first visit (pre-order)."""
     input_ids = {t.id for t in inputs}
-    post: list[Node] = []
+    post: list[TopNode] = []
     done: set[int] = set()
     visit_index: dict[int, int] = {}
-    layer_of: dict[int, Layer] = {}
+    entity_of: dict[int, object] = {}
 
     def walk(t: Tensor) -> None:
-        node = t.node
+        node = t.top
         if id(node) in done:
             return
-        layer_of.setdefault(id(node.layer), node.layer)
-        visit_index.setdefault(id(node.layer), len(visit_index))
-        if node.layer.cls != "InputLayer" and t.id not in input_ids:
+        entity_of.setdefault(id(node.entity), node.entity)
+        visit_index.setdefault(id(node.entity), len(visit_index))
+        if node.entity.cls != "InputLayer" and t.id not in input_ids:
             for x in node.inputs:
                 walk(x)
         done.add(id(node))
@@ -165,22 +339,22 @@ def _keras_layer_order(inputs: list[Tensor], outputs: list[Tensor]) -> tuple[lis
     for t in outputs:
         walk(t)
     node_depth: dict[int, int] = {}
-    layer_depth: dict[int, int] = {}
+    entity_depth: dict[int, int] = {}
     in_graph = {id(n) for n in post}
     for node in reversed(post):
-        depth = max(node_depth.setdefault(id(node), 0), layer_depth.get(id(node.layer), 0))
-        layer_depth[id(node.layer)] = depth
+        depth = max(node_depth.setdefault(id(node), 0), entity_depth.get(id(node.entity), 0))
+        entity_depth[id(node.entity)] = depth
         node_depth[id(node)] = depth
         for x in node.inputs:
-            if id(x.node) in in_graph:
-                node_depth[id(x.node)] = max(depth + 1, node_depth.get(id(x.node), 0))
+            if id(x.top) in in_graph:
+                node_depth[id(x.top)] = max(depth + 1, node_depth.get(id(x.top), 0))
     for t in inputs:  # inputs not connected to any output still count as layers
-        if id(t.node.layer) not in layer_depth:
-            layer_depth[id(t.node.layer)] = 0
-            visit_index[id(t.node.layer)] = -1
-            layer_of[id(t.node.layer)] = t.node.layer
-    order = sorted(layer_depth, key=lambda k: (-layer_depth[k], visit_index[k]))
-    return post, [layer_of[k] for k in order]
+        if id(t.top.entity) not in entity_depth:
+            entity_depth[id(t.top.entity)] = 0
+            visit_index[id(t.top.entity)] = -1
+            entity_of[id(t.top.entity)] = t.top.entity
+    order = sorted(entity_depth, key=lambda k: (-entity_depth[k], visit_index[k]))
+    return [entity_of[k] for k in order], post
 
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -188,16 +362,10 @@ _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def build(program: Program, diags: Diagnostics) -> list[ModelGraph]:
     """One graph per Model(...) in the file, in file order; errors go to diags."""
-    names = keras_names(program)
-    kinds = {}
-    for decl in program.layers:
-        if decl.cls not in KINDS:
-            diags.error("unsupported-layer", f"{decl.cls} is not supported yet.", decl.span,
-                        "supported layers: " + ", ".join(k for k in KINDS if k != "InputLayer"))
-        kinds[decl.id] = KINDS.get(decl.cls, KINDS["Activation"])(decl, diags)
+    ctx = _Program(program, diags)
     graphs, modules = [], {}
     for m in program.models:
-        g = _build_model(program, m, names, diags, kinds)
+        g = ctx.graph(m.id)
         if g is None:
             continue
         if g.module in modules:
@@ -212,15 +380,15 @@ def build(program: Program, diags: Diagnostics) -> list[ModelGraph]:
     return graphs
 
 
-def _build_model(program, m: ModelDecl, names, diags, kinds) -> ModelGraph | None:
-    name = names[("model", m.id)]
+def _build_model(ctx: _Program, m: ModelDecl) -> ModelGraph | None:
+    diags = ctx.diags
+    name = ctx.names[("model", m.id)]
     module = m.name.value if m.name is not None else (m.var or name)
     span = m.name.span if m.name is not None else m.span
     if not isinstance(module, str) or not _MODULE_NAME.match(module) or keyword.iskeyword(module):
         diags.error("bad-name", f"The model name must be a valid Python identifier to name its module. Received: {module!r}",
                     span, "use letters, digits and underscores, e.g. name='my_model'")
         return None
-    b = _Builder(program, names, diags, kinds)
     in_refs, out_refs = _flatten(m.inputs), _flatten(m.outputs)
     if not in_refs or not out_refs:
         diags.error("bad-model", "A Model needs at least one input and one output tensor.", m.span,
@@ -229,25 +397,29 @@ def _build_model(program, m: ModelDecl, names, diags, kinds) -> ModelGraph | Non
     if any(r.kind != "tensor" for r in in_refs + out_refs):
         diags.error("not-a-tensor", "Model inputs and outputs must be tensors.", m.span)
         return None
-    in_ids = {r.id for r in in_refs}
-    inputs = [b.tensor(r.id, in_ids) for r in in_refs]
-    for r, t in zip(in_refs, inputs):
-        if t is not None and t.node.layer.cls != "InputLayer":
+    b = _Builder(ctx, {r.id for r in in_refs})
+    inputs = [b.tensor(r.id) for r in in_refs]
+    if any(t is None for t in inputs):
+        return None
+    for t in inputs:
+        if t.top.entity.cls != "InputLayer":
             diags.error("bad-model", "Model inputs must come from Input(...).", t.span, "pass the Input tensors as inputs")
             return None
-    outputs = [b.tensor(r.id, in_ids) for r in out_refs]
-    if any(t is None for t in inputs + outputs):
+    outputs = [b.tensor(r.id) for r in out_refs]
+    if any(t is None for t in outputs):
         return None
-    post, layers = _keras_layer_order(inputs, outputs)
+    layers, tops = _keras_layer_order(inputs, outputs)
     seen = {}
     for layer in layers:
         if layer.name in seen:
             diags.error("duplicate-name", f"The name \"{layer.name}\" is used 2 times in the model. All operation names should be unique.",
-                        layer.decl.span, "give each layer its own name=")
+                        getattr(layer, "decl_span", None) or layer.decl.span, "give each layer its own name=")
             return None
         seen[layer.name] = layer
-    nodes = [n for n in post if n.layer.cls != "InputLayer"]
+    nodes = [n for n in b.nodes if n.layer.cls != "InputLayer"]
     g = ModelGraph(m, name, module, inputs, outputs, nodes, layers, None, FitSettings())
+    for top in tops:
+        g.shapes.setdefault(top.entity.name, top.outputs[0].shape)
     g.compile = resolve_compile(m.compile, g, diags) if m.compile else None
     g.fit = resolve_fit(m.fit, g, diags)
     return g
@@ -256,6 +428,6 @@ def _build_model(program, m: ModelDecl, names, diags, kinds) -> ModelGraph | Non
 def describe(g: ModelGraph) -> str:
     """A short text form for tests and debugging."""
     lines = [f"model {g.name} -> {g.module}.py"]
-    for layer in g.layers:
-        lines.append(f"  {layer.name} ({layer.cls}) " + " ".join(f"{w.name}{fmt_shape(w.shape)}" for w in layer.weights))
+    for entity in g.layers:
+        lines.append(f"  {entity.name} ({entity.cls}) " + " ".join(f"{w.name}{fmt_shape(w.shape)}" for _, w in entity.params))
     return "\n".join(lines)

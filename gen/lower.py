@@ -75,23 +75,21 @@ class _Lowering:
         self.input_pos = {t.id: i for i, t in enumerate(g.inputs)}
         self.output_pos: dict[int, list[int]] = {}
         for k, t in enumerate(g.outputs):
-            self.output_pos.setdefault(t.id, []).append(k)
-        i = 0
-        for layer in g.layers:
-            for w in layer.weights:
-                self.weight_index[(id(layer), w.name)] = i
-                i += 1
+            self.output_pos.setdefault(t.base().id, []).append(k)
+        for i, (layer, w) in enumerate(g.params):
+            self.weight_index[(id(layer), w.name)] = i
         self.needs_grad = self._needs_grad()
 
     # -- names and buffers ------------------------------------------------
     def _needs_grad(self) -> set[int]:
         need = set()
         for node in self.g.nodes:
-            if node.layer.weights or any(t.id in need for t in node.inputs):
+            if node.layer.weights or any(t.base().id in need for t in node.inputs):
                 need.update(t.id for t in node.outputs)
         return need
 
     def key(self, t: Tensor) -> str:
+        t = t.base()
         if t.id not in self.keys:
             node = t.node
             calls = [n for n in self.g.nodes if n.layer is node.layer]
@@ -106,28 +104,35 @@ class _Lowering:
             self.keys[t.id] = base
         return self.keys[t.id]
 
-    def shape_expr(self, shape: tuple) -> str:
-        dims = ["n" if d is None else str(d) for d in shape]
+    def shape_expr(self, shape: tuple, bmul: int = 1) -> str:
+        dims = [("n" if bmul == 1 else f"n * {bmul}") if d is None else str(d) for d in shape]
         return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
-    def buf(self, key: str, shape: tuple, comment: str) -> str:
+    def buf(self, key: str, shape: tuple, comment: str, bmul: int = 1) -> str:
         if key not in self.used or not any(b.key == key for b in self.buffers):
             self.used.add(key)
-            self.buffers.append(Buffer(key, f"np.empty({self.shape_expr(shape)}, dt)", comment))
+            self.buffers.append(Buffer(key, f"np.empty({self.shape_expr(shape, bmul)}, dt)", comment))
         return f"b[{key!r}]"
 
     def value(self, t: Tensor, shape: tuple | None = None, grad: bool = False) -> str:
-        """Expression for a tensor's value (or gradient) buffer, optionally as a view of another shape."""
+        """Expression for a tensor's value (or gradient) buffer, optionally as a
+        view of another shape. Aliases (TimeDistributed, model calls) are views
+        of their base tensor's buffer."""
+        if shape is None and t.alias_of is not None:
+            shape = t.shape
+        t = t.base()
         key = ("d_" if grad else "") + self.key(t)
         if not grad and t.id in self.input_pos and not any(b.key == key for b in self.bind_inputs):
             self.bind_inputs.append(Buffer(key, f"xs[{self.input_pos[t.id]}]", f"input {self.shape_expr(t.shape)}"))
         if grad and t.id in self.output_pos and not any(b.key == key for b in self.bind_outputs):
             ks = self.output_pos[t.id]
-            self.bind_outputs.append(Buffer(key, f"douts[{ks[0]}]", f"d loss / d output {self.shape_expr(t.shape)}"))
-            self.bind_outputs += [Buffer(key, f"b[{key!r}] + douts[{k}]", "the same tensor is output twice") for k in ks[1:]]
+            rows = ", ".join(["-1"] + [str(d) for d in t.shape[1:]])
+            self.bind_outputs.append(Buffer(key, f"douts[{ks[0]}].reshape({rows})", f"d loss / d output {self.shape_expr(t.shape, t.bmul)}"))
+            self.bind_outputs += [Buffer(key, f"b[{key!r}] + douts[{k}].reshape({rows})", "the same tensor is output twice")
+                                  for k in ks[1:]]
         elif not (not grad and t.id in self.input_pos) and not any(b.key == key for b in self.buffers):
-            self.buf(key, t.shape, ("d loss / d " if grad else "") + f"{t.node.layer.name} {self.shape_expr(t.shape)}")
-        if shape is None or tuple(shape) == tuple(t.shape):
+            self.buf(key, t.shape, ("d loss / d " if grad else "") + f"{t.node.layer.name} {self.shape_expr(t.shape, t.bmul)}", t.bmul)
+        if shape is None or (shape[0] is None and tuple(shape[1:]) == tuple(t.shape[1:])):
             return f"b[{key!r}]"
         vkey = key + "_" + "x".join("n" if d is None else str(d) for d in shape).replace("-1", "m")
         if (t.id, key, tuple(shape)) not in self.views:
@@ -144,7 +149,7 @@ class _Lowering:
 
     def flat(self, t: Tensor, grad: bool = False) -> str:
         """The tensor as (rows, last axis)."""
-        return self.value(t, None if len(t.shape) == 2 else (None, t.shape[-1]), grad)
+        return self.value(t, (None, t.shape[-1]), grad)
 
     def weight(self, node: Node, name: str, grad: bool = False) -> str:
         i = self.weight_index.get((id(node.layer), name))
@@ -153,9 +158,10 @@ class _Lowering:
         return f"{'g' if grad else 'w'}[{i}]"
 
     def where(self, node: Node) -> str:
-        line = node.call.span.line
-        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
-        return f"{self.fname}:{line}  {comment_text(text)}"
+        def at(span):
+            text = self.lines[span.line - 1] if 0 < span.line <= len(self.lines) else ""
+            return f"{self.fname}:{span.line}  {comment_text(text)}"
+        return at(node.call.span) + (f"  (via {at(node.via)})" if node.via and node.via != node.call.span else "")
 
     # -- steps --------------------------------------------------------------
     def lower(self) -> tuple[list[Step], list[Step]]:
@@ -167,6 +173,7 @@ class _Lowering:
                 continue
             modes = []
             for t in node.inputs:
+                t = t.base()
                 if t.id not in self.needs_grad:
                     modes.append(0)
                 else:
@@ -214,10 +221,10 @@ class _Lowering:
                      drkernel=self.weight(node, "recurrent_kernel", True), dbias=self.weight(node, "bias", True))
             k = self.key(t)
             T, I, U = x.shape[1], x.shape[2], cfg["units"]
-            f.update(dzs=self.buf(k + "_dzs", (T, None, 4 * U), "d loss / d gate pre-activations (T, n, 4u)"),
-                     dh=self.buf(k + "_dh", (None, U), "d loss / d h carried backward in time"),
-                     dc=self.buf(k + "_dc", (None, U), "d loss / d c carried backward in time"),
-                     dxt=self.buf(k + "_dxt", (T, None, I), "d loss / d input, time-major"))
+            f.update(dzs=self.buf(k + "_dzs", (T, None, 4 * U), "d loss / d gate pre-activations (T, n, 4u)", x.bmul),
+                     dh=self.buf(k + "_dh", (None, U), "d loss / d h carried backward in time", x.bmul),
+                     dc=self.buf(k + "_dc", (None, U), "d loss / d c carried backward in time", x.bmul),
+                     dxt=self.buf(k + "_dxt", (T, None, I), "d loss / d input, time-major", x.bmul))
         elif cls == "Concatenate":
             f.update(dy=self.value(t, self._concat_view(t.shape, cfg["axis"]), True),
                      parts=[("b['_e2']" if m == 0 else self.value(xi, self._concat_view(xi.shape, cfg["axis"]), True), off, m)
@@ -232,11 +239,11 @@ class _Lowering:
         k, T, I, U = self.key(t), x.shape[1], x.shape[2], cfg["units"]
         return dict(
             y=self._lstm_y(t, False), x=self.value(x),
-            xt=self.buf(k + "_xt", (T, None, I), "input, time-major (T, n, in)"),
-            zs=self.buf(k + "_zs", (T, None, 4 * U), "gate values i f g o after activation (T, n, 4u)"),
-            hs=self.buf(k + "_hs", (T + 1, None, U), "hidden states, hs[0] = 0 (T+1, n, u)"),
-            cs=self.buf(k + "_cs", (T + 1, None, U), "cell states, cs[0] = 0 (T+1, n, u)"),
-            tc=self.buf(k + "_tc", (T, None, U), "activation(c_t) (T, n, u)"),
+            xt=self.buf(k + "_xt", (T, None, I), "input, time-major (T, n, in)", x.bmul),
+            zs=self.buf(k + "_zs", (T, None, 4 * U), "gate values i f g o after activation (T, n, 4u)", x.bmul),
+            hs=self.buf(k + "_hs", (T + 1, None, U), "hidden states, hs[0] = 0 (T+1, n, u)", x.bmul),
+            cs=self.buf(k + "_cs", (T + 1, None, U), "cell states, cs[0] = 0 (T+1, n, u)", x.bmul),
+            tc=self.buf(k + "_tc", (T, None, U), "activation(c_t) (T, n, u)", x.bmul),
             kernel=self.weight(node, "kernel"), rkernel=self.weight(node, "recurrent_kernel"), bias=self.weight(node, "bias"),
             act=catalog.ACTIVATIONS[cfg["activation"]], ract=catalog.ACTIVATIONS[cfg["recurrent_activation"]],
             return_sequences=cfg["return_sequences"])
@@ -257,6 +264,11 @@ class _Lowering:
         return offs
 
 
+def _weight_name(entity, layer, w) -> str:
+    """Unique within its entry of model.layers: a wrapped layer's weights carry its name."""
+    return w.name if entity is layer else f"{layer.name}/{w.name}"
+
+
 def lower(g: ModelGraph, program: Program) -> ModulePlan:
     low = _Lowering(g, program)
     fwd, bwd = low.lower()
@@ -269,19 +281,16 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     header = f"# Generated by gen {__version__} from {low.fname} (sha256 {digest[:16]}). DO NOT EDIT."
     inputs = []
     for t in g.inputs:
-        bound = next((n.layer.kind.cfg["input_dim"] for n in g.nodes if n.layer.cls == "Embedding" and n.inputs[0] is t), None)
-        inputs.append((t.node.layer.name, tuple(t.shape[1:]), t.dtype, bound))
-    outputs = [(t.node.layer.name, tuple(t.shape[1:]), c.losses[k] if c else None, c.loss_weights[k] if c else 1.0,
-                c.accuracy[k] if c else False) for k, t in enumerate(g.outputs)]
-    layers = tuple((l.name, l.cls, tuple((w.name, w.shape) for w in l.weights)) for l in g.layers)
-    shapes = {}
-    for n in g.nodes:
-        shapes.setdefault(n.layer.name, n.outputs[0].shape)
-    for t in g.inputs:
-        shapes[t.node.layer.name] = t.shape
+        bound = next((n.layer.kind.cfg["input_dim"] for n in g.nodes
+                      if n.layer.cls == "Embedding" and n.inputs[0].base() is t), None)
+        inputs.append((t.top.entity.name, tuple(t.shape[1:]), t.dtype, bound))
+    outputs = [(name, tuple(t.shape[1:]), c.losses[k] if c else None, c.loss_weights[k] if c else 1.0,
+                c.accuracy[k] if c else False) for k, (name, t) in enumerate(zip(g.output_names, g.outputs))]
+    layers = tuple((e.name, e.cls, tuple((_weight_name(e, layer, w), w.shape) for layer, w in e.params)) for e in g.layers)
+    shapes = dict(sorted(g.shapes.items()))
     attrs = [("name", repr(g.name)), ("input_names", repr(tuple(g.input_names))), ("output_names", repr(tuple(g.output_names))),
              ("_inputs", repr(tuple(inputs))), ("_outputs", repr(tuple(outputs))), ("_layers", repr(layers)),
-             ("_inits", repr(tuple(w.init for l in g.layers for w in l.weights))),
+             ("_inits", repr(tuple(w.init for _, w in g.params))),
              ("_output_shapes", repr(shapes)),
              ("_optimizer", repr((c.optimizer, c.optimizer_args) if c else None)),
              ("_fit_defaults", repr(g.fit.defaults))]

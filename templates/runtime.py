@@ -124,6 +124,9 @@ class _Runtime:
         return q.reshape(shape)
 
     def _init_optimizer(self):
+        if self._optimizer is None:  # the model file never compiled this model: predict only
+            self._opt_kernel = None
+            return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
             raise ValueError(f"unsupported optimizer {name!r}")
@@ -264,6 +267,9 @@ class _Runtime:
         return sizes[0][1]
 
     def _prep(self, x, y):
+        if self._opt_kernel is None or any(o[2] is None for o in self._outputs):
+            raise RuntimeError(f"Model '{self.name}' has no compile(...) in its model file, so it has no loss or "
+                               "optimizer: it can predict, not train or evaluate. Add model.compile(...) and regenerate.")
         xs = self._prep_inputs(x)
         ts, kinds = self._prep_targets(y)
         n = self._cardinality(xs, ts, self.input_names, self.output_names)

@@ -19,8 +19,6 @@ import functools
 import inspect
 import os
 import weakref
-from dataclasses import dataclass, field
-from typing import Any
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -64,17 +62,8 @@ def _model_floatx(kmodel):
     return "float64" if any(v.dtype == "float64" for v in kmodel.weights) else None
 
 
-@dataclass
-class CompileCall:
-    """One ``model.compile(...)`` call of the model file, as written."""
-
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-# model -> CompileCall of the last compile() the file made on it.
-_COMPILE_CALLS: "weakref.WeakKeyDictionary[keras.Model, CompileCall]" = (
-    weakref.WeakKeyDictionary()
-)
+# model -> keyword arguments of the last compile() the model file made on it.
+_COMPILE_CALLS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
 class _ModelNamespace(dict):
@@ -108,7 +97,6 @@ def build_keras_models(path, floatx=None) -> dict[str, keras.Model]:
     keras.backend.clear_session()  # resets the auto-naming counters
 
     explicit_names: dict[int, str] = {}
-    compile_calls: list[tuple[keras.Model, CompileCall]] = []
     orig_init = Functional.__init__
     orig_compile = keras.Model.compile
     orig_fit = keras.Model.fit
@@ -128,7 +116,7 @@ def build_keras_models(path, floatx=None) -> dict[str, keras.Model]:
             if k in call:
                 raise TypeError(f"compile() got multiple values for {k!r}")
             call[k] = v
-        compile_calls.append((self, CompileCall(call)))
+        _COMPILE_CALLS[self] = call
 
     def no_fit(self, *args, **kwargs):
         return None
@@ -145,9 +133,6 @@ def build_keras_models(path, floatx=None) -> dict[str, keras.Model]:
         keras.Model.compile = orig_compile
         keras.Model.fit = orig_fit
 
-    for model, call in compile_calls:
-        _COMPILE_CALLS[model] = call
-
     models: dict[str, keras.Model] = {}
     seen: set[int] = set()
     for var, value in list(ns.items()):
@@ -163,7 +148,7 @@ def build_keras_models(path, floatx=None) -> dict[str, keras.Model]:
 def captured_compile(kmodel) -> dict | None:
     """The compile() keyword arguments of the model file, verbatim (or None)."""
     call = _COMPILE_CALLS.get(kmodel)
-    return None if call is None else dict(call.kwargs)
+    return None if call is None else dict(call)
 
 
 def input_layer_names(kmodel) -> list[str]:

@@ -379,7 +379,7 @@ def test_unknown_layer():
 def test_unsupported_statements_all_reported():
     src = ("def f():\n    pass\nif x:\n    y = 1\nfor i in []:\n    pass\nwhile False:\n    pass\n"
            "class A:\n    pass\nwith a:\n    pass\ntry:\n    pass\nexcept Exception:\n    pass\n"
-           "del x\nglobal g\na, b = 1, 2\nx += 1\nx.attr = 3\n")
+           "del x\nglobal g\na, b = 1, 2, 3\nx += 1\nx.attr = 3\n")
     prog, diags = run(HEAD + src)
     found = [(d.code, d.span.line) for d in diags.items]
     assert found == [("unsupported-statement", line) for line in (4, 6, 8, 10, 12, 14, 16, 20, 21, 22, 23, 24)]

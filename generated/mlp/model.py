@@ -17,8 +17,13 @@ from numba import prange
 
 
 def njit(*args, **kwargs):
-    """numba.njit with the on-disk cache on: a second process skips compilation."""
-    kwargs.setdefault("cache", True)
+    """numba.njit with the on-disk cache on, so a second process skips compiling.
+
+    numba's cache records the module's import name and imports it again on
+    load, so caching is on only when this module is registered under its
+    name (a normal import); a module exec'd without a name would leave cache
+    entries no other process can load."""
+    kwargs.setdefault("cache", __name__ in sys.modules)
     return numba.njit(*args, **kwargs)
 
 
@@ -635,6 +640,9 @@ class _Runtime:
         return q.reshape(shape)
 
     def _init_optimizer(self):
+        if self._optimizer is None:  # the model file never compiled this model: predict only
+            self._opt_kernel = None
+            return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
             raise ValueError(f"unsupported optimizer {name!r}")
@@ -775,6 +783,9 @@ class _Runtime:
         return sizes[0][1]
 
     def _prep(self, x, y):
+        if self._opt_kernel is None or any(o[2] is None for o in self._outputs):
+            raise RuntimeError(f"Model '{self.name}' has no compile(...) in its model file, so it has no loss or "
+                               "optimizer: it can predict, not train or evaluate. Add model.compile(...) and regenerate.")
         xs = self._prep_inputs(x)
         ts, kinds = self._prep_targets(y)
         n = self._cardinality(xs, ts, self.input_names, self.output_names)
@@ -1159,7 +1170,7 @@ class Model(_Runtime):
         """The backward pass in reverse order; accumulates into the gradients g.
         Overwrites douts (they are scratch once the loss is computed)."""
         w, g = self._w, self._g
-        b['d_dense_2'] = douts[0]  # d loss / d output (n, 10)
+        b['d_dense_2'] = douts[0].reshape(-1, 10)  # d loss / d output (n, 10)
         # mlp.py:11  predictions = Dense(10, activation='softmax')(x)
         activation_backward(b['d_dense_2'], b['d_dense_2'], b['dense_2'], 4, 1)
         dense_backward(b['d_dense_1'], g[4], g[5], b['d_dense_2'], b['dense_1'], w[4], 1)

@@ -17,8 +17,13 @@ from numba import prange
 
 
 def njit(*args, **kwargs):
-    """numba.njit with the on-disk cache on: a second process skips compilation."""
-    kwargs.setdefault("cache", True)
+    """numba.njit with the on-disk cache on, so a second process skips compiling.
+
+    numba's cache records the module's import name and imports it again on
+    load, so caching is on only when this module is registered under its
+    name (a normal import); a module exec'd without a name would leave cache
+    entries no other process can load."""
+    kwargs.setdefault("cache", __name__ in sys.modules)
     return numba.njit(*args, **kwargs)
 
 
@@ -624,6 +629,9 @@ class _Runtime:
         return q.reshape(shape)
 
     def _init_optimizer(self):
+        if self._optimizer is None:  # the model file never compiled this model: predict only
+            self._opt_kernel = None
+            return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
             raise ValueError(f"unsupported optimizer {name!r}")
@@ -764,6 +772,9 @@ class _Runtime:
         return sizes[0][1]
 
     def _prep(self, x, y):
+        if self._opt_kernel is None or any(o[2] is None for o in self._outputs):
+            raise RuntimeError(f"Model '{self.name}' has no compile(...) in its model file, so it has no loss or "
+                               "optimizer: it can predict, not train or evaluate. Add model.compile(...) and regenerate.")
         xs = self._prep_inputs(x)
         ts, kinds = self._prep_targets(y)
         n = self._cardinality(xs, ts, self.input_names, self.output_names)
@@ -1110,7 +1121,7 @@ class Model(_Runtime):
     _outputs = (('dense_2', (2,), 'mean_squared_error', 1.0, False),)
     _layers = (('input_layer', 'InputLayer', ()), ('input_layer_1', 'InputLayer', ()), ('concatenate', 'Concatenate', ()), ('dense', 'Dense', (('kernel', (9, 16)),)), ('activation', 'Activation', ()), ('dense_1', 'Dense', (('kernel', (16, 8)), ('bias', (8,)))), ('dense_2', 'Dense', (('kernel', (8, 2)), ('bias', (2,)))))
     _inits = (('glorot_uniform', 9, 16), ('glorot_uniform', 16, 8), ('zeros',), ('glorot_uniform', 8, 2), ('zeros',))
-    _output_shapes = {'concatenate': (None, 9), 'dense': (None, 16), 'activation': (None, 16), 'dense_1': (None, 8), 'dense_2': (None, 2), 'input_layer': (None, 6), 'input_layer_1': (None, 3)}
+    _output_shapes = {'activation': (None, 16), 'concatenate': (None, 9), 'dense': (None, 16), 'dense_1': (None, 8), 'dense_2': (None, 2), 'input_layer': (None, 6), 'input_layer_1': (None, 3)}
     _optimizer = ('sgd', {'learning_rate': 0.05, 'momentum': 0.9, 'nesterov': True})
     _fit_defaults = {'epochs': 20, 'batch_size': 8, 'shuffle': False, 'validation_split': 0.0}
 
@@ -1154,7 +1165,7 @@ class Model(_Runtime):
         """The backward pass in reverse order; accumulates into the gradients g.
         Overwrites douts (they are scratch once the loss is computed)."""
         w, g = self._w, self._g
-        b['d_dense_2'] = douts[0]  # d loss / d output (n, 2)
+        b['d_dense_2'] = douts[0].reshape(-1, 2)  # d loss / d output (n, 2)
         # regressor.py:15  y = layers.Dense(2)(x)
         dense_backward(b['d_dense_1'], g[3], g[4], b['d_dense_2'], b['dense_1'], w[3], 1)
         # regressor.py:14  x = layers.Dense(width // 2, activation='sigmoid')(x)

@@ -17,8 +17,13 @@ from numba import prange
 
 
 def njit(*args, **kwargs):
-    """numba.njit with the on-disk cache on: a second process skips compilation."""
-    kwargs.setdefault("cache", True)
+    """numba.njit with the on-disk cache on, so a second process skips compiling.
+
+    numba's cache records the module's import name and imports it again on
+    load, so caching is on only when this module is registered under its
+    name (a normal import); a module exec'd without a name would leave cache
+    entries no other process can load."""
+    kwargs.setdefault("cache", __name__ in sys.modules)
     return numba.njit(*args, **kwargs)
 
 
@@ -834,6 +839,9 @@ class _Runtime:
         return q.reshape(shape)
 
     def _init_optimizer(self):
+        if self._optimizer is None:  # the model file never compiled this model: predict only
+            self._opt_kernel = None
+            return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
             raise ValueError(f"unsupported optimizer {name!r}")
@@ -974,6 +982,9 @@ class _Runtime:
         return sizes[0][1]
 
     def _prep(self, x, y):
+        if self._opt_kernel is None or any(o[2] is None for o in self._outputs):
+            raise RuntimeError(f"Model '{self.name}' has no compile(...) in its model file, so it has no loss or "
+                               "optimizer: it can predict, not train or evaluate. Add model.compile(...) and regenerate.")
         xs = self._prep_inputs(x)
         ts, kinds = self._prep_targets(y)
         n = self._cardinality(xs, ts, self.input_names, self.output_names)
@@ -1321,7 +1332,7 @@ class Model(_Runtime):
     _outputs = (('label', (1,), 'binary_crossentropy', 1.0, True),)
     _layers = (('seq', 'InputLayer', ()), ('lstm', 'LSTM', (('kernel', (3, 64)), ('recurrent_kernel', (16, 64)), ('bias', (64,)))), ('lstm_1', 'LSTM', (('kernel', (16, 32)), ('recurrent_kernel', (8, 32)))), ('label', 'Dense', (('kernel', (8, 1)), ('bias', (1,)))))
     _inits = (('glorot_uniform', 3, 64), ('orthogonal',), ('lstm_bias', 16), ('glorot_uniform', 16, 32), ('orthogonal',), ('glorot_uniform', 8, 1), ('zeros',))
-    _output_shapes = {'lstm': (None, 7, 16), 'lstm_1': (None, 8), 'label': (None, 1), 'seq': (None, 7, 3)}
+    _output_shapes = {'label': (None, 1), 'lstm': (None, 7, 16), 'lstm_1': (None, 8), 'seq': (None, 7, 3)}
     _optimizer = ('rmsprop', {'learning_rate': 0.01, 'rho': 0.9, 'momentum': 0.5, 'epsilon': 1e-07, 'centered': True})
     _fit_defaults = {'epochs': 1, 'batch_size': 32, 'shuffle': True, 'validation_split': 0.2}
 
@@ -1378,7 +1389,7 @@ class Model(_Runtime):
         """The backward pass in reverse order; accumulates into the gradients g.
         Overwrites douts (they are scratch once the loss is computed)."""
         w, g = self._w, self._g
-        b['d_label'] = douts[0]  # d loss / d output (n, 1)
+        b['d_label'] = douts[0].reshape(-1, 1)  # d loss / d output (n, 1)
         # stacked_lstm.py:13  out = Dense(1, activation='sigmoid', name='label')(h)
         activation_backward(b['d_label'], b['d_label'], b['label'], 2, 1)
         dense_backward(b['d_lstm_1'], g[5], g[6], b['d_label'], b['lstm_1'], w[5], 1)

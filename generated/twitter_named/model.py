@@ -17,8 +17,13 @@ from numba import prange
 
 
 def njit(*args, **kwargs):
-    """numba.njit with the on-disk cache on: a second process skips compilation."""
-    kwargs.setdefault("cache", True)
+    """numba.njit with the on-disk cache on, so a second process skips compiling.
+
+    numba's cache records the module's import name and imports it again on
+    load, so caching is on only when this module is registered under its
+    name (a normal import); a module exec'd without a name would leave cache
+    entries no other process can load."""
+    kwargs.setdefault("cache", __name__ in sys.modules)
     return numba.njit(*args, **kwargs)
 
 
@@ -878,6 +883,9 @@ class _Runtime:
         return q.reshape(shape)
 
     def _init_optimizer(self):
+        if self._optimizer is None:  # the model file never compiled this model: predict only
+            self._opt_kernel = None
+            return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
             raise ValueError(f"unsupported optimizer {name!r}")
@@ -1018,6 +1026,9 @@ class _Runtime:
         return sizes[0][1]
 
     def _prep(self, x, y):
+        if self._opt_kernel is None or any(o[2] is None for o in self._outputs):
+            raise RuntimeError(f"Model '{self.name}' has no compile(...) in its model file, so it has no loss or "
+                               "optimizer: it can predict, not train or evaluate. Add model.compile(...) and regenerate.")
         xs = self._prep_inputs(x)
         ts, kinds = self._prep_targets(y)
         n = self._cardinality(xs, ts, self.input_names, self.output_names)
@@ -1364,7 +1375,7 @@ class Model(_Runtime):
     _outputs = (('main_output', (1,), 'binary_crossentropy', 1.0, False), ('aux_output', (1,), 'binary_crossentropy', 0.2, False))
     _layers = (('main_input', 'InputLayer', ()), ('embedding', 'Embedding', (('embeddings', (10000, 512)),)), ('lstm', 'LSTM', (('kernel', (512, 128)), ('recurrent_kernel', (32, 128)), ('bias', (128,)))), ('aux_input', 'InputLayer', ()), ('concatenate', 'Concatenate', ()), ('dense', 'Dense', (('kernel', (37, 64)), ('bias', (64,)))), ('dense_1', 'Dense', (('kernel', (64, 64)), ('bias', (64,)))), ('dense_2', 'Dense', (('kernel', (64, 64)), ('bias', (64,)))), ('main_output', 'Dense', (('kernel', (64, 1)), ('bias', (1,)))), ('aux_output', 'Dense', (('kernel', (32, 1)), ('bias', (1,)))))
     _inits = (('uniform', -0.05, 0.05), ('glorot_uniform', 512, 128), ('orthogonal',), ('lstm_bias', 32), ('glorot_uniform', 37, 64), ('zeros',), ('glorot_uniform', 64, 64), ('zeros',), ('glorot_uniform', 64, 64), ('zeros',), ('glorot_uniform', 64, 1), ('zeros',), ('glorot_uniform', 32, 1), ('zeros',))
-    _output_shapes = {'embedding': (None, 100, 512), 'lstm': (None, 32), 'concatenate': (None, 37), 'dense': (None, 64), 'dense_1': (None, 64), 'dense_2': (None, 64), 'main_output': (None, 1), 'aux_output': (None, 1), 'main_input': (None, 100), 'aux_input': (None, 5)}
+    _output_shapes = {'aux_input': (None, 5), 'aux_output': (None, 1), 'concatenate': (None, 37), 'dense': (None, 64), 'dense_1': (None, 64), 'dense_2': (None, 64), 'embedding': (None, 100, 512), 'lstm': (None, 32), 'main_input': (None, 100), 'main_output': (None, 1)}
     _optimizer = ('rmsprop', {'learning_rate': 0.001, 'rho': 0.9, 'momentum': 0.0, 'epsilon': 1e-07, 'centered': False})
     _fit_defaults = {'epochs': 50, 'batch_size': 32, 'shuffle': True, 'validation_split': 0.0}
 
@@ -1439,8 +1450,8 @@ class Model(_Runtime):
         """The backward pass in reverse order; accumulates into the gradients g.
         Overwrites douts (they are scratch once the loss is computed)."""
         w, g = self._w, self._g
-        b['d_aux_output'] = douts[1]  # d loss / d output (n, 1)
-        b['d_main_output'] = douts[0]  # d loss / d output (n, 1)
+        b['d_aux_output'] = douts[1].reshape(-1, 1)  # d loss / d output (n, 1)
+        b['d_main_output'] = douts[0].reshape(-1, 1)  # d loss / d output (n, 1)
         # twitter_named.py:16  auxiliary_output = Dense(1, activation='sigmoid', name='aux_output')(lstm_out)
         activation_backward(b['d_aux_output'], b['d_aux_output'], b['aux_output'], 2, 1)
         dense_backward(b['d_lstm'], g[12], g[13], b['d_aux_output'], b['lstm'], w[12], 1)

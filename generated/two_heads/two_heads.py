@@ -17,8 +17,13 @@ from numba import prange
 
 
 def njit(*args, **kwargs):
-    """numba.njit with the on-disk cache on: a second process skips compilation."""
-    kwargs.setdefault("cache", True)
+    """numba.njit with the on-disk cache on, so a second process skips compiling.
+
+    numba's cache records the module's import name and imports it again on
+    load, so caching is on only when this module is registered under its
+    name (a normal import); a module exec'd without a name would leave cache
+    entries no other process can load."""
+    kwargs.setdefault("cache", __name__ in sys.modules)
     return numba.njit(*args, **kwargs)
 
 
@@ -872,6 +877,9 @@ class _Runtime:
         return q.reshape(shape)
 
     def _init_optimizer(self):
+        if self._optimizer is None:  # the model file never compiled this model: predict only
+            self._opt_kernel = None
+            return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
             raise ValueError(f"unsupported optimizer {name!r}")
@@ -1012,6 +1020,9 @@ class _Runtime:
         return sizes[0][1]
 
     def _prep(self, x, y):
+        if self._opt_kernel is None or any(o[2] is None for o in self._outputs):
+            raise RuntimeError(f"Model '{self.name}' has no compile(...) in its model file, so it has no loss or "
+                               "optimizer: it can predict, not train or evaluate. Add model.compile(...) and regenerate.")
         xs = self._prep_inputs(x)
         ts, kinds = self._prep_targets(y)
         n = self._cardinality(xs, ts, self.input_names, self.output_names)
@@ -1359,7 +1370,7 @@ class Model(_Runtime):
     _outputs = (('topic', (4,), 'categorical_crossentropy', 1.0, True), ('flag', (1,), 'binary_crossentropy', 0.5, True))
     _layers = (('left', 'InputLayer', ()), ('extra', 'InputLayer', ()), ('right', 'InputLayer', ()), ('concatenate_1', 'Concatenate', ()), ('concatenate', 'Concatenate', ()), ('dense', 'Dense', (('kernel', (6, 3)), ('bias', (3,)))), ('lstm', 'LSTM', (('kernel', (4, 24)), ('recurrent_kernel', (6, 24)), ('bias', (24,)))), ('lstm_1', 'LSTM', (('kernel', (3, 20)), ('recurrent_kernel', (5, 20)), ('bias', (20,)))), ('concatenate_2', 'Concatenate', ()), ('topic', 'Dense', (('kernel', (11, 4)), ('bias', (4,)))), ('flag', 'Dense', (('kernel', (5, 1)), ('bias', (1,)))))
     _inits = (('glorot_uniform', 6, 3), ('zeros',), ('glorot_uniform', 4, 24), ('orthogonal',), ('lstm_bias', 6), ('glorot_uniform', 3, 20), ('orthogonal',), ('lstm_bias', 5), ('glorot_uniform', 11, 4), ('zeros',), ('glorot_uniform', 5, 1), ('zeros',))
-    _output_shapes = {'concatenate': (None, 8, 4), 'lstm': (None, 6), 'concatenate_1': (None, 5, 6), 'dense': (None, 5, 3), 'lstm_1': (None, 5), 'concatenate_2': (None, 11), 'topic': (None, 4), 'flag': (None, 1), 'left': (None, 5, 4), 'right': (None, 3, 4), 'extra': (None, 5, 2)}
+    _output_shapes = {'concatenate': (None, 8, 4), 'concatenate_1': (None, 5, 6), 'concatenate_2': (None, 11), 'dense': (None, 5, 3), 'extra': (None, 5, 2), 'flag': (None, 1), 'left': (None, 5, 4), 'lstm': (None, 6), 'lstm_1': (None, 5), 'right': (None, 3, 4), 'topic': (None, 4)}
     _optimizer = ('sgd', {'learning_rate': 0.01, 'momentum': 0.0, 'nesterov': False})
     _fit_defaults = {'epochs': 3, 'batch_size': 32, 'shuffle': True, 'validation_split': 0.0}
 
@@ -1450,8 +1461,8 @@ class Model(_Runtime):
         """The backward pass in reverse order; accumulates into the gradients g.
         Overwrites douts (they are scratch once the loss is computed)."""
         w, g = self._w, self._g
-        b['d_flag'] = douts[1]  # d loss / d output (n, 1)
-        b['d_topic'] = douts[0]  # d loss / d output (n, 4)
+        b['d_flag'] = douts[1].reshape(-1, 1)  # d loss / d output (n, 1)
+        b['d_topic'] = douts[0].reshape(-1, 4)  # d loss / d output (n, 4)
         # two_heads.py:18  flag = layers.Dense(1, activation='sigmoid', name='flag')(flat)
         activation_backward(b['d_flag'], b['d_flag'], b['flag'], 2, 1)
         dense_backward(b['d_lstm_1'], g[10], g[11], b['d_flag'], b['lstm_1'], w[10], 1)
