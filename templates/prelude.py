@@ -8,12 +8,37 @@ import numba
 from numba import prange
 
 
-def njit(*args, **kwargs):
-    """numba.njit with the on-disk cache on, so a second process skips compiling.
+def _cache_by_import_name():
+    """numba's on-disk cache records the module's import name and imports it
+    again when it loads an entry, so one file imported under two names (a
+    script here, a package module there) would load entries it cannot use.
+    Key this module's cache entries by its import name; if numba's internals
+    differ from what this expects, do without the cache."""
+    from numba.core import caching
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)  # public from numba 0.61
+    base = getattr(caching, "InTreeCacheLocator", None) or getattr(caching, "_InTreeCacheLocator", None)
+    if impl is None or base is None or not isinstance(getattr(impl, "_locator_classes", None), list):
+        return False
+    module_globals = globals()
 
-    numba's cache records the module's import name and imports it again on
-    load, so caching is on only when this module is registered under its
-    name (a normal import); a module exec'd without a name would leave cache
-    entries no other process can load."""
-    kwargs.setdefault("cache", __name__ in sys.modules)
+    class Locator(base):
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if getattr(py_func, "__globals__", None) is not module_globals:
+                return None
+            return super().from_function(py_func, py_file)
+
+        def get_disambiguator(self):
+            return f"{self._lineno}.{__name__}"
+
+    impl._locator_classes.insert(0, Locator)
+    return True
+
+
+_CACHE = __name__ in sys.modules and _cache_by_import_name()
+
+
+def njit(*args, **kwargs):
+    """numba.njit with the on-disk cache on, so a second process skips compiling."""
+    kwargs.setdefault("cache", _CACHE)
     return numba.njit(*args, **kwargs)

@@ -172,7 +172,9 @@ def recompile_kwargs(kmodel) -> dict | None:
     - one loss for a model with several outputs -> that loss per output;
     - a flat metrics list that Keras 3 rejects for a multi-output model
       (length != number of outputs) -> that list for every output (Keras 2);
-    - optimizer objects are copied (fresh state), strings stay strings.
+    - the optimizer stays as written: a string, or the file's own optimizer
+      object (keras_step_results compiles with a fresh copy of it; its
+      learning_rate is a variable of the floatx the file ran under).
     """
     call = captured_compile(kmodel)
     if call is None:
@@ -192,7 +194,6 @@ def recompile_kwargs(kmodel) -> dict | None:
             metrics = [metrics]
         if isinstance(metrics, (list, tuple)) and len(metrics) != n_out:
             kw["metrics"] = [list(metrics) for _ in range(n_out)]
-    kw["optimizer"] = _fresh_optimizer(kw.get("optimizer", "rmsprop"))
     return kw
 
 
@@ -347,7 +348,7 @@ def _keras_step_results(kmodel, compile_kwargs, x, y, steps):
     model = clone_with_weights(kmodel)
     kw = dict(compile_kwargs)
     kw["optimizer"] = _fresh_optimizer(kw.get("optimizer", "rmsprop"))
-    model.compile(**kw)
+    model.compile(**kw)  # under keras_floatx: a float64 model gets a float64 learning rate
     names = list(model.output_names)
 
     predictions = [np.asarray(p) for p in _as_list(model.predict_on_batch(x))]

@@ -35,6 +35,21 @@ def rng(seed=0):
     return np.random.default_rng(seed)
 
 
+def numgrad_at(f, a, idx, eps=EPS_FD):
+    """Central differences at the flat indices idx only (spot checks of big arrays)."""
+    flat = a.reshape(-1)
+    out = np.empty(len(idx))
+    for n, k in enumerate(idx):
+        old = flat[k]
+        flat[k] = old + eps
+        fp = f()
+        flat[k] = old - eps
+        fm = f()
+        flat[k] = old
+        out[n] = (fp - fm) / (2 * eps)
+    return out
+
+
 def numgrad(f, a, eps=EPS_FD):
     """Central-difference gradient of the scalar f() w.r.t. array a (edited in place)."""
     g = np.zeros_like(a, dtype=F64)
@@ -172,6 +187,44 @@ def test_activation_backward_fd(act, mode):
         assert_grad(dz - dz0, g)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_tanh_relative_accuracy(dtype):
+    """The exp-based tanh keeps full relative precision near 0 (expm1 branch)."""
+    v = np.array([1e-30, 1e-8, 1e-5, 1e-3, 0.1, 0.3, 0.6249, 0.6251, 1.0, 3.0, 9.0, 20.0, 100.0])
+    v = np.concatenate([v, -v, [0.0]]).astype(dtype)
+    ref = np.tanh(v.astype(F64))
+    rtol = 3e-7 if dtype == F32 else 1e-15
+    one = dtype(1.0)
+    for f in (K._activation_tanh, K._lstm_tanh):
+        got = np.array([f(x, one) for x in v])
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=0)
+    y = np.empty((1, v.size), dtype)
+    K.activation_forward(y, v[None, :].copy(), TANH)
+    np.testing.assert_allclose(y[0], ref, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
+def test_activation_parallel_path(act):
+    # n * c above the parallel threshold: same results as the formulas
+    r = rng(40)
+    z = away_from_zero(r.standard_normal((300, 128)))
+    y = np.empty_like(z)
+    K.activation_forward(y, z, act)
+    np.testing.assert_allclose(y, np_act(z, act), rtol=1e-12, atol=1e-14)
+    dy = r.standard_normal(z.shape)
+    if act == SOFTMAX:
+        ref = y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+    else:
+        ref = dy * {LINEAR: np.ones_like(y), RELU: (y > 0) * 1.0,
+                    SIGMOID: y * (1 - y), TANH: 1 - y * y}[act]
+    dz0 = r.standard_normal(z.shape)
+    dz = dz0.copy()
+    K.activation_backward(dz, dy, y, act, 2)
+    np.testing.assert_allclose(dz - dz0, ref, rtol=1e-9, atol=1e-12)
+    K.activation_backward(dz, dy, y, act, 1)
+    np.testing.assert_allclose(dz, ref, rtol=1e-12, atol=1e-14)
+
+
 # -------------------------------------------------------------- embedding
 
 @pytest.mark.parametrize("idtype", [np.int32, np.int64])
@@ -204,10 +257,10 @@ def test_embedding_backward_fd_repeated_ids():
 
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_embedding_backward_wide_matches_add_at(dtype):
-    # d > the parallel block width, many repeats: exact vs np.add.at
+    # n * d above the parallel threshold, d > the block width, many repeats
     r = rng(7)
-    ids = r.integers(0, 6, size=400).astype(np.int32)
-    dout = r.standard_normal((400, 150)).astype(dtype)
+    ids = r.integers(0, 6, size=600).astype(np.int32)
+    dout = r.standard_normal((600, 150)).astype(dtype)
     d0 = r.standard_normal((6, 150)).astype(dtype)
     d = d0.copy()
     K.embedding_backward(d, dout, ids)
@@ -344,6 +397,31 @@ def test_lstm_backward_fd_no_bias():
     assert_grad(dW, numgrad(loss, W))
     assert_grad(dR, numgrad(loss, Rk))
     assert_grad(dx, numgrad(loss, x))
+
+
+@pytest.mark.parametrize("rs", [True, False])
+def test_lstm_parallel_path(rs):
+    """B * U above the parallel threshold: forward vs numpy, spot FD of the backward."""
+    r = rng(41)
+    B, T, I, U = 130, 3, 4, 128
+    G = 4 * U
+    x = r.standard_normal((B, T, I))
+    W = 0.3 * r.standard_normal((I, G))
+    Rk = 0.1 * r.standard_normal((U, G))
+    b = 0.3 * r.standard_normal(G)
+    y, caches = lstm_run(x, W, Rk, b, TANH, SIGMOID, rs)
+    np.testing.assert_allclose(y, lstm_ref(x, W, Rk, b, TANH, SIGMOID, rs), rtol=1e-10, atol=1e-12)
+    R = r.standard_normal(y.shape)
+
+    def loss():
+        return float(np.sum(R * lstm_run(x, W, Rk, b, TANH, SIGMOID, rs)[0]))
+
+    dW, dR, db, dx = np.zeros_like(W), np.zeros_like(Rk), np.zeros_like(b), np.empty_like(x)
+    K.lstm_backward(dx, dW, dR, db, np.empty((T, B, G)), np.empty((B, U)), np.empty((B, U)),
+                    np.empty((T, B, I)), R, *caches, W, Rk, TANH, SIGMOID, rs, 1)
+    for a, d in ((W, dW), (Rk, dR), (b, db), (x, dx)):
+        idx = r.choice(a.size, 12, replace=False)
+        np.testing.assert_allclose(d.reshape(-1)[idx], numgrad_at(loss, a, idx), rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------- concat

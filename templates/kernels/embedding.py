@@ -2,13 +2,23 @@
 # out[k] = table[ids[k]].  ids are not bounds-checked here (numba does no
 # index checking): the runtime calls embedding_check_ids first.
 # The backward scatter-add may hit the same table row several times, so it
-# is never parallel over k; it is parallel over blocks of the feature axis,
-# where every thread owns a disjoint set of columns.
+# is never parallel over k.  For big gradients it is parallel over blocks
+# of the feature axis, where every task owns a disjoint set of columns.
 
 _EMBEDDING_BLOCK = 64  # feature columns per parallel task in the backward
+_EMBEDDING_PARALLEL_MIN = 1 << 16  # n * d below which the scatter is serial
 
 
-@njit(parallel=True)
+@njit
+def _embedding_scatter(dtable, dout, ids, j0, j1):
+    """dtable[ids[k], j0:j1] += dout[k, j0:j1] for every k, in order."""
+    for k in range(ids.shape[0]):
+        row = ids[k]
+        for j in range(j0, j1):
+            dtable[row, j] += dout[k, j]
+
+
+@njit
 def embedding_forward(out, ids, table):
     """out = table[ids].
 
@@ -17,7 +27,7 @@ def embedding_forward(out, ids, table):
     table (input_dim, d)
     """
     n, d = out.shape
-    for k in prange(n):
+    for k in range(n):
         row = ids[k]
         for j in range(d):
             out[k, j] = table[row, j]
@@ -33,13 +43,12 @@ def embedding_backward(dtable, dout, ids):
     """
     n, d = dout.shape
     nblocks = (d + _EMBEDDING_BLOCK - 1) // _EMBEDDING_BLOCK
-    for blk in prange(nblocks):
-        j0 = blk * _EMBEDDING_BLOCK
-        j1 = min(j0 + _EMBEDDING_BLOCK, d)
-        for k in range(n):  # serial over k: rows may repeat
-            row = ids[k]
-            for j in range(j0, j1):
-                dtable[row, j] += dout[k, j]
+    if n * d < _EMBEDDING_PARALLEL_MIN or nblocks < 2:
+        _embedding_scatter(dtable, dout, ids, 0, d)
+    else:
+        for blk in prange(nblocks):
+            j0 = blk * _EMBEDDING_BLOCK
+            _embedding_scatter(dtable, dout, ids, j0, min(j0 + _EMBEDDING_BLOCK, d))
 
 
 @njit

@@ -9,11 +9,12 @@
 # <loss>_backward(dy, y, t, scale) overwrites dy with
 # scale * d(sum over samples of the per-sample loss)/dy; the caller passes
 # scale = loss_weight / n for the gradient of the weighted batch mean.
+# Serial: O(n c) work next to the O(n c i) product that made y.
 
 _LOSSES_EPSILON = 1e-7
 
 
-@njit(parallel=True)
+@njit
 def binary_crossentropy_forward(out, y, t):
     """out[k] = mean_j -(t log p + (1 - t) log(1 - p)), p = clip(y).
 
@@ -25,7 +26,7 @@ def binary_crossentropy_forward(out, y, t):
     lo = y.dtype.type(_LOSSES_EPSILON)
     hi = y.dtype.type(1.0 - _LOSSES_EPSILON)
     fc = y.dtype.type(c)
-    for k in prange(n):
+    for k in range(n):
         s = zero
         for j in range(c):
             p = min(max(y[k, j], lo), hi)
@@ -34,7 +35,7 @@ def binary_crossentropy_forward(out, y, t):
         out[k] = s / fc
 
 
-@njit(parallel=True)
+@njit
 def binary_crossentropy_backward(dy, y, t, scale):
     """dy = scale * (p - t) / (p (1 - p)) / c inside the clip range, else 0.
 
@@ -46,7 +47,7 @@ def binary_crossentropy_backward(dy, y, t, scale):
     lo = y.dtype.type(_LOSSES_EPSILON)
     hi = y.dtype.type(1.0 - _LOSSES_EPSILON)
     sc = y.dtype.type(scale) / y.dtype.type(c)
-    for k in prange(n):
+    for k in range(n):
         for j in range(c):
             p = y[k, j]
             if p >= lo and p <= hi:
@@ -55,7 +56,7 @@ def binary_crossentropy_backward(dy, y, t, scale):
                 dy[k, j] = zero
 
 
-@njit(parallel=True)
+@njit
 def categorical_crossentropy_forward(out, y, t):
     """out[k] = -sum_j t log clip(p), p = y / sum_j y.
 
@@ -65,7 +66,7 @@ def categorical_crossentropy_forward(out, y, t):
     zero = y.dtype.type(0.0)
     lo = y.dtype.type(_LOSSES_EPSILON)
     hi = y.dtype.type(1.0 - _LOSSES_EPSILON)
-    for k in prange(n):
+    for k in range(n):
         s = zero
         for j in range(c):
             s += y[k, j]
@@ -76,7 +77,7 @@ def categorical_crossentropy_forward(out, y, t):
         out[k] = acc
 
 
-@njit(parallel=True)
+@njit
 def categorical_crossentropy_backward(dy, y, t, scale):
     """Gradient through clip(y / sum(y)).
 
@@ -90,7 +91,7 @@ def categorical_crossentropy_backward(dy, y, t, scale):
     lo = y.dtype.type(_LOSSES_EPSILON)
     hi = y.dtype.type(1.0 - _LOSSES_EPSILON)
     sc = y.dtype.type(scale)
-    for k in prange(n):
+    for k in range(n):
         s = zero
         for j in range(c):
             s += y[k, j]
@@ -109,7 +110,7 @@ def categorical_crossentropy_backward(dy, y, t, scale):
             dy[k, j] = f * (dy[k, j] - gp)
 
 
-@njit(parallel=True)
+@njit
 def sparse_categorical_crossentropy_forward(out, y, t):
     """out[k] = -log clip(y[k, t[k]] / sum_j y[k, j]).
 
@@ -119,7 +120,7 @@ def sparse_categorical_crossentropy_forward(out, y, t):
     zero = y.dtype.type(0.0)
     lo = y.dtype.type(_LOSSES_EPSILON)
     hi = y.dtype.type(1.0 - _LOSSES_EPSILON)
-    for k in prange(n):
+    for k in range(n):
         s = zero
         for j in range(c):
             s += y[k, j]
@@ -127,7 +128,7 @@ def sparse_categorical_crossentropy_forward(out, y, t):
         out[k] = -math.log(p)
 
 
-@njit(parallel=True)
+@njit
 def sparse_categorical_crossentropy_backward(dy, y, t, scale):
     """categorical_crossentropy_backward with a one-hot t.
 
@@ -141,7 +142,7 @@ def sparse_categorical_crossentropy_backward(dy, y, t, scale):
     lo = y.dtype.type(_LOSSES_EPSILON)
     hi = y.dtype.type(1.0 - _LOSSES_EPSILON)
     sc = y.dtype.type(scale)
-    for k in prange(n):
+    for k in range(n):
         s = zero
         for j in range(c):
             s += y[k, j]
@@ -157,7 +158,7 @@ def sparse_categorical_crossentropy_backward(dy, y, t, scale):
                 dy[k, j] = zero
 
 
-@njit(parallel=True)
+@njit
 def mean_squared_error_forward(out, y, t):
     """out[k] = mean_j (t - y)^2.
 
@@ -166,7 +167,7 @@ def mean_squared_error_forward(out, y, t):
     n, c = y.shape
     zero = y.dtype.type(0.0)
     fc = y.dtype.type(c)
-    for k in prange(n):
+    for k in range(n):
         s = zero
         for j in range(c):
             d = t[k, j] - y[k, j]
@@ -174,7 +175,7 @@ def mean_squared_error_forward(out, y, t):
         out[k] = s / fc
 
 
-@njit(parallel=True)
+@njit
 def mean_squared_error_backward(dy, y, t, scale):
     """dy = scale * 2 (y - t) / c.
 
@@ -182,6 +183,6 @@ def mean_squared_error_backward(dy, y, t, scale):
     """
     n, c = y.shape
     f = y.dtype.type(2.0 * scale) / y.dtype.type(c)
-    for k in prange(n):
+    for k in range(n):
         for j in range(c):
             dy[k, j] = f * (y[k, j] - t[k, j])
