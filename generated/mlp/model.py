@@ -45,6 +45,12 @@ def _cache_by_import_name():
 
 _CACHE = __name__ in sys.modules and _cache_by_import_name()
 
+# numba's default OpenMP layer spins its threads between parallel regions and
+# fights BLAS's own threads for the cores (measured: a training step 4x
+# slower on 2 cores); the workqueue layer sleeps. A user's choice wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
 
 def njit(*args, **kwargs):
     """numba.njit with the on-disk cache on, so a second process skips compiling."""
