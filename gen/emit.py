@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jinja2
 
-from .lower import ModulePlan
+from .lower import ModulePlan, comment_text
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -15,7 +15,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
-    env.filters["pyrepr"] = repr  # names from the model file reach code only as literals
+    env.filters["pyrepr"] = repr  # names from the model file reach code only as literals...
+    env.filters["comment"] = comment_text  # ...or as one line of printable ASCII inside a comment
     return env
 
 

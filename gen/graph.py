@@ -183,6 +183,13 @@ class _Builder:
         self.model_inputs = model_inputs
         self.tensors: dict[int, Tensor | None] = {}
         self.nodes: list[Node] = []
+        self.entities: dict[tuple[str, int], Entity] = {}
+
+    def entity(self, key: tuple[str, int], name: str, cls: str, params, span: Span) -> Entity:
+        """One Entity per nested model / TimeDistributed object, however often it is called."""
+        if key not in self.entities:
+            self.entities[key] = Entity(name, cls, params, span)
+        return self.entities[key]
 
     def tensor(self, tid: int) -> Tensor | None:
         """The file's tensor `tid`, building what produces it first."""
@@ -252,13 +259,21 @@ class _Builder:
                                  f"layer: expected shape={fmt_shape(formal.shape)}, found shape={fmt_shape(actual.shape)}", via)
                 return None
             mapping[formal.id] = actual
+        def mapped(t: Tensor) -> Tensor:
+            # an alias of the inner graph (a nested model call's output, a
+            # TimeDistributed view) becomes the same view of the mapped tensor
+            if t.id not in mapping:
+                mapping[t.id] = Tensor(self.ctx.new_id(), t.shape, t.dtype, None, via, bmul=bmul * t.bmul,
+                                       alias_of=mapped(t.alias_of))
+            return mapping[t.id]
+
         for node in inner.nodes:
-            outs = self.apply(node.layer, node.call, [mapping[t.id] for t in node.inputs],
-                              [self.ctx.new_id() for _ in node.outputs], via, bmul)
+            outs = self.apply(node.layer, node.call, [mapped(t) for t in node.inputs],
+                              [self.ctx.new_id() for _ in node.outputs], via, bmul * node.outputs[0].bmul)
             if outs is None:
                 return None
             mapping.update({o.id: n for o, n in zip(node.outputs, outs)})
-        return [mapping[t.id] for t in inner.outputs]
+        return [mapped(t) for t in inner.outputs]
 
     def model_call(self, call: CallDecl, ins: list[Tensor]) -> list[Tensor] | None:
         inner = self.ctx.graph(call.callee.id)
@@ -269,7 +284,7 @@ class _Builder:
             return None
         # a fresh tensor per output, aliasing the instance's, so the call has outputs of its own
         outs = [Tensor(self.ctx.new_id(), t.shape, t.dtype, None, call.span, bmul=t.bmul, alias_of=t) for t in outs]
-        top = TopNode(Entity(inner.name, "Functional", inner.params, call.span), ins, outs)
+        top = TopNode(self.entity(("model", call.callee.id), inner.name, "Functional", inner.params, call.span), ins, outs)
         for t in outs:
             t.top = top
         return outs
@@ -302,7 +317,7 @@ class _Builder:
             return None
         y = outs[0]
         out = Tensor(self.ctx.new_id(), (None, steps, *y.shape[1:]), y.dtype, None, call.span, bmul=x.bmul, alias_of=y)
-        out.top = TopNode(Entity(name, "TimeDistributed", params, decl.span), ins, [out])
+        out.top = TopNode(self.entity(("layer", decl.id), name, "TimeDistributed", params, decl.span), ins, [out])
         return [out]
 
 
