@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import keyword
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -431,13 +432,58 @@ def _build_model(ctx: _Program, m: ModelDecl) -> ModelGraph | None:
                         getattr(layer, "decl_span", None) or layer.decl.span, "give each layer its own name=")
             return None
         seen[layer.name] = layer
+    owner: dict[tuple[int, str], object] = {}
+    for entity in layers:  # Keras lists such a weight under both entries; the runtime stores each entry's own
+        for layer, w in entity.params:
+            first = owner.setdefault((id(layer), w.name), entity)
+            if first is not entity:
+                diags.error("unsupported-sharing", f"Layer '{layer.name}' is used by two entries of model '{name}'.layers "
+                            f"('{first.name}' and '{entity.name}'); gen does not support one weight under two entries yet.",
+                            getattr(entity, "decl_span", None) or entity.decl.span,
+                            "call the layer (or model) through one nested model or TimeDistributed only")
+                return None
     nodes = [n for n in b.nodes if n.layer.cls != "InputLayer"]
+    if not _fits_in_memory(nodes, diags):
+        return None
     g = ModelGraph(m, name, module, inputs, outputs, nodes, layers, None, FitSettings())
     for top in tops:
         g.shapes.setdefault(top.entity.name, top.outputs[0].shape)
     g.compile = resolve_compile(m.compile, g, diags) if m.compile else None
     g.fit = resolve_fit(m.fit, g, diags)
     return g
+
+
+# Weights and optimizer state live in memory as float32 or float64: refuse a
+# model that cannot, instead of failing (or swapping) at run time.
+MAX_PARAMS = 2**30           # 4 GiB of float32 weights; state and gradients triple it
+MAX_ROW_ELEMENTS = 2**28     # one sample's activations in one buffer
+
+
+def _fits_in_memory(nodes: list[Node], diags: Diagnostics) -> bool:
+    ok = True
+    seen, total = set(), 0
+    for node in nodes:
+        if id(node.layer) not in seen:
+            seen.add(id(node.layer))
+            count = sum(math.prod(w.shape) for w in node.layer.weights)
+            total += count
+            if count > MAX_PARAMS:
+                diags.error("too-large", f"Layer '{node.layer.name}' would have {count:,} parameters "
+                            f"({count * 4 / 2**30:,.1f} GiB as float32); gen refuses more than {MAX_PARAMS:,} per model.",
+                            node.layer.decl.span, "use fewer units or a smaller vocabulary")
+                ok = False
+        for t in node.outputs:
+            row = math.prod(t.shape[1:]) * t.bmul
+            if row > MAX_ROW_ELEMENTS:
+                diags.error("too-large", f"The output of '{node.layer.name}' would hold {row:,} values per sample; "
+                            f"gen refuses more than {MAX_ROW_ELEMENTS:,}.", node.via or node.call.span,
+                            "use smaller shapes")
+                ok = False
+    if ok and total > MAX_PARAMS:
+        diags.error("too-large", f"The model would have {total:,} parameters ({total * 4 / 2**30:,.1f} GiB as float32); "
+                    f"gen refuses more than {MAX_PARAMS:,}.", nodes[0].call.span, "use fewer units or a smaller vocabulary")
+        ok = False
+    return ok
 
 
 def describe(g: ModelGraph) -> str:

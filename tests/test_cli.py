@@ -60,3 +60,10 @@ def test_missing_file_and_version(tmp_path):
     assert r.returncode == 2 and "nope.py: error[io]: No such file or directory" in r.stderr
     v = gen("--version")
     assert v.returncode == 0 and v.stdout.strip() == "gen 0.1.0"
+
+
+def test_too_large_model_refused_with_the_figure(tmp_path):
+    (tmp_path / "big.py").write_text(GOOD.replace("Dense(2)", "Dense(10**12)"))
+    r = gen(tmp_path / "big.py", "-o", tmp_path / "out")
+    assert r.returncode == 2 and not (tmp_path / "out").exists()
+    assert "error[too-large]: Layer 'dense' would have 5,000,000,000,000 parameters (18,626.5 GiB as float32)" in r.stderr
