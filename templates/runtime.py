@@ -3,6 +3,7 @@
 # included verbatim). The per-model class below supplies the metadata and
 # _alloc/_forward/_backward; everything a Keras user calls lives here.
 # ---------------------------------------------------------------------------
+import json
 import os
 import tempfile
 import time
@@ -409,8 +410,13 @@ class _Runtime:
         return res[0] if len(res) == 1 else res
 
     def fit(self, x, y, epochs=None, batch_size=None, shuffle=None, validation_split=None,
-            validation_data=None, verbose=1):
-        """Train; returns the history: a dict of per-epoch lists."""
+            validation_data=None, verbose=1, checkpoint=None, resume=False):
+        """Train; returns the history: a dict of per-epoch lists.
+
+        checkpoint: a path; after every epoch the weights, optimizer state,
+        epoch and RNG state are written there atomically. resume=True
+        continues from that file when it exists (same data and arguments),
+        ending with the weights an uninterrupted run would have."""
         d = self._fit_defaults
         epochs = int(d.get("epochs", 1) if epochs is None else epochs)
         bs = self._batch_size(batch_size, d.get("batch_size", 32))
@@ -435,7 +441,12 @@ class _Runtime:
             xs, ts, n = [a[:at] for a in xs], [t[:at] for t in ts], at
         history = History()
         history.epoch = []
-        for epoch in range(1, epochs + 1):
+        done = 0
+        if resume and checkpoint is not None and os.path.exists(checkpoint):
+            done, past = self._load_checkpoint(checkpoint)
+            history.update(past)
+            history.epoch = list(range(done))
+        for epoch in range(done + 1, epochs + 1):
             start = time.perf_counter()
             order = self._rng.permutation(n) if shuffle else None
             logs = self._run(xs, ts, kinds, n, bs, order, train=True, epoch=epoch)
@@ -445,6 +456,8 @@ class _Runtime:
             for k, v in logs.items():
                 history.setdefault(k, []).append(v)
             history.epoch.append(epoch - 1)
+            if checkpoint is not None:
+                self._save_checkpoint(checkpoint, epoch, history)
             if verbose:
                 self._print_epoch(epoch, epochs, -(-n // bs), time.perf_counter() - start, logs)
         return history
@@ -521,16 +534,21 @@ class _Runtime:
         for i, a in todo:
             self._w[i][...] = a
 
-    def save_weights(self, path):
-        """Write an .npz with weight names, atomically (temp file + rename)."""
+    def _weights_arrays(self):
+        return {"__format__": np.array(_RT_WEIGHTS_FORMAT), "__model__": np.array(self.name),
+                "__names__": np.array(self._wnames, dtype=str),
+                **{f"w{i:05d}": w for i, w in enumerate(self._w)}}
+
+    @staticmethod
+    def _atomic_savez(path, arrays):
+        """np.savez to a temporary file beside `path`, then rename: a reader
+        (or a crash) never sees half a file."""
         path = os.fspath(path)
-        arrays = {f"w{i:05d}": w for i, w in enumerate(self._w)}
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
                                    prefix=".tmp-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, __format__=np.array(_RT_WEIGHTS_FORMAT), __model__=np.array(self.name),
-                         __names__=np.array(self._wnames, dtype=str), **arrays)
+                np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -538,6 +556,42 @@ class _Runtime:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+    def save_weights(self, path):
+        """Write an .npz with weight names, atomically (temp file + rename)."""
+        self._atomic_savez(path, self._weights_arrays())
+
+    def _save_checkpoint(self, path, epoch, history):
+        """Everything fit needs to continue bit for bit: weights, optimizer
+        state and step count, the shuffling RNG, the epoch and the history."""
+        arrays = self._weights_arrays()
+        arrays.update({f"s{i}": st for i, st in enumerate(self._opt_state)})
+        arrays.update(__epoch__=np.array(epoch), __iterations__=np.array(self.iterations),
+                      __rng__=np.array(json.dumps(self._rng.bit_generator.state)),
+                      __history__=np.array(json.dumps(dict(history))),
+                      __dtype__=np.array(np.dtype(self.dtype).name))
+        self._atomic_savez(path, arrays)
+
+    def _load_checkpoint(self, path):
+        """Restore _save_checkpoint's file; returns (epochs done, history)."""
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if "__epoch__" not in f.files:
+                raise ValueError(f"{path} is not a checkpoint written by fit(checkpoint=...)")
+            if str(f["__dtype__"]) != np.dtype(self.dtype).name:
+                raise ValueError(f"{path} holds a {f['__dtype__']} model; this one is {np.dtype(self.dtype).name}")
+            states = [f[f"s{i}"] for i in range(len(self._opt_state))]
+            for i, (have, want) in enumerate(zip(states, self._opt_state)):
+                if have.shape != want.shape:
+                    raise ValueError(f"{path}: optimizer state {i} has shape {have.shape}, the model "
+                                     f"needs {want.shape}; nothing was changed")
+            epoch, iterations = int(f["__epoch__"]), int(f["__iterations__"])
+            rng, history = json.loads(str(f["__rng__"])), json.loads(str(f["__history__"]))
+        self.load_weights(path)  # checks names and shapes before changing anything
+        for have, want in zip(states, self._opt_state):
+            want[...] = have
+        self.iterations = iterations
+        self._rng.bit_generator.state = rng
+        return epoch, history
 
     def load_weights(self, path):
         """Read save_weights' file; refuses a file of a different model."""
