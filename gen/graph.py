@@ -143,6 +143,14 @@ class _Program:
     def __init__(self, program: Program, diags: Diagnostics):
         self.program, self.diags = program, diags
         self.names = keras_names(program)
+        for kind, decls in (("layer", program.layers), ("model", program.models)):
+            for decl in decls:
+                arg = decl.args.get("name") if kind == "layer" else decl.name
+                if arg is not None and arg.value is not None and (not isinstance(arg.value, str) or "/" in arg.value
+                                                                  or not arg.value):
+                    diags.error("bad-name", "Argument `name` must be a non-empty string without '/'. "
+                                f"Received: name={arg.value!r}", arg.span, "for example name='encoder'")
+                    self.names[(kind, decl.id)] = str(arg.value)
         self.kinds: dict[int, Kind] = {}
         for decl in program.layers:
             if decl.cls == "TimeDistributed":
