@@ -13,7 +13,7 @@ from . import catalog
 from .diagnostics import Diagnostics, Span
 from .ir import CallDecl, LayerDecl, ModelDecl, Program, Ref
 from .layers import KINDS, Kind, Shape, WeightSpec, fmt_shape
-from .settings import CompileSettings, FitSettings, resolve_compile, resolve_fit
+from .settings import CompileSettings, FitSettings, check_names, resolve_compile, resolve_fit
 
 
 @dataclass
@@ -391,6 +391,8 @@ def build(program: Program, diags: Diagnostics) -> list[ModelGraph]:
     for m in program.models:
         g = ctx.graph(m.id)
         if g is None:
+            if m.compile is not None:
+                check_names(m.compile, diags)
             continue
         if g.module in modules:
             diags.error("duplicate-output", f"Two models would write the same file '{g.module}.py'.", m.span,
@@ -398,7 +400,7 @@ def build(program: Program, diags: Diagnostics) -> list[ModelGraph]:
             continue
         modules[g.module] = m.span
         graphs.append(g)
-    if not program.models:
+    if not program.models and not diags.has_errors:  # a Model(...) that failed was reported already
         diags.error("no-model", "No Model(...) found in the file; there is nothing to generate.",
                     Span(program.path, 1, 1, 1, 1), "build one with Model(inputs=..., outputs=...)")
     return graphs
@@ -409,7 +411,9 @@ def _build_model(ctx: _Program, m: ModelDecl) -> ModelGraph | None:
     name = ctx.names[("model", m.id)]
     module = m.name.value if m.name is not None else (m.var or name)
     span = m.name.span if m.name is not None else m.span
-    if not isinstance(module, str) or not _MODULE_NAME.match(module) or keyword.iskeyword(module):
+    if not isinstance(module, str) or "/" in module or not module:
+        return None  # reported with the other names
+    if not _MODULE_NAME.match(module) or keyword.iskeyword(module):
         diags.error("bad-name", f"The model name must be a valid Python identifier to name its module. Received: {module!r}",
                     span, "use letters, digits and underscores, e.g. name='my_model'")
         return None

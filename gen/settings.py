@@ -161,3 +161,23 @@ def resolve_fit(f: FitDecl | None, g, diags: Diagnostics) -> FitSettings:
                     diags.error("unknown-name", f"fit() data names an unknown {what[:-1]}. Received: {k!r}.{did_you_mean(k, names)}",
                                 span, f"{what}: " + ", ".join(names))
     return s
+
+
+def check_names(c: CompileDecl, diags: Diagnostics) -> None:
+    """For a model whose graph failed: still report unknown loss and metric
+    names, which need no shapes, so one run shows every problem."""
+    def strings(v):
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                yield from strings(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from strings(x)
+    for arg, known, code, what in ((c.loss, catalog.LOSSES, "unknown-loss", "loss"),
+                                   (c.metrics, catalog.METRICS, "unknown-metric", "metric")):
+        for name in strings(arg.value if arg is not None else None):
+            if name not in known:
+                diags.error(code, f"Unknown {what}. Received: {name!r}.{did_you_mean(name, known)}", arg.span,
+                            f"supported {what}s: " + ", ".join(known))
