@@ -319,6 +319,7 @@ class TorchCompileRunner(TorchRunner):
 
 RUNNERS = {
     "gen": GenRunner,
+    "gen-1t": GenRunner,  # diagnostic: gen with one numba thread and one BLAS thread
     "keras-jax": KerasRunner,
     "keras-torch": KerasRunner,
     "torch": TorchRunner,
@@ -328,6 +329,7 @@ RUNNERS = {
 # the environment each framework's process needs on top of the cleaned one
 FRAMEWORK_ENV = {
     "gen": {},
+    "gen-1t": {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
     "keras-jax": {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
     "keras-torch": {"KERAS_BACKEND": "torch"},
     "torch": {},

@@ -1,7 +1,7 @@
 """gen vs Keras 3 (JAX, torch), PyTorch eager and torch.compile, side by side.
 
     python benchmarks/run.py                  # full run, ~15 min on 2 cores
-    python benchmarks/run.py --quick          # one round, shorter budgets, ~3-4 min
+    python benchmarks/run.py --quick          # one round, shorter budgets, no keras-torch, ~3-5 min
     python benchmarks/run.py --models mlp --frameworks gen,torch --rounds 2
 
 What it does, in one run:
@@ -48,7 +48,9 @@ WORKER = os.path.join(HERE, "worker.py")
 sys.path.insert(0, HERE)
 
 FRAMEWORKS = ("gen", "keras-jax", "keras-torch", "torch", "torch-compile")
-ANCHORS = FRAMEWORKS[1:]
+# opt-in diagnostic column, never an anchor: gen with NUMBA_NUM_THREADS=1 and
+# OPENBLAS_NUM_THREADS=1 (shows what thread hand-offs cost on this machine)
+EXTRA = ("gen-1t",)
 MODELS = ("mlp", "twitter")
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -156,7 +158,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one round, short budgets (~3-4 min)")
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    ap.add_argument("--frameworks", default=None,
+                    help=f"comma list from {FRAMEWORKS + EXTRA} (default: the first five; "
+                         f"--quick drops keras-torch)")
     ap.add_argument("--rounds", type=int, help="rounds of steady-state measurements")
     ap.add_argument("--startup-rounds", type=int, help="rounds of start-up measurements")
     ap.add_argument("--no-startup", action="store_true")
@@ -175,10 +179,12 @@ def main(argv=None):
     if a.startup_rounds is not None:
         prof["startup_rounds"] = a.startup_rounds
     models = [m for m in a.models.split(",") if m]
+    if a.frameworks is None:  # --quick leaves out Keras-on-torch: slowest anchor, slowest to run
+        a.frameworks = ",".join(f for f in FRAMEWORKS if not (a.quick and f == "keras-torch"))
     fws = [f for f in a.frameworks.split(",") if f]
     for f in fws:
-        if f not in FRAMEWORKS:
-            raise SystemExit(f"unknown framework {f!r}; choose from {FRAMEWORKS}")
+        if f not in FRAMEWORKS + EXTRA:
+            raise SystemExit(f"unknown framework {f!r}; choose from {FRAMEWORKS + EXTRA}")
 
     t_run = time.time()
     work = tempfile.mkdtemp(prefix="gen-bench-")
@@ -241,8 +247,13 @@ def main(argv=None):
                 fw = "gen" if f == "gen-cold" else f
                 cache = tempfile.mkdtemp(prefix="numba-cold-", dir=work) if f == "gen-cold" \
                     else warm_cache
-                res, err, t_launch = run_worker(spec("startup", fw, m), env_for(fw, cache),
-                                                a.timeout)
+                sp = spec("startup", fw, m)
+                if f == "gen-cold":
+                    # a fresh copy of the module too: numba may keep its cache beside the
+                    # source (__pycache__, the in-tree locator) whatever NUMBA_CACHE_DIR says
+                    sp["gen_path"] = os.path.join(cache, os.path.basename(paths[m]))
+                    shutil.copyfile(paths[m], sp["gen_path"])
+                res, err, t_launch = run_worker(sp, env_for(fw, cache), a.timeout)
                 if f == "gen-cold":
                     shutil.rmtree(cache, ignore_errors=True)
                 if err:
@@ -257,18 +268,19 @@ def main(argv=None):
                     f"(model built at {res['import_s']:.2f}s)")
 
     kern = {}
-    if "gen" in fws and not a.no_kernels:
-        import kernels
+    for fw in [f for f in ("gen", "gen-1t") if f in fws and not a.no_kernels]:
         for m in models:
-            res, err, _ = run_worker({"mode": "kernels", "framework": "gen", "model": m,
+            res, err, _ = run_worker({"mode": "kernels", "framework": fw, "model": m,
                                       "gen_path": paths[m], "batch_sizes": [32, 256],
                                       "steps": prof["kernel_steps"]},
-                                     env_for("gen"), a.timeout)
+                                     env_for(fw), a.timeout)
+            label = m if fw == "gen" else f"{m} ({fw})"
             if err:
-                errors.append(f"kernels {m}: {err}")
-                log(f"  kernels {m} ERROR {err}")
+                errors.append(f"kernels {label}: {err}")
+                log(f"  kernels {label} ERROR {err}")
             else:
-                kern[m] = res
+                res["model"] = label
+                kern[label] = res
 
     table = summarise(models, fws, steady, startup)
     out = {"machine": machine_info(), "profile": prof, "models": models, "frameworks": fws,
@@ -313,7 +325,7 @@ def summarise(models, fws, steady, startup):
                     vals[f] = statistics.median(xs)
                     spread[f] = (min(xs), max(xs), len(xs))
             higher = METRICS[metric][2]
-            anchors = {f: v for f, v in vals.items() if f != "gen"}
+            anchors = {f: v for f, v in vals.items() if not f.startswith("gen")}
             tgt = TARGETS.get((m, metric))
             ref_name = None
             if tgt and tgt[2] == "torch":

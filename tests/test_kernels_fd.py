@@ -834,3 +834,30 @@ def test_lstm_matches_keras_torch(tmp_path):
     ref = run_keras(tmp_path, arrays, spec)
     for key in ours:
         np.testing.assert_allclose(ours[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+def test_optimizer_chunked_path_equals_serial(name):
+    """Above _OPTIMIZER_PARALLEL_MIN parameters the update runs in parallel
+    chunks; every element must get exactly the serial result."""
+    P = K._OPTIMIZER_PARALLEL_MIN + 12345
+    rng = np.random.default_rng(3)
+    w0 = rng.normal(size=P).astype(np.float32)
+    g = rng.normal(size=P).astype(np.float32)
+    fn = getattr(K, f"{name}_update")
+    args = {"sgd": (0.01, 0.9, True), "rmsprop": (0.001, 0.9, 0.5, 1e-7, True),
+            "adam": (0.001, 0.9, 0.999, 1e-7, True, 3)}[name]
+    nstate = {"sgd": 1, "rmsprop": 3, "adam": 3}[name]
+    results = []
+    for n in (P, 1000):  # the whole buffer (chunked), then the same elements in small serial calls
+        w = w0.copy()
+        state = [np.full(P, 0.1, np.float32) for _ in range(nstate)]
+        if n == P:
+            fn(w, g, *state, *args)
+        else:
+            for lo in range(0, P, n):
+                fn(w[lo:lo + n], g[lo:lo + n], *[s[lo:lo + n] for s in state], *args)
+        results.append((w, state))
+    assert np.array_equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        assert np.array_equal(a, b)
