@@ -267,3 +267,23 @@ def test_layer_weights_follow_keras_layers(example, model):
     got = m2.predict(x)
     for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
         np.testing.assert_allclose(g, np.asarray(w), rtol=1e-4, atol=1e-6)
+
+
+def test_one_weight_under_two_entries_is_refused(tmp_path):
+    """Keras lists a layer used both directly and inside a nested model under
+    both entries of model.layers (the same variables). gen does not support
+    that yet and says so instead of generating a module that cannot start."""
+    path = tmp_path / "mixed.py"
+    path.write_text(
+        "from keras.layers import Input, Dense\n"
+        "from keras.models import Model\n"
+        "d = Dense(3, activation='relu')\n"
+        "i = Input(shape=(3,))\n"
+        "inner = Model(i, d(i))\n"
+        "x = Input(shape=(3,))\n"
+        "both = Model(x, d(inner(x)))\n")
+    proc = run_gen(path, tmp_path / "out")
+    assert proc.returncode == 2
+    assert "error[unsupported-sharing]" in proc.stderr + proc.stdout
+    assert "'functional' and 'dense'" in proc.stderr + proc.stdout
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
