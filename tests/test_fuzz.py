@@ -29,6 +29,8 @@ def mutated(draw):
         kind = draw(st.sampled_from(["del_line", "dup_line", "swap_lines", "del_token", "dup_token",
                                      "swap_tokens", "number", "string"]))
         lines = src.splitlines(keepends=True)
+        if not lines:
+            break
         if kind.endswith("line") or kind == "swap_lines":
             i, j = draw(st.integers(0, len(lines) - 1)), draw(st.integers(0, len(lines) - 1))
             if kind == "del_line":
