@@ -288,12 +288,19 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
                 c.accuracy[k] if c else False) for k, (name, t) in enumerate(zip(g.output_names, g.outputs))]
     layers = tuple((e.name, e.cls, tuple((_weight_name(e, layer, w), w.shape) for layer, w in e.params)) for e in g.layers)
     shapes = dict(sorted(g.shapes.items()))
+    # Embedding tables updated only where a batch's ids point (runtime decides
+    # whether the optimizer allows it exactly): (weight index, ids buffer key)
+    sparse = []
+    for n in g.nodes:
+        if n.layer.cls == "Embedding" and sum(m.layer is n.layer for m in g.nodes) == 1:
+            sparse.append((low.weight_index[(id(n.layer), "embeddings")], low.value(n.inputs[0], (-1,))[3:-2]))
     attrs = [("name", repr(g.name)), ("input_names", repr(tuple(g.input_names))), ("output_names", repr(tuple(g.output_names))),
              ("_inputs", repr(tuple(inputs))), ("_outputs", repr(tuple(outputs))), ("_layers", repr(layers)),
              ("_inits", repr(tuple(w.init for _, w in g.params))),
              ("_output_shapes", repr(shapes)),
              ("_optimizer", repr((c.optimizer, c.optimizer_args) if c else None)),
-             ("_fit_defaults", repr(g.fit.defaults))]
+             ("_fit_defaults", repr(g.fit.defaults)),
+             ("_sparse_tables", repr(tuple(sparse)))]
     tables = []
     if c is not None:
         losses = sorted(set(c.losses))

@@ -280,6 +280,16 @@ def _rt_first_nonfinite(a):
     return -1
 
 
+@njit
+def _rt_rows_nonfinite(a, rows):
+    """Whether any of the given rows of 2-D `a` holds a NaN/Inf."""
+    for r in rows:
+        for j in range(a.shape[1]):
+            if not math.isfinite(a[r, j]):
+                return True
+    return False
+
+
 class History(dict):
     """fit()'s result: a dict of lists; `.history` also works, as in Keras."""
 
@@ -376,6 +386,7 @@ class _Runtime:
     def _init_optimizer(self):
         if self._optimizer is None:  # the model file never compiled this model: predict only
             self._opt_kernel = None
+            self._sparse, self._dense, self._touched = [], [(0, self._params.size)], []
             return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
@@ -388,6 +399,71 @@ class _Runtime:
         self._opt_args = tuple(type(d)(given.get(k, d)) for k, d in hyper)
         self._opt_state = [np.zeros_like(self._params) for _ in states]
         self._opt_kernel = _OPTIMIZER_KERNELS[name]
+        self._init_sparse(name, dict(zip((k for k, _ in hyper), self._opt_args)))
+
+    def _init_sparse(self, name, hp):
+        """Embedding tables whose update can skip the rows a batch did not use
+        without changing Keras's result (see the *_update_rows kernels); the
+        rest of the flat buffer is updated densely, in segments."""
+        self._sparse = []  # (weight index, ids buffer key, (rows, dim) views: w, g, v, last) per table
+        exact = ((name == "sgd" and hp["momentum"] == 0.0) or
+                 (name == "rmsprop" and hp["momentum"] == 0.0 and not hp["centered"]))
+        offsets = np.cumsum([0] + [int(np.prod(sh, dtype=np.int64)) for sh in self._shapes])
+        cut = []
+        for i, key in (getattr(self, "_sparse_tables", ()) if exact else ()):
+            lo, hi = int(offsets[i]), int(offsets[i + 1])
+            v = self._opt_state[0][lo:hi].reshape(self._shapes[i]) if name == "rmsprop" else None
+            last = np.zeros(self._shapes[i][0], np.int64)
+            self._sparse.append((i, key, self._w[i], self._g[i], v, last))
+            cut.append((lo, hi))
+        self._dense, at = [], 0
+        for lo, hi in sorted(cut):
+            if lo > at:
+                self._dense.append((at, lo))
+            at = hi
+        if at < self._params.size:
+            self._dense.append((at, self._params.size))
+        self._touched = [np.empty(0, np.int64) for _ in self._sparse]  # rows with a nonzero gradient
+
+    def _zero_grads(self):
+        """Zero the gradient buffer: dense segments whole, tables on the rows
+        the last backward pass wrote."""
+        for lo, hi in self._dense:
+            self._grads[lo:hi] = 0
+        for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
+            g[rows] = 0
+
+    def _note_touched(self, bufs):
+        self._touched = [np.unique(bufs[key]) for _i, key, *_ in self._sparse]
+
+    def _grads_nonfinite(self):
+        if any(_rt_first_nonfinite(self._grads[lo:hi]) >= 0 for lo, hi in self._dense):
+            return True
+        return any(_rt_rows_nonfinite(g, rows) for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched))
+
+    def _apply_update(self):
+        """One optimizer step: dense segments, then the rows each table used."""
+        t = (self.iterations + 1,) if self._opt_takes_t else ()
+        if not self._sparse:
+            self._opt_kernel(self._params, self._grads, *self._opt_state, *self._opt_args, *t)
+        else:
+            for lo, hi in self._dense:
+                self._opt_kernel(self._params[lo:hi], self._grads[lo:hi], *[st[lo:hi] for st in self._opt_state],
+                                 *self._opt_args, *t)
+            lr = self._opt_args[0]
+            for (_i, _k, w, g, v, last), rows in zip(self._sparse, self._touched):
+                if v is None:
+                    sgd_update_rows(w, g, rows, lr)
+                else:  # rmsprop: learning_rate, rho, momentum, epsilon, centered
+                    rmsprop_update_rows(w, g, v, last, rows, self.iterations, lr, self._opt_args[1], self._opt_args[3])
+        self.iterations += 1
+
+    def _flush_sparse(self):
+        """Apply the decays RMSprop's lazily updated rows still owe, so the
+        optimizer state is exactly what a dense update would hold."""
+        for _i, _k, _w, _g, v, last in self._sparse:
+            if v is not None:
+                rmsprop_flush_rows(v, last, self.iterations, self._opt_args[1])
 
     # -- data normalisation and validation (SPEC section 4) -----------------
 
@@ -603,8 +679,9 @@ class _Runtime:
         for k, (_n, _s, loss, weight, _a) in enumerate(self._outputs):
             y2, t2 = self._flat2(outs[k], ts[k])
             _LOSS_KERNELS[loss][1](b.dy[k], y2, t2, float(weight) / y2.shape[0])
-        self._grads.fill(0)  # kernels accumulate parameter gradients
+        self._zero_grads()  # kernels accumulate parameter gradients
         self._backward(b.bufs, b.douts)
+        self._note_touched(b.bufs)
 
     def _train_step(self, b, xb, tb, kinds):
         """One update; metrics are those before it. A non-finite loss or
@@ -614,15 +691,13 @@ class _Runtime:
         bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
         if bad is None:
             self._gradients(b, outs, tb)
-            bad = "gradient" if _rt_first_nonfinite(self._grads) >= 0 else None
+            bad = "gradient" if self._grads_nonfinite() else None
         if bad is not None:
             raise FloatingPointError(
                 f"Non-finite {bad} at step {self.iterations + 1}: training stopped, the update "
                 f"was not applied and the weights are those of the last finite step. Try a "
                 f"lower learning rate or check the data.")
-        self._opt_kernel(self._params, self._grads, *self._opt_state, *self._opt_args,
-                         *((self.iterations + 1,) if self._opt_takes_t else ()))
-        self.iterations += 1
+        self._apply_update()
         return logs
 
     def _run(self, xs, ts, kinds, n, bs, order=None, train=False, epoch=None):
@@ -813,6 +888,7 @@ class _Runtime:
     def _save_checkpoint(self, path, epoch, history):
         """Everything fit needs to continue bit for bit: weights, optimizer
         state and step count, the shuffling RNG, the epoch and the history."""
+        self._flush_sparse()
         arrays = self._weights_arrays()
         arrays.update({f"s{i}": st for i, st in enumerate(self._opt_state)})
         arrays.update(__epoch__=np.array(epoch), __iterations__=np.array(self.iterations),
@@ -839,6 +915,8 @@ class _Runtime:
         for have, want in zip(states, self._opt_state):
             want[...] = have
         self.iterations = iterations
+        for *_, last in self._sparse:
+            last[:] = iterations  # the saved state was flushed up to here
         self._rng.bit_generator.state = rng
         return epoch, history
 
@@ -858,6 +936,95 @@ class _Runtime:
             arrays = [self._checked(i, f[f"w{i:05d}"], f"{path}: ") for i in range(len(names))]
         for w, a in zip(self._w, arrays):
             w[...] = a
+
+    # -- self-benchmark ---------------------------------------------------------
+
+    def _random_batch(self, n, rng):
+        """Inputs and targets of the right shapes and dtypes, for benchmarks."""
+        xs = [rng.integers(0, bound or 2, (n, *shape)) if kind == "int" else
+              rng.normal(size=(n, *shape)).astype(self.dtype) for _, shape, kind, bound in self._inputs]
+        ys = []
+        for _, shape, loss, _, _ in self._outputs:
+            if loss == "sparse_categorical_crossentropy":
+                ys.append(rng.integers(0, shape[-1], (n, *shape[:-1])))
+            elif loss == "categorical_crossentropy":
+                ys.append(np.eye(shape[-1], dtype=self.dtype)[rng.integers(0, shape[-1], (n, *shape[:-1]))])
+            else:
+                ys.append(rng.integers(0, 2, (n, *shape)).astype(self.dtype))
+        return xs, ys
+
+    def benchmark(self, batch_size=32, steps=20, warmup=3, seed=0):
+        """Time training steps on random data: samples/s, the median time of
+        each phase and of each kernel per step (in ms). Changes the weights."""
+        rng = np.random.default_rng(seed)
+        x, y = self._random_batch(batch_size, rng)
+        xs, ts, kinds, n = self._prep(x, y)
+        b = self._batch(n)
+        kernels = {k: v for k, v in globals().items()
+                   if isinstance(v, numba.core.dispatcher.Dispatcher) and not k.startswith("_")}
+        spent = {}
+
+        def timed(name, fn):
+            def call(*args):
+                t0 = time.perf_counter()
+                out = fn(*args)
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+                return out
+            return call
+
+        phases = {"forward": [], "loss": [], "backward": [], "optimizer": [], "step": []}
+        per_kernel = {}
+        module = globals()
+        try:
+            module.update({k: timed(k, v) for k, v in kernels.items()})
+            for i in range(warmup + steps):
+                spent.clear()
+                t0 = time.perf_counter()
+                outs = self._forward(b.bufs, xs, True)
+                t1 = time.perf_counter()
+                self._metrics(b, outs, ts, kinds)
+                for k, (_n, _s, loss, weight, _a) in enumerate(self._outputs):
+                    y2, t2 = self._flat2(outs[k], ts[k])
+                    _LOSS_KERNELS[loss][1](b.dy[k], y2, t2, float(weight) / y2.shape[0])
+                t2_ = time.perf_counter()
+                self._zero_grads()
+                self._backward(b.bufs, b.douts)
+                self._note_touched(b.bufs)
+                t3 = time.perf_counter()
+                self._apply_update()
+                t4 = time.perf_counter()
+                if i >= warmup:
+                    for name, v in zip(phases, (t1 - t0, t2_ - t1, t3 - t2_, t4 - t3, t4 - t0)):
+                        phases[name].append(v)
+                    for name, v in spent.items():
+                        per_kernel.setdefault(name, []).append(v)
+        finally:
+            module.update(kernels)
+        ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
+        return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
+                "kernels_ms": {k: 1e3 * float(np.median(v))
+                               for k, v in sorted(per_kernel.items(), key=lambda kv: -np.median(kv[1]))}}
+
+    @classmethod
+    def _bench_main(cls, argv):
+        """`python <module>.py --bench [--batch-size N] [--steps N] [--float64]`"""
+        import argparse
+        ap = argparse.ArgumentParser(prog=f"python {os.path.basename(__file__)}")
+        ap.add_argument("--bench", action="store_true", help="time training steps on random data")
+        ap.add_argument("--batch-size", type=int, default=32)
+        ap.add_argument("--steps", type=int, default=20)
+        ap.add_argument("--float64", action="store_true")
+        args = ap.parse_args(argv)
+        if not args.bench:
+            ap.print_help()
+            return
+        r = cls(seed=0, dtype=np.float64 if args.float64 else np.float32).benchmark(args.batch_size, args.steps)
+        print(f"{cls.name}: batch {r['batch_size']}, {r['samples_per_s']:,.0f} samples/s (training, median of {args.steps} steps)")
+        for name, v in r["phases_ms"].items():
+            print(f"  {name:<10} {v:9.3f} ms")
+        print("  kernels (ms per step, all calls):")
+        for name, v in r["kernels_ms"].items():
+            print(f"    {name:<34} {v:9.3f}")
 
     # -- summary ----------------------------------------------------------------
 
@@ -922,6 +1089,7 @@ class Model(_Runtime):
     _output_shapes = {'dense': (None, 6), 'dense_1': (None, 3), 'item': (None, 4)}
     _optimizer = None
     _fit_defaults = {'epochs': 1, 'batch_size': 32, 'shuffle': True, 'validation_split': 0.0}
+    _sparse_tables = ()
 
     def _alloc(self, n):
         """Every activation, cache and gradient buffer for a batch of n samples."""
@@ -956,3 +1124,7 @@ class Model(_Runtime):
         # reuse_siamese.py:9  e = layers.Dense(6, activation='tanh')(pair_in)
         activation_backward(b['d_dense'], b['d_dense'], b['dense'], 3, 1)
         dense_backward(b['_e2'], g[0], g[1], b['d_dense'], b['item'], w[0], 0)
+
+
+if __name__ == "__main__":
+    Model._bench_main(sys.argv[1:])

@@ -140,3 +140,48 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
         for c in prange(chunks):
             _adam_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, v, vhat,
                        b1, b2, one_m_b1, one_m_b2, eps, alpha, amsgrad)
+
+
+# Row-sparse updates of an embedding table: only the rows a batch used. Exact
+# where Keras's update of a zero-gradient row leaves the weight unchanged:
+# SGD without momentum, and RMSprop without momentum or centering, whose
+# accumulator v still decays by rho every step; `last[r]` counts the steps
+# whose decay row r's v already has, and the missing ones are applied as
+# rho**k when the row is next used (or flushed).
+
+
+@njit
+def sgd_update_rows(w, g, rows, lr):
+    """w (V, D) -= lr g (V, D) on the given rows only."""
+    lr_ = w.dtype.type(lr)
+    for r in rows:
+        for j in range(w.shape[1]):
+            w[r, j] = w[r, j] - lr_ * g[r, j]
+
+
+@njit
+def rmsprop_update_rows(w, g, v, last, rows, step, lr, rho, epsilon):
+    """RMSprop (momentum 0, not centered) on the given rows of w, g, v (V, D);
+    last (V,) int64; step = iterations before this update."""
+    dt = w.dtype.type
+    lr_, rho_, one_m_rho, eps = dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon)
+    for r in rows:
+        decay = rho_ ** dt(step - last[r])
+        last[r] = step + 1
+        for j in range(w.shape[1]):
+            gk = g[r, j]
+            vk = (v[r, j] * decay) * rho_ + (gk * gk) * one_m_rho
+            v[r, j] = vk
+            w[r, j] = w[r, j] - (gk * lr_) / math.sqrt(vk + eps)
+
+
+@njit
+def rmsprop_flush_rows(v, last, step, rho):
+    """Bring every row's v up to `step` (before state is saved or read)."""
+    rho_ = v.dtype.type(rho)
+    for r in range(v.shape[0]):
+        if last[r] != step:
+            decay = rho_ ** v.dtype.type(step - last[r])
+            for j in range(v.shape[1]):
+                v[r, j] = v[r, j] * decay
+            last[r] = step
