@@ -770,7 +770,8 @@ class _Runtime:
     def _flat(self, shapes):
         """One flat buffer and per-weight reshaped views into it."""
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        flat = np.zeros(sum(sizes), dtype=self.dtype)
+        flat = np.empty(sum(sizes), dtype=self.dtype)
+        flat[...] = 0  # written, not np.zeros: every page mapped now, not on a first touch mid-training
         views, off = [], 0
         for shape, size in zip(shapes, sizes):
             views.append(flat[off:off + size].reshape(shape))

@@ -255,6 +255,9 @@ def dense_backward(dx, dkernel, dbias, dz, x, kernel, mode):
 
 _EMBEDDING_BLOCK = 64  # feature columns per parallel task in the backward
 _EMBEDDING_PARALLEL_MIN = 1 << 16  # n * d below which the scatter is serial
+# Above this many rows every column block re-reads rows all over the table
+# and the blocks thrash the cache: serial measured 1.8x faster at 25,600 x 512.
+_EMBEDDING_PARALLEL_MAX_ROWS = 8192
 
 
 @njit
@@ -291,7 +294,7 @@ def embedding_backward(dtable, dout, ids):
     """
     n, d = dout.shape
     nblocks = (d + _EMBEDDING_BLOCK - 1) // _EMBEDDING_BLOCK
-    if n * d < _EMBEDDING_PARALLEL_MIN or nblocks < 2:
+    if n * d < _EMBEDDING_PARALLEL_MIN or nblocks < 2 or n > _EMBEDDING_PARALLEL_MAX_ROWS:
         _embedding_scatter(dtable, dout, ids, 0, d)
     else:
         for blk in prange(nblocks):
@@ -1087,7 +1090,8 @@ class _Runtime:
     def _flat(self, shapes):
         """One flat buffer and per-weight reshaped views into it."""
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        flat = np.zeros(sum(sizes), dtype=self.dtype)
+        flat = np.empty(sum(sizes), dtype=self.dtype)
+        flat[...] = 0  # written, not np.zeros: every page mapped now, not on a first touch mid-training
         views, off = [], 0
         for shape, size in zip(shapes, sizes):
             views.append(flat[off:off + size].reshape(shape))

@@ -7,6 +7,9 @@
 
 _EMBEDDING_BLOCK = 64  # feature columns per parallel task in the backward
 _EMBEDDING_PARALLEL_MIN = 1 << 16  # n * d below which the scatter is serial
+# Above this many rows every column block re-reads rows all over the table
+# and the blocks thrash the cache: serial measured 1.8x faster at 25,600 x 512.
+_EMBEDDING_PARALLEL_MAX_ROWS = 8192
 
 
 @njit
@@ -43,7 +46,7 @@ def embedding_backward(dtable, dout, ids):
     """
     n, d = dout.shape
     nblocks = (d + _EMBEDDING_BLOCK - 1) // _EMBEDDING_BLOCK
-    if n * d < _EMBEDDING_PARALLEL_MIN or nblocks < 2:
+    if n * d < _EMBEDDING_PARALLEL_MIN or nblocks < 2 or n > _EMBEDDING_PARALLEL_MAX_ROWS:
         _embedding_scatter(dtable, dout, ids, 0, d)
     else:
         for blk in prange(nblocks):
