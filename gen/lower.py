@@ -115,9 +115,13 @@ class _Lowering:
         return f"b[{key!r}]"
 
     def value(self, t: Tensor, shape: tuple | None = None, grad: bool = False) -> str:
-        """Expression for a tensor's value (or gradient) buffer, optionally as a
-        view of another shape. Aliases (TimeDistributed, model calls) are views
-        of their base tensor's buffer."""
+        """Expression for a tensor's value (or gradient) buffer: b['key']."""
+        return f"b[{self.buffer_key(t, shape, grad)!r}]"
+
+    def buffer_key(self, t: Tensor, shape: tuple | None = None, grad: bool = False) -> str:
+        """The key of a tensor's value (or gradient) buffer, optionally a view of
+        another shape, registering the buffer or view on first use. Aliases
+        (TimeDistributed, model calls) are views of their base tensor's buffer."""
         if shape is None and t.alias_of is not None:
             shape = t.shape
         t = t.base()
@@ -133,7 +137,7 @@ class _Lowering:
         elif not (not grad and t.id in self.input_pos) and not any(b.key == key for b in self.buffers):
             self.buf(key, t.shape, ("d loss / d " if grad else "") + f"{t.node.layer.name} {self.shape_expr(t.shape, t.bmul)}", t.bmul)
         if shape is None or (shape[0] is None and tuple(shape[1:]) == tuple(t.shape[1:])):
-            return f"b[{key!r}]"
+            return key
         vkey = key + "_" + "x".join("n" if d is None else str(d) for d in shape).replace("-1", "m")
         if (t.id, key, tuple(shape)) not in self.views:
             self.views[(t.id, key, tuple(shape))] = vkey
@@ -145,7 +149,7 @@ class _Lowering:
                 self.bind_outputs.append(view)
             else:
                 self.buffers.append(view)
-        return f"b[{vkey!r}]"
+        return vkey
 
     def flat(self, t: Tensor, grad: bool = False) -> str:
         """The tensor as (rows, last axis)."""
@@ -293,7 +297,7 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     sparse = []
     for n in g.nodes:
         if n.layer.cls == "Embedding" and sum(m.layer is n.layer for m in g.nodes) == 1:
-            sparse.append((low.weight_index[(id(n.layer), "embeddings")], low.value(n.inputs[0], (-1,))[3:-2]))
+            sparse.append((low.weight_index[(id(n.layer), "embeddings")], low.buffer_key(n.inputs[0], (-1,))))
     attrs = [("name", repr(g.name)), ("input_names", repr(tuple(g.input_names))), ("output_names", repr(tuple(g.output_names))),
              ("_inputs", repr(tuple(inputs))), ("_outputs", repr(tuple(outputs))), ("_layers", repr(layers)),
              ("_inits", repr(tuple(w.init for _, w in g.params))),
