@@ -496,11 +496,3 @@ def _fits_in_memory(nodes: list[Node], diags: Diagnostics) -> bool:
                     f"gen refuses more than {MAX_PARAMS:,}.", nodes[0].call.span, "use fewer units or a smaller vocabulary")
         ok = False
     return ok
-
-
-def describe(g: ModelGraph) -> str:
-    """A short text form for tests and debugging."""
-    lines = [f"model {g.name} -> {g.module}.py"]
-    for entity in g.layers:
-        lines.append(f"  {entity.name} ({entity.cls}) " + " ".join(f"{w.name}{fmt_shape(w.shape)}" for _, w in entity.params))
-    return "\n".join(lines)

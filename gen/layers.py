@@ -2,7 +2,6 @@
 configuration with defaults and checks, output shape and dtype, weights."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from . import catalog
@@ -247,7 +246,3 @@ class ActivationKind(Kind):
 
 
 KINDS: dict[str, type[Kind]] = {k.cls: k for k in (InputKind, DenseKind, EmbeddingKind, LSTMKind, ConcatenateKind, ActivationKind)}
-
-
-def param_count(shape: tuple) -> int:
-    return math.prod(shape)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import __version__, catalog
 from .graph import ModelGraph, Node, Tensor
