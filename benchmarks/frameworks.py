@@ -12,7 +12,10 @@ share a process.  Every runner offers:
 
 `xs`, `ys` are lists of numpy arrays in the model's input/output order, made
 by `make_data`.  The models are the seed examples, written out by hand for
-each framework: examples/mlp.py and examples/twitter.py.
+each framework: examples/mlp.py and examples/twitter.py; and "sweep", the
+scaling sweep's family (benchmarks/sweep.py): Input (seq_len, features) ->
+LSTM(units) -> Dense(1, sigmoid), binary crossentropy, RMSprop, whose sizes
+come from the spec (`seq_len`, `units`, `features`).
 """
 import importlib.util
 import math
@@ -31,11 +34,36 @@ EPS = 1e-7
 TORCH_RMSPROP_EPS = math.sqrt(1e-7)
 
 MODELS = ("mlp", "twitter")
+SWEEP_FEATURES = 32  # input features per timestep of the sweep model
 
 
-def make_data(model, n, seed=0):
+def sweep_dims(spec):
+    """(seq_len, units, features) of the sweep model described by `spec`."""
+    return (int(spec["seq_len"]), int(spec["units"]),
+            int(spec.get("features", SWEEP_FEATURES)))
+
+
+def sweep_model_source(seq_len, units, features=SWEEP_FEATURES):
+    """The Keras model file of one sweep point, as gen reads it."""
+    return (
+        "from keras.layers import Input, LSTM, Dense\n"
+        "from keras.models import Model\n"
+        "\n"
+        f"inputs = Input(shape=({seq_len}, {features}))\n"
+        f"x = LSTM({units})(inputs)\n"
+        "out = Dense(1, activation='sigmoid')(x)\n"
+        "model = Model(inputs, outputs=out)\n"
+        "model.compile(optimizer='rmsprop', loss='binary_crossentropy')\n")
+
+
+def make_data(model, n, seed=0, spec=None):
     """Pre-generated training data: (xs, ys) as lists of numpy arrays."""
     rng = np.random.default_rng(seed)
+    if model == "sweep":
+        seq_len, _, features = sweep_dims(spec)
+        x = rng.random((n, seq_len, features), dtype=np.float32)
+        lab = rng.integers(0, 2, (n, 1)).astype(np.float32)
+        return [x], [lab]
     if model == "mlp":
         x = rng.random((n, 784), dtype=np.float32)
         y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
@@ -64,7 +92,15 @@ def load_generated(path, modname):
 
 class GenRunner:
     def __init__(self, model, spec):
-        self.mod = load_generated(spec["gen_path"], f"genbench_{model}")
+        # the sweep names each point's module (one file per seq_len x units); a
+        # module already imported from the same file is reused, so its compiled
+        # kernels are too
+        name = spec.get("gen_module", f"genbench_{model}")
+        mod = sys.modules.get(name)
+        if mod is None or os.path.abspath(getattr(mod, "__file__", "")) != \
+                os.path.abspath(spec["gen_path"]):
+            mod = load_generated(spec["gen_path"], name)
+        self.mod = mod
         self.m = self.mod.Model(seed=0)
         self.single = len(self.m.output_names) == 1
 
@@ -97,9 +133,17 @@ def _numba_layer():
 
 # ------------------------------------------------------------------- keras
 
-def keras_model(model):
+def keras_model(model, spec=None):
     import keras
     from keras import layers
+    if model == "sweep":
+        seq_len, units, features = sweep_dims(spec)
+        inputs = keras.Input(shape=(seq_len, features))
+        x = layers.LSTM(units)(inputs)
+        out = layers.Dense(1, activation="sigmoid")(x)
+        m = keras.Model(inputs, outputs=out)
+        m.compile(optimizer="rmsprop", loss="binary_crossentropy")
+        return m
     if model == "mlp":
         inputs = keras.Input(shape=(784,))
         x = layers.Dense(64, activation="relu")(inputs)
@@ -130,7 +174,7 @@ class KerasRunner:
         import keras
         keras.utils.set_random_seed(0)
         self.keras = keras
-        self.m = keras_model(model)
+        self.m = keras_model(model, spec)
 
     def _x(self, xs):
         return xs[0] if len(xs) == 1 else list(xs)
@@ -162,7 +206,7 @@ class KerasRunner:
 
 # ------------------------------------------------------------------- torch
 
-def torch_model(model):
+def torch_model(model, spec=None):
     import torch
     from torch import nn
     import torch.nn.functional as F
@@ -200,6 +244,18 @@ def torch_model(model):
             x = F.relu(self.dense_2(x))
             return torch.sigmoid(self.main_output(x)), aux_out
 
+    class Sweep(nn.Module):
+        def __init__(self, seq_len, units, features):
+            super().__init__()
+            self.lstm = nn.LSTM(features, units, batch_first=True)  # gates i f g o, as Keras
+            self.dense = nn.Linear(units, 1)
+
+        def forward(self, x):
+            _, (h, _) = self.lstm(x)
+            return (torch.sigmoid(self.dense(h[-1])),)
+
+    if model == "sweep":
+        return Sweep(*sweep_dims(spec))
     return MLP() if model == "mlp" else Twitter()
 
 
@@ -207,6 +263,11 @@ def torch_loss(model):
     """Keras's losses on probabilities (clip to [eps, 1 - eps]), loss weights."""
     import torch
     import torch.nn.functional as F
+
+    if model == "sweep":
+        def loss(outs, ts):
+            return F.binary_cross_entropy(outs[0].clamp(EPS, 1 - EPS), ts[0])
+        return loss
 
     if model == "mlp":
         def loss(outs, ts):
@@ -230,7 +291,7 @@ class TorchRunner:
         torch.manual_seed(0)
         self.torch = torch
         self.model_name = model
-        self.net = torch_model(model)
+        self.net = torch_model(model, spec)
         self.loss = torch_loss(model)
         self.opt = torch.optim.RMSprop(self.net.parameters(), lr=0.001, alpha=0.9,
                                        eps=TORCH_RMSPROP_EPS)

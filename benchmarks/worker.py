@@ -2,8 +2,8 @@
 
     python benchmarks/worker.py '<json spec>'
 
-The spec names the mode ("steady", "startup" or "kernels"), the framework, the
-model and the time budgets.  The result is printed as one line
+The spec names the mode ("steady", "startup", "kernels" or "sweep"), the
+framework, the model and the time budgets.  The result is printed as one line
 `BENCH-RESULT <json>` (anything else on stdout/stderr is the frameworks' own
 chatter).  Nothing here is timed against a threshold: it only measures.
 """
@@ -150,6 +150,76 @@ def run_steady(spec):
     emit(res)
 
 
+# -------------------------------------------------------------------- sweep
+
+def _train_step_times(r, xs, ys, spec):
+    """Wall times of single training steps (train_on_batch-like, optimizer
+    update included, loss back on the host) on one fixed batch.
+
+    `warmup_steps` untimed steps first: the first one compiles (numba for gen,
+    XLA for keras-jax) or allocates; then timed steps until `budget` seconds
+    are spent and at least `min_steps` were taken (at most `max_steps`).  A
+    point so slow that `max_timed_s` pass before `min_steps` stops early, with
+    at least one timed step, so one slow point cannot stall the whole sweep."""
+    warm = []
+    for _ in range(spec["warmup_steps"]):
+        t = time.perf_counter()
+        r.train_step(xs, ys)
+        warm.append(time.perf_counter() - t)
+    times = []
+    start = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        r.train_step(xs, ys)
+        times.append(time.perf_counter() - t)
+        spent = time.perf_counter() - start
+        if len(times) >= spec["max_steps"]:
+            break
+        if spent >= spec["budget"] and len(times) >= spec["min_steps"]:
+            break
+        if spent >= spec["max_timed_s"]:
+            break
+    return {"step_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "steps": len(times), "warmup_s": warm, "timed_s": sum(times)}
+
+
+def run_sweep(spec):
+    """The scaling sweep (benchmarks/sweep.py): every point of spec["points"]
+    in this process, one after another; a fresh model per point."""
+    import gc
+    from frameworks import RUNNERS, blas_info, make_data
+    fw = spec["framework"]
+    res = {"points": [], "errors": {}}
+    r, info = None, {}
+    for pt in spec["points"]:
+        key = f"T{pt['seq_len']}/u{pt['units']}/b{pt['batch']}"
+        pspec = dict(spec, **pt)
+        t0 = time.perf_counter()
+        try:
+            xs, ys = make_data("sweep", pt["batch"], seed=1, spec=pspec)
+            r = RUNNERS[fw]("sweep", pspec)
+            m = _train_step_times(r, xs, ys, pspec)
+            m.update({k: pt[k] for k in ("seq_len", "units", "batch")})
+            m["samples_per_s"] = pt["batch"] / m["step_s"]
+            m["point_s"] = time.perf_counter() - t0
+            m["loadavg"] = os.getloadavg()
+            res["points"].append(m)
+            print(f"  {fw} {key}: {m['step_s'] * 1e3:.3f} ms/step over {m['steps']} steps "
+                  f"(first step {m['warmup_s'][0]:.2f}s)", file=sys.stderr, flush=True)
+        except Exception as err:  # one point failing (memory...) must not lose the others
+            res["errors"][key] = f"{type(err).__name__}: {err}"[:400]
+        finally:
+            if r is not None:
+                info = r.info()
+            r = xs = ys = None  # free this point's buffers before the next one
+            gc.collect()
+    res["info"] = info
+    res["blas"] = blas_info()
+    res["peak_rss_mb"] = peak_rss_mb()
+    res["loadavg"] = os.getloadavg()
+    emit(res)
+
+
 def main():
     spec = json.loads(sys.argv[1])
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -158,6 +228,8 @@ def main():
         run_startup(spec)
     elif mode == "steady":
         run_steady(spec)
+    elif mode == "sweep":
+        run_sweep(spec)
     elif mode == "kernels":
         import kernels
         emit(kernels.breakdown(spec))
