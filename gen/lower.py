@@ -14,6 +14,10 @@ from .ir import Program
 
 # Kernel files in the order they are pasted into a module.
 KERNEL_ORDER = ("activation", "dense", "embedding", "lstm", "concat", "losses", "metrics", "optimizers")
+# The LSTM recurrence runs row by row with h @ recurrent_kernel inline while
+# that (U, 4U) matrix stays in a core's cache (128 units: 256 KB in float32);
+# above, one BLAS product per step over the whole batch is faster.
+LSTM_ROWS_MAX_UNITS = 128
 _KIND_KERNELS = {"Dense": ("activation", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
                  "LSTM": ("lstm",), "Concatenate": ("concat",)}
 
@@ -223,12 +227,13 @@ class _Lowering:
             f.update(self._lstm_fields(node), mode=modes[0], dx="b['_e3']" if modes[0] == 0 else self.value(x, None, True),
                      dy=self._lstm_y(t, True), dkernel=self.weight(node, "kernel", True),
                      drkernel=self.weight(node, "recurrent_kernel", True), dbias=self.weight(node, "bias", True))
-            k = self.key(t)
-            T, I, U = x.shape[1], x.shape[2], cfg["units"]
-            f.update(dzs=self.buf(k + "_dzs", (T, None, 4 * U), "d loss / d gate pre-activations (T, n, 4u)", x.bmul),
-                     dh=self.buf(k + "_dh", (None, U), "d loss / d h carried backward in time", x.bmul),
-                     dc=self.buf(k + "_dc", (None, U), "d loss / d c carried backward in time", x.bmul),
-                     dxt=self.buf(k + "_dxt", (T, None, I), "d loss / d input, time-major", x.bmul))
+            k, T, U = self.key(t), x.shape[1], cfg["units"]
+            rows = not f["per_step"]
+            f.update(dzs=self.buf(k + "_dzs", (None, T, 4 * U), "d loss / d gate pre-activations (n, T, 4u)", x.bmul),
+                     dh=self.buf(k + "_dh", (None, U), "d loss / d h carried backward in time (n, u)", x.bmul),
+                     dc=self.buf(k + "_dc", (None, U), "d loss / d c carried backward in time (n, u)", x.bmul),
+                     dzt="b['_e2']" if rows else self.buf(k + "_dzt", (None, 4 * U), "one step of dzs (n, 4u)", x.bmul),
+                     rkt=self.buf(k + "_rkt", (4 * U, U), "recurrent_kernel transposed (4u, u)") if rows else "b['_e2']")
         elif cls == "Concatenate":
             f.update(dy=self.value(t, self._concat_view(t.shape, cfg["axis"]), True),
                      parts=[("b['_e2']" if m == 0 else self.value(xi, self._concat_view(xi.shape, cfg["axis"]), True), off, m)
@@ -240,17 +245,20 @@ class _Lowering:
 
     def _lstm_fields(self, node: Node) -> dict:
         x, t, cfg = node.inputs[0], node.outputs[0], node.layer.kind.cfg
-        k, T, I, U = self.key(t), x.shape[1], x.shape[2], cfg["units"]
+        k, T, U = self.key(t), x.shape[1], cfg["units"]
+        per_step = U > LSTM_ROWS_MAX_UNITS
         return dict(
             y=self._lstm_y(t, False), x=self.value(x),
-            xt=self.buf(k + "_xt", (T, None, I), "input, time-major (T, n, in)", x.bmul),
-            zs=self.buf(k + "_zs", (T, None, 4 * U), "gate values i f g o after activation (T, n, 4u)", x.bmul),
-            hs=self.buf(k + "_hs", (T + 1, None, U), "hidden states, hs[0] = 0 (T+1, n, u)", x.bmul),
-            cs=self.buf(k + "_cs", (T + 1, None, U), "cell states, cs[0] = 0 (T+1, n, u)", x.bmul),
-            tc=self.buf(k + "_tc", (T, None, U), "activation(c_t) (T, n, u)", x.bmul),
+            zs=self.buf(k + "_zs", (None, T, 4 * U), "gate values i f g o after activation (n, T, 4u)", x.bmul),
+            hp=self.buf(k + "_hp", (None, T, U), "h_{t-1}, hp[:, 0] = 0 (n, T, u)", x.bmul),
+            cp=self.buf(k + "_cp", (None, T, U), "c_{t-1}, cp[:, 0] = 0 (n, T, u)", x.bmul),
+            tc=self.buf(k + "_tc", (None, T, U), "activation(c_t) (n, T, u)", x.bmul),
+            hc=self.buf(k + "_hc", (None, U), "current h (n, u)", x.bmul),
+            cc=self.buf(k + "_cc", (None, U), "current c (n, u)", x.bmul),
+            rec=self.buf(k + "_rec", (None, 4 * U), "h_{t-1} @ recurrent_kernel (n, 4u)", x.bmul) if per_step else "b['_e2']",
             kernel=self.weight(node, "kernel"), rkernel=self.weight(node, "recurrent_kernel"), bias=self.weight(node, "bias"),
             act=catalog.ACTIVATIONS[cfg["activation"]], ract=catalog.ACTIVATIONS[cfg["recurrent_activation"]],
-            return_sequences=cfg["return_sequences"])
+            return_sequences=cfg["return_sequences"], per_step=per_step)
 
     @staticmethod
     def _concat_view(shape: tuple, axis: int) -> tuple:

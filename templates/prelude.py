@@ -42,9 +42,17 @@ _CACHE = __name__ in sys.modules and _cache_by_import_name()
 # slower on 2 cores); the workqueue layer sleeps. A user's choice wins.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
+# After a product, OpenBLAS's threads spin for 2^28 cycles by default before
+# they sleep, and they take the core the next parallel kernel needs (the
+# LSTM recurrence after its input projection ran 2x slower). numba loads its
+# BLAS (scipy's) on first use, after this line; a user's setting wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 
 
 def njit(*args, **kwargs):
-    """numba.njit with the on-disk cache on, so a second process skips compiling."""
+    """numba.njit with the on-disk cache on, so a second process skips compiling,
+    and numpy's error model: x / 0 gives inf or nan as in numpy instead of a
+    zero check per division, which keeps loops that divide vectorizable."""
     kwargs.setdefault("cache", _CACHE)
+    kwargs.setdefault("error_model", "numpy")
     return numba.njit(*args, **kwargs)

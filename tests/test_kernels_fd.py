@@ -298,46 +298,62 @@ def lstm_ref(x, W, Rk, b, act, ract, return_sequences):
     return np.stack(out, 1) if return_sequences else h[:, None, :]
 
 
-def lstm_run(x, W, Rk, b, act, ract, rs):
+def lstm_run(x, W, Rk, b, act, ract, rs, per_step=False):
     """lstm_forward with freshly allocated caches; returns (y, caches)."""
     B, T, I = x.shape
     U = Rk.shape[0]
     dt = x.dtype
-    y = np.full((B, T if rs else 1, U), np.nan, dt)
-    xt = np.full((T, B, I), np.nan, dt)
-    zs = np.full((T, B, 4 * U), np.nan, dt)
-    hs = np.full((T + 1, B, U), np.nan, dt)
-    cs = np.full((T + 1, B, U), np.nan, dt)
-    tc = np.full((T, B, U), np.nan, dt)
-    K.lstm_forward(y, xt, zs, hs, cs, tc, x, W, Rk, b, act, ract, rs)
-    return y, (xt, zs, hs, cs, tc)
+    nan = lambda *shape: np.full(shape, np.nan, dt)
+    y = nan(B, T if rs else 1, U)
+    zs, hp, cp, tc = nan(B, T, 4 * U), nan(B, T, U), nan(B, T, U), nan(B, T, U)
+    rec = nan(B, 4 * U) if per_step else np.zeros((0, 0), dt)
+    K.lstm_forward(y, zs, hp, cp, tc, nan(B, U), nan(B, U), rec, x, W, Rk, b, act, ract, rs, per_step)
+    return y, (zs, hp, cp, tc)
+
+
+def lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx=None, dW=None, dR=None, db=None):
+    """lstm_backward with fresh NaN scratch; accumulates into the given gradients."""
+    B, T, I = x.shape
+    U = Rk.shape[0]
+    G = 4 * U
+    dt = x.dtype
+    nan = lambda *shape: np.full(shape, np.nan, dt)
+    dzt = nan(B, G) if per_step else np.zeros((0, 0), dt)
+    rkt = np.zeros((0, 0), dt) if per_step else nan(G, U)
+    if dx is None:
+        dx = np.zeros((0, 0, 0), dt)
+    K.lstm_backward(dx, dW, dR, db, nan(B, T, G), nan(B, U), nan(B, U), dzt, rkt,
+                    R, x, *caches, W, Rk, act, ract, rs, per_step, mode)
 
 
 ACT_PAIRS = [(TANH, SIGMOID), (RELU, TANH), (SIGMOID, SIGMOID), (LINEAR, TANH)]
 
 
+@pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("act,ract", ACT_PAIRS)
 @pytest.mark.parametrize("rs", [True, False])
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_lstm_forward(act, ract, rs, use_bias):
+def test_lstm_forward(act, ract, rs, use_bias, per_step):
     r = rng(8)
     B, T, I, U = 4, 6, 5, 3
     x = r.standard_normal((B, T, I)).astype(F32)
     W = (0.5 * r.standard_normal((I, 4 * U))).astype(F32)
     Rk = (0.5 * r.standard_normal((U, 4 * U))).astype(F32)
     b = (0.5 * r.standard_normal(4 * U)).astype(F32) if use_bias else np.zeros(0, F32)
-    y, (xt, zs, hs, cs, tc) = lstm_run(x, W, Rk, b, act, ract, rs)
+    y, (zs, hp, cp, tc) = lstm_run(x, W, Rk, b, act, ract, rs, per_step)
     ref = lstm_ref(*(a.astype(F64) for a in (x, W, Rk, b)), act, ract, rs)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6)
-    np.testing.assert_array_equal(xt, x.transpose(1, 0, 2))
-    assert np.all(hs[0] == 0) and np.all(cs[0] == 0)
-    np.testing.assert_allclose(hs[1:].transpose(1, 0, 2)[:, -1], ref[:, -1], rtol=1e-5, atol=2e-6)
+    assert np.all(hp[:, 0] == 0) and np.all(cp[:, 0] == 0)
+    # hp[:, t] is h_{t-1}: the last cached one is the h before the final step
+    ref_seq = lstm_ref(*(a.astype(F64) for a in (x, W, Rk, b)), act, ract, True)
+    np.testing.assert_allclose(hp[:, -1], ref_seq[:, -2], rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("act,ract", ACT_PAIRS)
 @pytest.mark.parametrize("rs", [True, False])
 @pytest.mark.parametrize("mode", [0, 1, 2])
-def test_lstm_backward_fd(act, ract, rs, mode):
+def test_lstm_backward_fd(act, ract, rs, mode, per_step):
     r = rng(9)
     B, T, I, U = 3, 4, 5, 3
     G = 4 * U
@@ -348,22 +364,15 @@ def test_lstm_backward_fd(act, ract, rs, mode):
     R = r.standard_normal((B, T if rs else 1, U))
 
     def loss():
-        y, _ = lstm_run(x, W, Rk, b, act, ract, rs)
+        y, _ = lstm_run(x, W, Rk, b, act, ract, rs, per_step)
         return float(np.sum(R * y))
 
-    _, (xt, zs, hs, cs, tc) = lstm_run(x, W, Rk, b, act, ract, rs)
+    _, caches = lstm_run(x, W, Rk, b, act, ract, rs, per_step)
     dW0, dR0, db0 = (r.standard_normal(a.shape) for a in (W, Rk, b))
     dW, dR, db = dW0.copy(), dR0.copy(), db0.copy()
     dx0 = r.standard_normal(x.shape)
-    if mode:
-        dx, dxt = dx0.copy(), np.full((T, B, I), np.nan)
-    else:
-        dx, dxt = np.zeros((0, 0, 0)), np.zeros((0, 0, 0))
-    dzs = np.full((T, B, G), np.nan)
-    dh = np.full((B, U), np.nan)
-    dc = np.full((B, U), np.nan)
-    K.lstm_backward(dx, dW, dR, db, dzs, dh, dc, dxt,
-                    R, xt, zs, hs, cs, tc, W, Rk, act, ract, rs, mode)
+    dx = dx0.copy() if mode else None
+    lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx, dW, dR, db)
     assert_grad(dW - dW0, numgrad(loss, W))
     assert_grad(dR - dR0, numgrad(loss, Rk))
     assert_grad(db - db0, numgrad(loss, b))
@@ -374,7 +383,8 @@ def test_lstm_backward_fd(act, ract, rs, mode):
         assert_grad(dx - dx0, gx)
 
 
-def test_lstm_backward_fd_no_bias():
+@pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
+def test_lstm_backward_fd_no_bias(per_step):
     r = rng(10)
     B, T, I, U = 2, 3, 4, 2
     G = 4 * U
@@ -385,43 +395,60 @@ def test_lstm_backward_fd_no_bias():
     R = r.standard_normal((B, T, U))
 
     def loss():
-        y, _ = lstm_run(x, W, Rk, b, TANH, SIGMOID, True)
+        y, _ = lstm_run(x, W, Rk, b, TANH, SIGMOID, True, per_step)
         return float(np.sum(R * y))
 
-    _, caches = lstm_run(x, W, Rk, b, TANH, SIGMOID, True)
+    _, caches = lstm_run(x, W, Rk, b, TANH, SIGMOID, True, per_step)
     dW, dR, db = np.zeros_like(W), np.zeros_like(Rk), np.zeros(0)
-    dx = np.empty_like(x)
-    K.lstm_backward(dx, dW, dR, db, np.empty((T, B, G)), np.empty((B, U)),
-                    np.empty((B, U)), np.empty((T, B, I)),
-                    R, *caches, W, Rk, TANH, SIGMOID, True, 1)
+    dx = np.full_like(x, np.nan)
+    lstm_grads(x, W, Rk, b, R, caches, TANH, SIGMOID, True, per_step, 1, dx, dW, dR, db)
     assert_grad(dW, numgrad(loss, W))
     assert_grad(dR, numgrad(loss, Rk))
     assert_grad(dx, numgrad(loss, x))
 
 
+@pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("rs", [True, False])
-def test_lstm_parallel_path(rs):
-    """B * U above the parallel threshold: forward vs numpy, spot FD of the backward."""
+def test_lstm_parallel_path(rs, per_step):
+    """B * T * 4U above _LSTM_PARALLEL_MIN (the rows schedule splits the batch
+    over threads): forward vs numpy, spot FD of the backward."""
     r = rng(41)
     B, T, I, U = 130, 3, 4, 128
     G = 4 * U
+    assert B * T * G >= K._LSTM_PARALLEL_MIN
     x = r.standard_normal((B, T, I))
     W = 0.3 * r.standard_normal((I, G))
     Rk = 0.1 * r.standard_normal((U, G))
     b = 0.3 * r.standard_normal(G)
-    y, caches = lstm_run(x, W, Rk, b, TANH, SIGMOID, rs)
+    y, caches = lstm_run(x, W, Rk, b, TANH, SIGMOID, rs, per_step)
     np.testing.assert_allclose(y, lstm_ref(x, W, Rk, b, TANH, SIGMOID, rs), rtol=1e-10, atol=1e-12)
     R = r.standard_normal(y.shape)
 
     def loss():
-        return float(np.sum(R * lstm_run(x, W, Rk, b, TANH, SIGMOID, rs)[0]))
+        return float(np.sum(R * lstm_run(x, W, Rk, b, TANH, SIGMOID, rs, per_step)[0]))
 
     dW, dR, db, dx = np.zeros_like(W), np.zeros_like(Rk), np.zeros_like(b), np.empty_like(x)
-    K.lstm_backward(dx, dW, dR, db, np.empty((T, B, G)), np.empty((B, U)), np.empty((B, U)),
-                    np.empty((T, B, I)), R, *caches, W, Rk, TANH, SIGMOID, rs, 1)
+    lstm_grads(x, W, Rk, b, R, caches, TANH, SIGMOID, rs, per_step, 1, dx, dW, dR, db)
     for a, d in ((W, dW), (Rk, dR), (b, db), (x, dx)):
         idx = r.choice(a.size, 12, replace=False)
         np.testing.assert_allclose(d.reshape(-1)[idx], numgrad_at(loss, a, idx), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_lstm_gate_activations_accuracy(dtype):
+    """The gate activations: float32 takes the rational tanh (and sigmoid
+    through it), within 4e-7 absolute of the exact values over the whole
+    range; float64 keeps libm accuracy."""
+    v = np.concatenate([np.linspace(-30, 30, 600001), [-1e-30, 0.0, 1e-30, 1e-6, -1e-6]]).astype(dtype)
+    v64 = v.astype(F64)
+    for code, ref in ((TANH, np.tanh(v64)), (SIGMOID, 1 / (1 + np.exp(-v64)))):
+        a = v.copy()
+        K._lstm_act(a, 0, a.size, code)
+        if dtype == F32:
+            np.testing.assert_allclose(a, ref, rtol=0, atol=4e-7)
+            assert np.all(np.abs(a) <= 1)
+        else:
+            np.testing.assert_allclose(a, ref, rtol=1e-15, atol=1e-300)
 
 
 # ----------------------------------------------------------------- concat

@@ -50,11 +50,19 @@ _CACHE = __name__ in sys.modules and _cache_by_import_name()
 # slower on 2 cores); the workqueue layer sleeps. A user's choice wins.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
+# After a product, OpenBLAS's threads spin for 2^28 cycles by default before
+# they sleep, and they take the core the next parallel kernel needs (the
+# LSTM recurrence after its input projection ran 2x slower). numba loads its
+# BLAS (scipy's) on first use, after this line; a user's setting wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
 
 
 def njit(*args, **kwargs):
-    """numba.njit with the on-disk cache on, so a second process skips compiling."""
+    """numba.njit with the on-disk cache on, so a second process skips compiling,
+    and numpy's error model: x / 0 gives inf or nan as in numpy instead of a
+    zero check per division, which keeps loops that divide vectorizable."""
     kwargs.setdefault("cache", _CACHE)
+    kwargs.setdefault("error_model", "numpy")
     return numba.njit(*args, **kwargs)
 
 
@@ -319,23 +327,49 @@ def embedding_check_ids(ids, input_dim):
 #   i = ract(z_i)  f = ract(z_f)  g = act(z_c)  o = ract(z_o)
 #   c_t = f * c_{t-1} + i * g      h_t = o * act(c_t)
 # Shapes: B batch, T steps, I input features, U units, G = 4U.
-# Layout: every cache is time-major, so one step's rows are a contiguous
-# (B, .) block and whole-sequence work is a single (T*B, .) matrix product:
-#   forward : x @ kernel for all steps at once; only h @ rkernel is per step
-#   backward: dkernel, drkernel, dbias and dx are products over all of dzs;
-#             only dh = dz_t @ rkernel.T is per step.
+# Layout: every cache is batch-major (B, T, .) like x, so the input
+# projection and the weight gradients are single (B*T, .) matrix products
+# with no transposed copy, and the row of cache hp for (b, t) holds the
+# h_{t-1} that drkernel pairs with dz_t.
+# The recurrence is independent per batch row. Two schedules (lower.py
+# picks one by U):
+#   rows  (small U): each row runs all T steps on its own, h @ rkernel inline
+#         (rkernel stays in cache); one parallel region over the rows for the
+#         whole sequence, so there is no thread hand-off per step.
+#   steps (large U): each step is one (B, U) @ (U, 4U) BLAS product over the
+#         whole batch, then the cells of every row, serially.
 # act / ract codes: 0 linear, 1 relu, 2 sigmoid, 3 tanh.  Derivatives are
 # taken from the cached outputs (gate values and tc = act(c)).
-# Per step, batch rows are independent; they run as a prange only when a
-# step has enough elements to pay for a parallel launch (two launches per
-# step, each next to a BLAS call, which on a busy machine can stall).
+# float32 gates use Eigen's rational tanh (|error| < 4e-7, what XLA runs
+# for Keras on JAX) and sigmoid(v) = (1 + tanh(v / 2)) / 2: plain arithmetic
+# that vectorizes, where libm's exp is a scalar call per value (measured
+# 0.19 against 2.3 ns per value).  float64 keeps libm accuracy.
 
-_LSTM_PARALLEL_MIN = 1 << 14  # B * U below which a step runs serially
+_LSTM_PARALLEL_MIN = 1 << 17  # B * T * G gate values below which rows run serially
+
+
+@njit(inline="always")
+def _lstm_tanh32(v):
+    """Eigen's float32 rational tanh: |error| < 4e-7, branch-free."""
+    x = min(max(v, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
+    x2 = x * x
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    return (p * x) / q
 
 
 @njit
 def _lstm_tanh(v, one):
-    """tanh(v) in v's dtype, as accurate as libm tanh and 1.3-2.7x faster.
+    """tanh(v) as accurate as libm tanh and 1.3-2.7x faster.
 
     1 - exp(-2|v|) cancels near 0, so small |v| goes through expm1.
     """
@@ -351,6 +385,32 @@ def _lstm_tanh(v, one):
 
 
 @njit
+def _lstm_act(a, j0, j1, code):
+    """a[j0:j1] = act(a[j0:j1]) in place (a 1-D row); the code and dtype
+    branches sit outside the loops so each loop is a plain element-wise pass."""
+    one = a.dtype.type(1.0)
+    half = a.dtype.type(0.5)
+    fast = a.itemsize == 4  # float32: the vectorizing rational forms
+    if code == 2:
+        if fast:
+            for j in range(j0, j1):
+                a[j] = half + half * _lstm_tanh32(half * a[j])
+        else:
+            for j in range(j0, j1):
+                a[j] = one / (one + math.exp(-a[j]))
+    elif code == 3:
+        if fast:
+            for j in range(j0, j1):
+                a[j] = _lstm_tanh32(a[j])
+        else:
+            for j in range(j0, j1):
+                a[j] = _lstm_tanh(a[j], one)
+    elif code == 1:
+        for j in range(j0, j1):
+            a[j] = a[j] if a[j] > 0 else one - one
+
+
+@njit(inline="always")
 def _lstm_deriv(y, code, one):
     """act'(z) from the output y = act(z), codes 0-3."""
     if code == 2:
@@ -363,219 +423,254 @@ def _lstm_deriv(y, code, one):
 
 
 @njit
-def _lstm_act_segment(a, b, j0, j1, code):
-    """a[b, j0:j1] = act(a[b, j0:j1]) in place; the code branch sits outside
-    the loop so each loop is a plain element-wise pass."""
-    one = a.dtype.type(1.0)
-    if code == 2:
-        for j in range(j0, j1):
-            a[b, j] = one / (one + math.exp(-a[b, j]))
-    elif code == 3:
-        for j in range(j0, j1):
-            a[b, j] = _lstm_tanh(a[b, j], one)
-    elif code == 1:
-        for j in range(j0, j1):
-            if not a[b, j] > 0:
-                a[b, j] = one - one
+def _lstm_cell_forward(z, h, c, hp, cp, a, act, ract):
+    """One row of one step, after z holds its pre-activations.
+
+    z (G,)  in: pre-activations; out: gate values [i f g o]
+    h, c (U,) in: h_{t-1}, c_{t-1}; out: h_t, c_t
+    hp, cp (U,) cache: h_{t-1}, c_{t-1}      a (U,) cache: act(c_t)
+    """
+    U = h.shape[0]
+    _lstm_act(z, 0, 2 * U, ract)       # i, f
+    _lstm_act(z, 2 * U, 3 * U, act)    # g
+    _lstm_act(z, 3 * U, 4 * U, ract)   # o
+    for u in range(U):
+        hp[u] = h[u]
+        cp[u] = c[u]
+        cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
+        c[u] = cn
+        a[u] = cn
+    _lstm_act(a, 0, U, act)
+    for u in range(U):
+        h[u] = z[3 * U + u] * a[u]
 
 
 @njit
-def _lstm_cell_forward(b, z_t, rec, bias, c_prev, c_t, h_t, tc_t, act, ract):
-    """One batch row of one step.
+def _lstm_cell_backward(dz, gh, gc, z, cp, a, act, ract):
+    """One row of one step of backpropagation through time.
 
-    z_t (B, G) in: x_t @ kernel; out: activated gates [i f g o]
-    rec (B, G) h_{t-1} @ rkernel      bias (G,) or (0,)
-    c_prev, c_t, h_t, tc_t (B, U)
+    dz (G,)  out: gradient w.r.t. the gate pre-activations
+    gh (U,)  in: dL/dh_t (carried from t+1, plus dy)
+    gc (U,)  in: dL/dc_t carried from t+1; out: dL/dc_{t-1}
+    z (G,) gate values   cp (U,) c_{t-1}   a (U,) act(c_t)
     """
-    U = c_t.shape[1]
-    G = 4 * U
-    # gate pre-activations, then each gate's activation over its segment
-    if bias.shape[0] > 0:
-        for j in range(G):
-            z_t[b, j] += rec[b, j] + bias[j]
-    else:
-        for j in range(G):
-            z_t[b, j] += rec[b, j]
-    _lstm_act_segment(z_t, b, 0, 2 * U, ract)      # i, f
-    _lstm_act_segment(z_t, b, 2 * U, 3 * U, act)   # g
-    _lstm_act_segment(z_t, b, 3 * U, G, ract)      # o
+    U = gh.shape[0]
+    one = z.dtype.type(1.0)
     for u in range(U):
-        c = z_t[b, U + u] * c_prev[b, u] + z_t[b, u] * z_t[b, 2 * U + u]
-        c_t[b, u] = c
-        tc_t[b, u] = c
-    _lstm_act_segment(tc_t, b, 0, U, act)
-    for u in range(U):
-        h_t[b, u] = z_t[b, 3 * U + u] * tc_t[b, u]
-
-
-@njit
-def _lstm_cell_backward(b, dz_t, dh, dc, dy, ty, take_dy, z_t, c_prev, tc_t,
-                        act, ract):
-    """One batch row of one step of backpropagation through time.
-
-    dz_t (B, G) out: gradient w.r.t. the gate pre-activations
-    dh   (B, U) in: dL/dh_t from step t+1 (dy is added here if take_dy)
-    dc   (B, U) in: dL/dc_t from step t+1; out: dL/dc_{t-1}
-    dy   (B, T or 1, U), ty: its time index
-    z_t  (B, G) activated gates   c_prev (B, U) c_{t-1}   tc_t (B, U) act(c_t)
-    """
-    U = dh.shape[1]
-    one = z_t.dtype.type(1.0)
-    for u in range(U):
-        gh = dh[b, u]
-        if take_dy:
-            gh += dy[b, ty, u]
-        ig = z_t[b, u]
-        fg = z_t[b, U + u]
-        gg = z_t[b, 2 * U + u]
-        og = z_t[b, 3 * U + u]
-        a = tc_t[b, u]
+        ig = z[u]
+        fg = z[U + u]
+        gg = z[2 * U + u]
+        og = z[3 * U + u]
         # h = o * act(c): dc is the path through act(c) plus the carry
-        # from step t+1
-        gc = dc[b, u] + gh * og * _lstm_deriv(a, act, one)
-        dz_t[b, u] = gc * gg * _lstm_deriv(ig, ract, one)
-        dz_t[b, U + u] = gc * c_prev[b, u] * _lstm_deriv(fg, ract, one)
-        dz_t[b, 2 * U + u] = gc * ig * _lstm_deriv(gg, act, one)
-        dz_t[b, 3 * U + u] = gh * a * _lstm_deriv(og, ract, one)
-        dc[b, u] = gc * fg
+        g = gc[u] + gh[u] * og * _lstm_deriv(a[u], act, one)
+        dz[u] = g * gg * _lstm_deriv(ig, ract, one)
+        dz[U + u] = g * cp[u] * _lstm_deriv(fg, ract, one)
+        dz[2 * U + u] = g * ig * _lstm_deriv(gg, act, one)
+        dz[3 * U + u] = gh[u] * a[u] * _lstm_deriv(og, ract, one)
+        gc[u] = g * fg
 
 
-@njit(parallel=True)
-def _lstm_cells_forward_parallel(z_t, rec, bias, c_prev, c_t, h_t, tc_t,
-                                 act, ract):
-    """_lstm_cell_forward for every batch row, rows in parallel."""
-    for b in prange(z_t.shape[0]):
-        _lstm_cell_forward(b, z_t, rec, bias, c_prev, c_t, h_t, tc_t, act, ract)
-
-
-@njit(parallel=True)
-def _lstm_cells_backward_parallel(dz_t, dh, dc, dy, ty, take_dy, z_t, c_prev,
-                                  tc_t, act, ract):
-    """_lstm_cell_backward for every batch row, rows in parallel."""
-    for b in prange(z_t.shape[0]):
-        _lstm_cell_backward(b, dz_t, dh, dc, dy, ty, take_dy, z_t, c_prev,
-                            tc_t, act, ract)
-
-
-# The two entry points are serial functions: with parallel=True numba would
-# also turn their slice assignments into (tiny) parallel regions.
 @njit
-def lstm_forward(y, xt, zs, hs, cs, tc, x, kernel, rkernel, bias,
-                 act, ract, return_sequences):
+def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+                       act, ract, return_sequences):
+    """All T steps of rows b0..b1-1, h @ rkernel inline (the rows schedule)."""
+    T = zs.shape[1]
+    U = rkernel.shape[0]
+    G = 4 * U
+    zero = zs.dtype.type(0.0)
+    for b in range(b0, b1):
+        h = hc[b]
+        c = cc[b]
+        for u in range(U):
+            h[u] = zero
+            c[u] = zero
+        for t in range(T):
+            z = zs[b, t]
+            if bias.shape[0] > 0:
+                for j in range(G):
+                    z[j] += bias[j]
+            for k in range(U):
+                hk = h[k]
+                for j in range(G):
+                    z[j] += hk * rkernel[k, j]
+            _lstm_cell_forward(z, h, c, hp[b, t], cp[b, t], tc[b, t], act, ract)
+            if return_sequences:
+                for u in range(U):
+                    y[b, t, u] = h[u]
+        if not return_sequences:
+            for u in range(U):
+                y[b, 0, u] = h[u]
+
+
+@njit(parallel=True)
+def _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+                                act, ract, return_sequences):
+    """_lstm_rows_forward with the rows in parallel (numba gives each thread
+    one contiguous block of rows)."""
+    for b in prange(zs.shape[0]):
+        _lstm_rows_forward(b, b + 1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+                           act, ract, return_sequences)
+
+
+@njit
+def _lstm_rows_backward(b0, b1, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
+                        return_sequences):
+    """Backpropagation through time for rows b0..b1-1 (the rows schedule);
+    dh_{t-1} = dz_t @ rkernel.T inline through rkt = rkernel.T (G, U)."""
+    T = zs.shape[1]
+    U = dh.shape[1]
+    G = 4 * U
+    zero = zs.dtype.type(0.0)
+    for b in range(b0, b1):
+        gh = dh[b]
+        gc = dc[b]
+        for u in range(U):
+            gh[u] = zero
+            gc[u] = zero
+        for t in range(T - 1, -1, -1):
+            # dy feeds h_t: every step with return_sequences, else only the last
+            if return_sequences:
+                for u in range(U):
+                    gh[u] += dy[b, t, u]
+            elif t == T - 1:
+                for u in range(U):
+                    gh[u] += dy[b, 0, u]
+            dz = dzs[b, t]
+            _lstm_cell_backward(dz, gh, gc, zs[b, t], cp[b, t], tc[b, t], act, ract)
+            for u in range(U):
+                gh[u] = zero
+            if t > 0:
+                for j in range(G):
+                    d = dz[j]
+                    for u in range(U):
+                        gh[u] += d * rkt[j, u]
+
+
+@njit(parallel=True)
+def _lstm_rows_backward_parallel(dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
+                                 return_sequences):
+    """_lstm_rows_backward with the rows in parallel."""
+    for b in prange(zs.shape[0]):
+        _lstm_rows_backward(b, b + 1, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
+                            return_sequences)
+
+
+@njit
+def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, x, kernel, rkernel, bias,
+                 act, ract, return_sequences, per_step):
     """Run the LSTM over the sequence, filling y and the backward caches.
 
     y       (B, T, U) if return_sequences else (B, 1, U) (the last h)
-    xt      (T, B, I)    cache: time-major copy of x
-    zs      (T, B, G)    cache: gate values after their activations [i f g o]
-    hs      (T+1, B, U)  cache: hs[0] = 0, hs[t+1] = h_t
-    cs      (T+1, B, U)  cache: cs[0] = 0, cs[t+1] = c_t
-    tc      (T, B, U)    cache: act(c_t)
-    x       (B, T, I)    input
-    kernel  (I, G)
-    rkernel (U, G)
-    bias    (G,) or (0,) when use_bias=False
+    zs      (B, T, G)  cache: gate values after their activations [i f g o]
+    hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
+    cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
+    tc      (B, T, U)  cache: act(c_t)
+    hc, cc  (B, U)     scratch: the current h and c
+    rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
+                       (0, 0) for the rows schedule
+    x       (B, T, I)  input
+    kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
+    per_step           the schedule: False rows, True steps
     """
     B, T, I = x.shape
     U = rkernel.shape[0]
     G = 4 * U
-    parallel = B * U >= _LSTM_PARALLEL_MIN
-
-    # time-major copy, then the input projection of every step in one GEMM:
-    # zs (T*B, G) = xt (T*B, I) @ kernel (I, G)
-    for b in range(B):  # explicit loops: numba's strided slice copy is slow
-        for t in range(T):
-            for k in range(I):
-                xt[t, b, k] = x[b, t, k]
-    np.dot(xt.reshape(T * B, I), kernel, zs.reshape(T * B, G))
-
-    hs[0] = 0
-    cs[0] = 0
-    # The only per-step product, h_{t-1} @ rkernel, needs a (B, G) target
-    # that does not overwrite zs[t]; the signature has no scratch for it, so
-    # allocate it once here, outside the loop.
-    rec = np.empty((B, G), dtype=x.dtype)
+    # the input projection of every step in one GEMM: (B*T, I) @ (I, G)
+    np.dot(x.reshape(B * T, I), kernel, zs.reshape(B * T, G))
+    if not per_step:
+        if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
+            _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkernel,
+                                        bias, act, ract, return_sequences)
+        else:
+            _lstm_rows_forward(0, B, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+                               act, ract, return_sequences)
+        return
+    hc[:] = 0
+    cc[:] = 0
     for t in range(T):
-        np.dot(hs[t], rkernel, rec)
-        if parallel:
-            _lstm_cells_forward_parallel(zs[t], rec, bias, cs[t], cs[t + 1],
-                                         hs[t + 1], tc[t], act, ract)
-        else:
-            for b in range(B):
-                _lstm_cell_forward(b, zs[t], rec, bias, cs[t], cs[t + 1],
-                                   hs[t + 1], tc[t], act, ract)
-
-    for b in range(B):
-        if return_sequences:
-            for t in range(T):
+        np.dot(hc, rkernel, rec)
+        for b in range(B):
+            z = zs[b, t]
+            if bias.shape[0] > 0:
+                for j in range(G):
+                    z[j] += rec[b, j] + bias[j]
+            else:
+                for j in range(G):
+                    z[j] += rec[b, j]
+            _lstm_cell_forward(z, hc[b], cc[b], hp[b, t], cp[b, t], tc[b, t], act, ract)
+            if return_sequences:
                 for u in range(U):
-                    y[b, t, u] = hs[t + 1, b, u]
-        else:
+                    y[b, t, u] = hc[b, u]
+    if not return_sequences:
+        for b in range(B):
             for u in range(U):
-                y[b, 0, u] = hs[T, b, u]
+                y[b, 0, u] = hc[b, u]
 
 
 @njit
-def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dxt,
-                  dy, xt, zs, hs, cs, tc, kernel, rkernel,
-                  act, ract, return_sequences, mode):
+def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt, rkt,
+                  dy, x, zs, hp, cp, tc, kernel, rkernel,
+                  act, ract, return_sequences, per_step, mode):
     """Backpropagation through time for lstm_forward.
 
     dx       (B, T, I)    input gradient: mode 0 skip, 1 overwrite,
                           2 accumulate; may be empty when mode == 0
-    dkernel  (I, G)       += xt.T @ dzs           (whole sequence)
-    drkernel (U, G)       += hs[:T].T @ dzs       (whole sequence)
+    dkernel  (I, G)       += x.T @ dzs            (whole sequence)
+    drkernel (U, G)       += hp.T @ dzs           (whole sequence)
     dbias    (G,)         += sum of dzs; (0,) when use_bias=False
-    dzs      (T, B, G)    scratch: gradient w.r.t. the gate pre-activations
-    dh       (B, U)       scratch: gradient w.r.t. h_t flowing back in time
-    dc       (B, U)       scratch: gradient w.r.t. c_t flowing back in time
-    dxt      (T, B, I)    scratch: time-major dx (may be empty when mode == 0)
+    dzs      (B, T, G)    scratch: gradient w.r.t. the gate pre-activations
+    dh, dc   (B, U)       scratch: gradients w.r.t. h_t and c_t carried back
+    dzt      (B, G)       scratch for the steps schedule: one step of dzs
+    rkt      (G, U)       scratch for the rows schedule: rkernel.T
     dy       (B, T, U) if return_sequences else (B, 1, U)
-    xt, zs, hs, cs, tc    caches written by lstm_forward
-    kernel   (I, G)
-    rkernel  (U, G)
+    x, zs, hp, cp, tc     input and caches of lstm_forward
+    kernel (I, G)   rkernel (U, G)
     """
-    T, B, I = xt.shape
+    B, T, I = x.shape
     U = rkernel.shape[0]
     G = 4 * U
-    parallel = B * U >= _LSTM_PARALLEL_MIN
-
-    dh[:] = 0
-    dc[:] = 0
-    for t in range(T - 1, -1, -1):
-        # dy feeds h_t: every step with return_sequences, else only the last
-        take_dy = return_sequences or t == T - 1
-        ty = t if return_sequences else 0
-        if parallel:
-            _lstm_cells_backward_parallel(dzs[t], dh, dc, dy, ty, take_dy,
-                                          zs[t], cs[t], tc[t], act, ract)
+    if not per_step:
+        for k in range(U):
+            for j in range(G):
+                rkt[j, k] = rkernel[k, j]
+        if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
+            _lstm_rows_backward_parallel(dzs, dh, dc, dy, zs, cp, tc, rkt,
+                                         act, ract, return_sequences)
         else:
+            _lstm_rows_backward(0, B, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
+                                return_sequences)
+    else:
+        dh[:] = 0
+        dc[:] = 0
+        for t in range(T - 1, -1, -1):
             for b in range(B):
-                _lstm_cell_backward(b, dzs[t], dh, dc, dy, ty, take_dy,
-                                    zs[t], cs[t], tc[t], act, ract)
-        if t > 0:
-            # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
-            np.dot(dzs[t], rkernel.T, dh)
+                if return_sequences:
+                    for u in range(U):
+                        dh[b, u] += dy[b, t, u]
+                elif t == T - 1:
+                    for u in range(U):
+                        dh[b, u] += dy[b, 0, u]
+                _lstm_cell_backward(dzs[b, t], dh[b], dc[b], zs[b, t], cp[b, t],
+                                    tc[b, t], act, ract)
+                for j in range(G):
+                    dzt[b, j] = dzs[b, t, j]
+            if t > 0:
+                # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
+                np.dot(dzt, rkernel.T, dh)
 
-    # weight gradients: one GEMM each over all T*B rows
-    dzf = dzs.reshape(T * B, G)
-    dkernel += np.dot(xt.reshape(T * B, I).T, dzf)
-    drkernel += np.dot(hs[:T].reshape(T * B, U).T, dzf)
+    # weight gradients: one GEMM each over all B*T rows
+    dzf = dzs.reshape(B * T, G)
+    dkernel += np.dot(x.reshape(B * T, I).T, dzf)
+    drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
     if dbias.shape[0] > 0:
-        for r in range(T * B):
+        for r in range(B * T):
             for j in range(G):
                 dbias[j] += dzf[r, j]
-
-    if mode != 0:
-        # dxt (T*B, I) = dzs (T*B, G) @ kernel.T, then back to batch-major
-        np.dot(dzf, kernel.T, dxt.reshape(T * B, I))
-        for b in range(B):
-            for t in range(T):
-                if mode == 1:
-                    for k in range(I):
-                        dx[b, t, k] = dxt[t, b, k]
-                else:
-                    for k in range(I):
-                        dx[b, t, k] += dxt[t, b, k]
+    if mode == 1:
+        np.dot(dzf, kernel.T, dx.reshape(B * T, I))
+    elif mode == 2:
+        dxf = dx.reshape(B * T, I)
+        dxf += np.dot(dzf, kernel.T)
 
 # --------------------------------------------------------------- concat
 # Every input is viewed as (outer, width_k); the output as
@@ -1898,19 +1993,21 @@ class Model(_Runtime):
         b['embedding_call0'] = np.empty((n, 4, 3), dt)  # embedding (n, 4, 3)
         b['embedding_call0_nx3'] = b['embedding_call0'].reshape(-1, 3)  # view (n, 3)
         b['lstm_call0'] = np.empty((n, 4, 3), dt)  # lstm (n, 4, 3)
-        b['lstm_call0_xt'] = np.empty((4, n, 3), dt)  # input, time-major (T, n, in)
-        b['lstm_call0_zs'] = np.empty((4, n, 12), dt)  # gate values i f g o after activation (T, n, 4u)
-        b['lstm_call0_hs'] = np.empty((5, n, 3), dt)  # hidden states, hs[0] = 0 (T+1, n, u)
-        b['lstm_call0_cs'] = np.empty((5, n, 3), dt)  # cell states, cs[0] = 0 (T+1, n, u)
-        b['lstm_call0_tc'] = np.empty((4, n, 3), dt)  # activation(c_t) (T, n, u)
+        b['lstm_call0_zs'] = np.empty((n, 4, 12), dt)  # gate values i f g o after activation (n, T, 4u)
+        b['lstm_call0_hp'] = np.empty((n, 4, 3), dt)  # h_{t-1}, hp[:, 0] = 0 (n, T, u)
+        b['lstm_call0_cp'] = np.empty((n, 4, 3), dt)  # c_{t-1}, cp[:, 0] = 0 (n, T, u)
+        b['lstm_call0_tc'] = np.empty((n, 4, 3), dt)  # activation(c_t) (n, T, u)
+        b['lstm_call0_hc'] = np.empty((n, 3), dt)  # current h (n, u)
+        b['lstm_call0_cc'] = np.empty((n, 3), dt)  # current c (n, u)
         b['embedding_call1'] = np.empty((n, 4, 3), dt)  # embedding (n, 4, 3)
         b['embedding_call1_nx3'] = b['embedding_call1'].reshape(-1, 3)  # view (n, 3)
         b['lstm_call1'] = np.empty((n, 4, 3), dt)  # lstm (n, 4, 3)
-        b['lstm_call1_xt'] = np.empty((4, n, 3), dt)  # input, time-major (T, n, in)
-        b['lstm_call1_zs'] = np.empty((4, n, 12), dt)  # gate values i f g o after activation (T, n, 4u)
-        b['lstm_call1_hs'] = np.empty((5, n, 3), dt)  # hidden states, hs[0] = 0 (T+1, n, u)
-        b['lstm_call1_cs'] = np.empty((5, n, 3), dt)  # cell states, cs[0] = 0 (T+1, n, u)
-        b['lstm_call1_tc'] = np.empty((4, n, 3), dt)  # activation(c_t) (T, n, u)
+        b['lstm_call1_zs'] = np.empty((n, 4, 12), dt)  # gate values i f g o after activation (n, T, 4u)
+        b['lstm_call1_hp'] = np.empty((n, 4, 3), dt)  # h_{t-1}, hp[:, 0] = 0 (n, T, u)
+        b['lstm_call1_cp'] = np.empty((n, 4, 3), dt)  # c_{t-1}, cp[:, 0] = 0 (n, T, u)
+        b['lstm_call1_tc'] = np.empty((n, 4, 3), dt)  # activation(c_t) (n, T, u)
+        b['lstm_call1_hc'] = np.empty((n, 3), dt)  # current h (n, u)
+        b['lstm_call1_cc'] = np.empty((n, 3), dt)  # current c (n, u)
         b['concatenate'] = np.empty((n, 4, 6), dt)  # concatenate (n, 4, 6)
         b['concatenate_nx6'] = b['concatenate'].reshape(-1, 6)  # view (n, 6)
         b['lstm_call0_nx3'] = b['lstm_call0'].reshape(-1, 3)  # view (n, 3)
@@ -1923,16 +2020,16 @@ class Model(_Runtime):
         b['d_lstm_call1'] = np.empty((n, 4, 3), dt)  # d loss / d lstm (n, 4, 3)
         b['d_lstm_call1_nx3'] = b['d_lstm_call1'].reshape(-1, 3)  # view (n, 3)
         b['d_embedding_call1'] = np.empty((n, 4, 3), dt)  # d loss / d embedding (n, 4, 3)
-        b['lstm_call1_dzs'] = np.empty((4, n, 12), dt)  # d loss / d gate pre-activations (T, n, 4u)
-        b['lstm_call1_dh'] = np.empty((n, 3), dt)  # d loss / d h carried backward in time
-        b['lstm_call1_dc'] = np.empty((n, 3), dt)  # d loss / d c carried backward in time
-        b['lstm_call1_dxt'] = np.empty((4, n, 3), dt)  # d loss / d input, time-major
+        b['lstm_call1_dzs'] = np.empty((n, 4, 12), dt)  # d loss / d gate pre-activations (n, T, 4u)
+        b['lstm_call1_dh'] = np.empty((n, 3), dt)  # d loss / d h carried backward in time (n, u)
+        b['lstm_call1_dc'] = np.empty((n, 3), dt)  # d loss / d c carried backward in time (n, u)
+        b['lstm_call1_rkt'] = np.empty((12, 3), dt)  # recurrent_kernel transposed (4u, u)
         b['d_embedding_call1_nx3'] = b['d_embedding_call1'].reshape(-1, 3)  # view (n, 3)
         b['d_embedding_call0'] = np.empty((n, 4, 3), dt)  # d loss / d embedding (n, 4, 3)
-        b['lstm_call0_dzs'] = np.empty((4, n, 12), dt)  # d loss / d gate pre-activations (T, n, 4u)
-        b['lstm_call0_dh'] = np.empty((n, 3), dt)  # d loss / d h carried backward in time
-        b['lstm_call0_dc'] = np.empty((n, 3), dt)  # d loss / d c carried backward in time
-        b['lstm_call0_dxt'] = np.empty((4, n, 3), dt)  # d loss / d input, time-major
+        b['lstm_call0_dzs'] = np.empty((n, 4, 12), dt)  # d loss / d gate pre-activations (n, T, 4u)
+        b['lstm_call0_dh'] = np.empty((n, 3), dt)  # d loss / d h carried backward in time (n, u)
+        b['lstm_call0_dc'] = np.empty((n, 3), dt)  # d loss / d c carried backward in time (n, u)
+        b['lstm_call0_rkt'] = np.empty((12, 3), dt)  # recurrent_kernel transposed (4u, u)
         b['d_embedding_call0_nx3'] = b['d_embedding_call0'].reshape(-1, 3)  # view (n, 3)
         b['dense_nx4x3'] = b['dense'].reshape(-1, 4, 3)  # view (n, 4, 3)
         return b
@@ -1947,13 +2044,13 @@ class Model(_Runtime):
         # reuse_nested_lstm.py:12  t = Embedding(vocab, 3)(tokens)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
         embedding_forward(b['embedding_call0_nx3'], b['first_m'], w[0])
         # reuse_nested_lstm.py:13  t = LSTM(3, return_sequences=True)(t)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
-        lstm_forward(b['lstm_call0'], b['lstm_call0_xt'], b['lstm_call0_zs'], b['lstm_call0_hs'], b['lstm_call0_cs'], b['lstm_call0_tc'], b['embedding_call0'],
-                     w[1], w[2], w[3], 3, 2, True)
+        lstm_forward(b['lstm_call0'], b['lstm_call0_zs'], b['lstm_call0_hp'], b['lstm_call0_cp'], b['lstm_call0_tc'], b['lstm_call0_hc'], b['lstm_call0_cc'], b['_e2'], b['embedding_call0'],
+                     w[1], w[2], w[3], 3, 2, True, False)
         # reuse_nested_lstm.py:12  t = Embedding(vocab, 3)(tokens)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
         embedding_forward(b['embedding_call1_nx3'], b['second_m'], w[0])
         # reuse_nested_lstm.py:13  t = LSTM(3, return_sequences=True)(t)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
-        lstm_forward(b['lstm_call1'], b['lstm_call1_xt'], b['lstm_call1_zs'], b['lstm_call1_hs'], b['lstm_call1_cs'], b['lstm_call1_tc'], b['embedding_call1'],
-                     w[1], w[2], w[3], 3, 2, True)
+        lstm_forward(b['lstm_call1'], b['lstm_call1_zs'], b['lstm_call1_hp'], b['lstm_call1_cp'], b['lstm_call1_tc'], b['lstm_call1_hc'], b['lstm_call1_cc'], b['_e2'], b['embedding_call1'],
+                     w[1], w[2], w[3], 3, 2, True, False)
         # reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)])
         concat_forward(b['concatenate_nx6'], b['lstm_call0_nx3'], 0)
         concat_forward(b['concatenate_nx6'], b['lstm_call1_nx3'], 3)
@@ -1974,15 +2071,15 @@ class Model(_Runtime):
         concat_backward(b['d_lstm_call0_nx3'], b['d_concatenate_nx6'], 0, 1)
         concat_backward(b['d_lstm_call1_nx3'], b['d_concatenate_nx6'], 3, 1)
         # reuse_nested_lstm.py:13  t = LSTM(3, return_sequences=True)(t)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
-        lstm_backward(b['d_embedding_call1'], g[1], g[2], g[3], b['lstm_call1_dzs'], b['lstm_call1_dh'], b['lstm_call1_dc'], b['lstm_call1_dxt'],
-                      b['d_lstm_call1'], b['lstm_call1_xt'], b['lstm_call1_zs'], b['lstm_call1_hs'], b['lstm_call1_cs'], b['lstm_call1_tc'], w[1], w[2],
-                      3, 2, True, 1)
+        lstm_backward(b['d_embedding_call1'], g[1], g[2], g[3], b['lstm_call1_dzs'], b['lstm_call1_dh'], b['lstm_call1_dc'], b['_e2'], b['lstm_call1_rkt'],
+                      b['d_lstm_call1'], b['embedding_call1'], b['lstm_call1_zs'], b['lstm_call1_hp'], b['lstm_call1_cp'], b['lstm_call1_tc'], w[1], w[2],
+                      3, 2, True, False, 1)
         # reuse_nested_lstm.py:12  t = Embedding(vocab, 3)(tokens)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
         embedding_backward(g[0], b['d_embedding_call1_nx3'], b['second_m'])
         # reuse_nested_lstm.py:13  t = LSTM(3, return_sequences=True)(t)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
-        lstm_backward(b['d_embedding_call0'], g[1], g[2], g[3], b['lstm_call0_dzs'], b['lstm_call0_dh'], b['lstm_call0_dc'], b['lstm_call0_dxt'],
-                      b['d_lstm_call0'], b['lstm_call0_xt'], b['lstm_call0_zs'], b['lstm_call0_hs'], b['lstm_call0_cs'], b['lstm_call0_tc'], w[1], w[2],
-                      3, 2, True, 1)
+        lstm_backward(b['d_embedding_call0'], g[1], g[2], g[3], b['lstm_call0_dzs'], b['lstm_call0_dh'], b['lstm_call0_dc'], b['_e2'], b['lstm_call0_rkt'],
+                      b['d_lstm_call0'], b['embedding_call0'], b['lstm_call0_zs'], b['lstm_call0_hp'], b['lstm_call0_cp'], b['lstm_call0_tc'], w[1], w[2],
+                      3, 2, True, False, 1)
         # reuse_nested_lstm.py:12  t = Embedding(vocab, 3)(tokens)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
         embedding_backward(g[0], b['d_embedding_call0_nx3'], b['first_m'])
 
