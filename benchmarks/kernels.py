@@ -108,8 +108,14 @@ def _runtime_phase(caller, name):
 
 
 def _is_dispatcher(obj):
+    """A numba kernel, or a kernel entry point the module writes in Python
+    (it chooses between numba kernels, e.g. serial or parallel)."""
     from numba.core.dispatcher import Dispatcher
-    return isinstance(obj, Dispatcher)
+    if isinstance(obj, Dispatcher):
+        return True
+    import inspect
+    return (inspect.isfunction(obj) and obj.__name__.endswith(("_forward", "_backward", "_update"))
+            and obj.__module__ == getattr(inspect.getmodule(obj), "__name__", None))
 
 
 def instrument(mod, rec):

@@ -32,7 +32,7 @@ class Buffer:
 @dataclass
 class Step:
     kind: str          # selects the macro in templates/layers.j2
-    where: str         # "model.py:9  x = Dense(64)(inputs)"
+    where: list[str]   # ["model.py:9  x = Dense(64)(inputs)"]: the source line(s) of the step
     f: dict            # fields the macro substitutes
 
 
@@ -43,7 +43,8 @@ class ModulePlan:
     kernels: list[str]
     attrs: list[tuple[str, str]]        # class attribute name, Python literal
     tables: list[tuple[str, str]]       # module-level table name, literal of kernel names
-    buffers: list[Buffer]
+    buffers: list[Buffer]               # what the forward pass uses (predict allocates only these)
+    grad_buffers: list[Buffer]          # what only the backward pass uses
     forward: list[Step]
     backward: list[Step]
     bind_inputs: list[Buffer]           # forward prologue: inputs and their views
@@ -83,6 +84,7 @@ class _Lowering:
         for i, (layer, w) in enumerate(g.params):
             self.weight_index[(id(layer), w.name)] = i
         self.needs_grad = self._needs_grad()
+        self.fused = self._embedded_lstms()
 
     # -- names and buffers ------------------------------------------------
     def _needs_grad(self) -> set[int]:
@@ -91,6 +93,24 @@ class _Lowering:
             if node.layer.weights or any(t.base().id in need for t in node.inputs):
                 need.update(t.id for t in node.outputs)
         return need
+
+    def _embedded_lstms(self) -> dict[int, Node]:
+        """LSTM node id -> the Embedding node whose output is its input and is
+        used nowhere else (not an output, not aliased): that pair lowers to one
+        kernel that never materializes the embedded sequence."""
+        uses: dict[int, int] = {}
+        for n in self.g.nodes:
+            for x in n.inputs:
+                uses[x.base().id] = uses.get(x.base().id, 0) + 1
+        aliased = {t.alias_of.base().id for n in self.g.nodes for t in n.inputs if t.alias_of is not None}
+        fused = {}
+        for n in self.g.nodes:
+            x = n.inputs[0] if n.inputs else None
+            if (n.layer.cls == "LSTM" and x.alias_of is None and x.node is not None
+                    and x.node.layer.cls == "Embedding" and uses[x.id] == 1
+                    and x.id not in self.output_pos and x.id not in aliased):
+                fused[id(n)] = x.node
+        return fused
 
     def key(self, t: Tensor) -> str:
         t = t.base()
@@ -173,7 +193,9 @@ class _Lowering:
 
     # -- steps --------------------------------------------------------------
     def lower(self) -> tuple[list[Step], list[Step]]:
-        fwd = [self.forward(n) for n in self.g.nodes]
+        embedded = {id(e) for e in self.fused.values()}
+        fwd = [self.forward(n) for n in self.g.nodes if id(n) not in embedded]
+        self.n_forward_buffers = len(self.buffers)
         done: set[int] = set(self.output_pos)  # output gradients arrive from the loss
         bwd = []
         for node in reversed(self.g.nodes):
@@ -187,7 +209,8 @@ class _Lowering:
                 else:
                     modes.append(2 if t.id in done else 1)
                     done.add(t.id)
-            bwd.append(self.backward(node, modes))
+            if id(node) not in embedded:
+                bwd.append(self.backward(node, modes))
         return fwd, bwd
 
     def forward(self, node: Node) -> Step:
@@ -203,11 +226,14 @@ class _Lowering:
             f.update(y=self.value(t, (None, t.shape[-1])), ids=self.value(x, (-1,)), table=self.weight(node, "embeddings"))
         elif cls == "LSTM":
             f.update(self._lstm_fields(node))
+            if id(node) in self.fused:
+                f.update(self._embedded_fields(node))
+                return Step("EmbeddedLSTM", self._embedded_where(node), f)
         elif cls == "Concatenate":
             f.update(y=self.value(t, self._concat_view(t.shape, cfg["axis"])),
                      parts=[(self.value(x, self._concat_view(x.shape, cfg["axis"])), off)
                             for x, off in zip(node.inputs, self._offsets(node))])
-        return Step(cls, self.where(node), f)
+        return Step(cls, [self.where(node)], f)
 
     def backward(self, node: Node, modes: list[int]) -> Step:
         cls, cfg, t = node.layer.cls, node.layer.kind.cfg, node.outputs[0]
@@ -224,7 +250,9 @@ class _Lowering:
             f.update(dy=self.value(t, (None, t.shape[-1]), True), ids=self.value(x, (-1,)),
                      dtable=self.weight(node, "embeddings", True))
         elif cls == "LSTM":
-            f.update(self._lstm_fields(node), mode=modes[0], dx="b['_e3']" if modes[0] == 0 else self.value(x, None, True),
+            fused = id(node) in self.fused  # then no input gradient buffer: the kernel writes the table's
+            f.update(self._lstm_fields(node), mode=modes[0],
+                     dx="b['_e3']" if modes[0] == 0 or fused else self.value(x, None, True),
                      dy=self._lstm_y(t, True), dkernel=self.weight(node, "kernel", True),
                      drkernel=self.weight(node, "recurrent_kernel", True), dbias=self.weight(node, "bias", True))
             k, T, U = self.key(t), x.shape[1], cfg["units"]
@@ -232,13 +260,40 @@ class _Lowering:
             f.update(dzs=self.buf(k + "_dzs", (None, T, 4 * U), "d loss / d gate pre-activations (n, T, 4u)", x.bmul),
                      dh=self.buf(k + "_dh", (None, U), "d loss / d h carried backward in time (n, u)", x.bmul),
                      dc=self.buf(k + "_dc", (None, U), "d loss / d c carried backward in time (n, u)", x.bmul),
-                     dzt="b['_e2']" if rows else self.buf(k + "_dzt", (None, 4 * U), "one step of dzs (n, 4u)", x.bmul),
-                     rkt=self.buf(k + "_rkt", (4 * U, U), "recurrent_kernel transposed (4u, u)") if rows else "b['_e2']")
+                     dzt="b['_e2']" if rows else self.buf(k + "_dzt", (None, 4 * U), "one step of dzs (n, 4u)", x.bmul))
+            if id(node) in self.fused:
+                f.update(self._embedded_fields(node),
+                         dtable=self.weight(self.fused[id(node)], "embeddings", True))
+                return Step("EmbeddedLSTM", self._embedded_where(node), f)
         elif cls == "Concatenate":
             f.update(dy=self.value(t, self._concat_view(t.shape, cfg["axis"]), True),
                      parts=[("b['_e2']" if m == 0 else self.value(xi, self._concat_view(xi.shape, cfg["axis"]), True), off, m)
                             for xi, off, m in zip(node.inputs, self._offsets(node), modes)])
-        return Step(cls, self.where(node), f)
+        return Step(cls, [self.where(node)], f)
+
+    def _embedded_fields(self, node: Node) -> dict:
+        """Buffers of lstm_embedded_forward / _backward (see _embedded_lstms)."""
+        emb, x, U = self.fused[id(node)], node.inputs[0], node.layer.kind.cfg["units"]
+        k, T, I, V = self.key(node.outputs[0]), x.shape[1], x.shape[2], emb.layer.kind.cfg["input_dim"]
+        steps, distinct = f"n * {T * x.bmul}", f"min(n * {T * x.bmul}, {V})"
+        return dict(
+            ids=self.value(emb.inputs[0], (-1,)), table=self.weight(emb, "embeddings"),
+            uniq=self.raw_buf(k + "_uniq", f"np.empty({steps}, np.int64)", "distinct ids of the batch (n * T,)"),
+            inv=self.raw_buf(k + "_inv", f"np.empty({steps}, np.int64)", "index in uniq of each step's id (n * T,)"),
+            slot=self.raw_buf(k + "_slot", f"np.full({V}, -1, np.int64)", "scratch: id -> index in uniq, -1 between calls"),
+            nu=self.raw_buf(k + "_nu", "np.zeros(1, np.int64)", "number of distinct ids"),
+            xu=self.raw_buf(k + "_xu", f"np.empty(({distinct}, {I}), dt)", "embedding rows of the distinct ids (<= n * T, in)"),
+            pu=self.raw_buf(k + "_pu", f"np.empty(({distinct}, {4 * U}), dt)", "their projections, then their gate gradients (<= n * T, 4u)"))
+
+    def _embedded_where(self, node: Node) -> list[str]:
+        return [self.where(self.fused[id(node)]), self.where(node)]
+
+    def raw_buf(self, key: str, expr: str, comment: str) -> str:
+        """A buffer with its own allocation expression (int arrays, bounded sizes)."""
+        if not any(b.key == key for b in self.buffers):
+            self.used.add(key)
+            self.buffers.append(Buffer(key, expr, comment))
+        return f"b[{key!r}]"
 
     def _lstm_y(self, t: Tensor, grad: bool) -> str:
         return self.value(t, None, grad) if len(t.shape) == 3 else self.value(t, (None, 1, t.shape[-1]), grad)
@@ -248,7 +303,7 @@ class _Lowering:
         k, T, U = self.key(t), x.shape[1], cfg["units"]
         per_step = U > LSTM_ROWS_MAX_UNITS
         return dict(
-            y=self._lstm_y(t, False), x=self.value(x),
+            y=self._lstm_y(t, False), x=None if id(node) in self.fused else self.value(x),
             zs=self.buf(k + "_zs", (None, T, 4 * U), "gate values i f g o after activation (n, T, 4u)", x.bmul),
             hp=self.buf(k + "_hp", (None, T, U), "h_{t-1}, hp[:, 0] = 0 (n, T, u)", x.bmul),
             cp=self.buf(k + "_cp", (None, T, U), "c_{t-1}, cp[:, 0] = 0 (n, T, u)", x.bmul),
@@ -256,6 +311,7 @@ class _Lowering:
             hc=self.buf(k + "_hc", (None, U), "current h (n, u)", x.bmul),
             cc=self.buf(k + "_cc", (None, U), "current c (n, u)", x.bmul),
             rec=self.buf(k + "_rec", (None, 4 * U), "h_{t-1} @ recurrent_kernel (n, 4u)", x.bmul) if per_step else "b['_e2']",
+            rkt=self.buf(k + "_rkt", (4 * U, U), "recurrent_kernel transposed (4u, u)") if not per_step else "b['_e2']",
             kernel=self.weight(node, "kernel"), rkernel=self.weight(node, "recurrent_kernel"), bias=self.weight(node, "bias"),
             act=catalog.ACTIVATIONS[cfg["activation"]], ract=catalog.ACTIVATIONS[cfg["recurrent_activation"]],
             return_sequences=cfg["return_sequences"], per_step=per_step)
@@ -323,5 +379,7 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
                                                 "'sparse_categorical': sparse_categorical_accuracy}"))
     else:
         tables += [("_LOSS_KERNELS", "{}"), ("_OPTIMIZER_KERNELS", "{}")]
-    return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables, low.buffers, fwd, bwd,
+    nf = low.n_forward_buffers
+    return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables,
+                      low.buffers[:nf], low.buffers[nf:], fwd, bwd,
                       low.bind_inputs, low.bind_outputs, returns)

@@ -9,7 +9,9 @@ import tempfile
 import time
 
 _RT_WEIGHTS_FORMAT = "gen-weights-1"
-_RT_CACHE_LIMIT = 8  # batch sizes kept allocated (fit uses 2: full + last partial)
+# Batch sizes kept allocated, least recently used dropped first: fit uses two
+# (full and last partial batch), plus one for predict or evaluate.
+_RT_CACHE_LIMIT = 3
 
 # Optimizer kernel arguments after (w, g): state buffer names, then
 # hyper-parameters with Keras 3 defaults; Adam also takes t = iterations + 1.
@@ -33,12 +35,34 @@ def _rt_first_nonfinite(a):
 
 @njit
 def _rt_rows_nonfinite(a, rows):
-    """Whether any of the given rows of 2-D `a` holds a NaN/Inf."""
+    """Whether any of the given rows of 2-D `a` holds a NaN/Inf. Per row, a
+    branch-free count (v - v is NaN exactly for NaN/Inf) that vectorizes."""
+    for r in rows:
+        n = 0
+        for j in range(a.shape[1]):
+            d = a[r, j] - a[r, j]
+            n += d != d
+        if n > 0:
+            return True
+    return False
+
+
+@njit
+def _rt_zero_rows(a, rows):
+    """a[rows] = 0 for 2-D `a`, without numpy's fancy-indexing temporaries."""
+    zero = a.dtype.type(0.0)
     for r in rows:
         for j in range(a.shape[1]):
-            if not math.isfinite(a[r, j]):
-                return True
-    return False
+            a[r, j] = zero
+
+
+def _rt_is_kernel(v):
+    """A numba kernel, or a kernel entry point written in Python (it picks
+    and calls numba kernels)."""
+    if isinstance(v, numba.core.dispatcher.Dispatcher):
+        return True
+    return (callable(v) and getattr(v, "__module__", None) == __name__ and not isinstance(v, type)
+            and v is not njit and v.__name__.endswith(("_forward", "_backward", "_update")))
 
 
 class History(dict):
@@ -52,7 +76,7 @@ class History(dict):
 class _Batch:
     """Buffers for one batch size: the model's own plus loss/metric scratch."""
 
-    __slots__ = ("bufs", "xb", "tb", "loss", "acc", "dy", "douts")
+    __slots__ = ("bufs", "grads", "xb", "tb", "loss", "acc", "dy", "douts")
 
 
 def _rt_shape(shape):
@@ -183,7 +207,7 @@ class _Runtime:
         for lo, hi in self._dense:
             self._grads[lo:hi] = 0
         for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
-            g[rows] = 0
+            _rt_zero_rows(g, rows)
 
     def _note_touched(self, bufs):
         self._touched = [np.unique(bufs[key]) for _i, key, *_ in self._sparse]
@@ -364,15 +388,23 @@ class _Runtime:
 
     # -- batches ------------------------------------------------------------
 
-    def _batch(self, m):
-        """Buffers for batch size m, allocated once and reused."""
-        b = self._cache.get(m)
-        if b is not None:
-            return b
-        if len(self._cache) >= _RT_CACHE_LIMIT:
+    def _batch(self, m, grads=True):
+        """Buffers for batch size m, allocated once and reused; those of the
+        backward pass only when asked for (predict and evaluate never are)."""
+        b = self._cache.pop(m, None)
+        if b is None:
+            b = self._new_batch(m)
+        self._cache[m] = b  # most recently used last
+        if len(self._cache) > _RT_CACHE_LIMIT:
             del self._cache[next(iter(self._cache))]
+        if grads and not b.grads:
+            self._alloc_grads(m, b.bufs)
+            b.grads = True
+        return b
+
+    def _new_batch(self, m):
         b = _Batch()
-        b.bufs = self._alloc(m)
+        b.bufs, b.grads = self._alloc(m), False
         ids = [kind == "int" for _n, _s, kind, _b in self._inputs]
         b.xb = [np.empty((m,) + tuple(s), np.int64 if i else self.dtype)
                 for (_n, s, _k, _b), i in zip(self._inputs, ids)]
@@ -386,7 +418,6 @@ class _Runtime:
             b.acc.append(np.empty(rows, self.dtype))
             b.dy.append(np.empty((rows, shape[-1]), self.dtype))
             b.douts.append(b.dy[-1].reshape((m,) + tuple(shape)))
-        self._cache[m] = b
         return b
 
     @staticmethod
@@ -457,7 +488,7 @@ class _Runtime:
         sums = {}
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            b = self._batch(e - s)
+            b = self._batch(e - s, grads=train)
             xb, tb = self._slice(xs, b.xb, s, e, order), self._slice(ts, b.tb, s, e, order)
             if train:
                 try:
@@ -480,7 +511,7 @@ class _Runtime:
         res = [np.empty((n,) + tuple(o[1]), self.dtype) for o in self._outputs]
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            outs = self._forward(self._batch(e - s).bufs, [a[s:e] for a in xs], False)
+            outs = self._forward(self._batch(e - s, grads=False).bufs, [a[s:e] for a in xs], False)
             for r, o in zip(res, outs):
                 r[s:e] = o
         return res[0] if len(res) == 1 else res
@@ -712,8 +743,7 @@ class _Runtime:
         x, y = self._random_batch(batch_size, rng)
         xs, ts, kinds, n = self._prep(x, y)
         b = self._batch(n)
-        kernels = {k: v for k, v in globals().items()
-                   if isinstance(v, numba.core.dispatcher.Dispatcher) and not k.startswith("_")}
+        kernels = {k: v for k, v in globals().items() if not k.startswith("_") and _rt_is_kernel(v)}
         spent = {}
 
         def timed(name, fn):

@@ -148,3 +148,25 @@ def test_sparse_embedding_update_equals_dense():
         np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-7)
     sparse._flush_sparse()
     np.testing.assert_allclose(sparse._opt_state[0], dense._opt_state[0], rtol=1e-5, atol=1e-12)
+
+
+def test_predict_allocates_no_gradient_buffers_and_cache_is_bounded():
+    """predict/evaluate allocate only the forward pass's buffers; training
+    adds the backward ones; at most _RT_CACHE_LIMIT batch sizes stay
+    allocated (least recently used dropped), and results do not depend on it."""
+    mod = generated("twitter", "model")
+    m = mod.Model(seed=0)
+    rng = np.random.default_rng(0)
+    xs, ys = random_data(mod.Model, 8, rng, np.float32)
+    p8 = m.predict(xs, batch_size=8)
+    b = m._cache[8]
+    assert not b.grads and not any(k.startswith("d_") or k.endswith("_dzs") for k in b.bufs)
+    m.train_on_batch(xs, ys)
+    assert m._cache[8].grads and "lstm_dzs" in m._cache[8].bufs
+    for bs in (1, 2, 3, 5):
+        m.predict(xs, batch_size=bs)
+    assert list(m._cache) == [2, 3, 5][-mod._RT_CACHE_LIMIT:]
+    m2 = mod.Model(seed=0)
+    m2.train_on_batch(xs, ys)
+    np.testing.assert_array_equal(m.predict(xs, batch_size=8)[0], m2.predict(xs, batch_size=8)[0])
+    assert not np.array_equal(p8[0], m.predict(xs, batch_size=8)[0])  # the step changed the weights

@@ -190,6 +190,9 @@ class Model(_Runtime):
         self.alloc_calls.append(n)
         return {"x": None, "y": np.empty((n,) + self._outputs[0][1], self.dtype)}
 
+    def _alloc_grads(self, n, b):
+        pass  # this backward pass needs no buffers of its own
+
     def _forward(self, bufs, xs, training):
         x = xs[0].reshape(-1, 4)
         bufs["x"] = x
@@ -245,6 +248,9 @@ class TwoOut(_Runtime):
     def _alloc(self, n):
         return {"h": np.empty((n, 4), self.dtype), "y1": np.empty((n, 1), self.dtype),
                 "y2": np.empty((n, 3), self.dtype), "ids": None}
+
+    def _alloc_grads(self, n, b):
+        pass
 
     def _forward(self, bufs, xs, training):
         ids, aux = xs

@@ -171,23 +171,46 @@ def _activation_backward_row(dz, dy, y, r, act, mode):
                 dz[r, j] += g
 
 
+@njit
+def _activation_forward_serial(y, z, act):
+    for r in range(z.shape[0]):
+        _activation_forward_row(y, z, r, act)
+
+
 @njit(parallel=True)
+def _activation_forward_parallel(y, z, act):
+    for r in prange(z.shape[0]):
+        _activation_forward_row(y, z, r, act)
+
+
+@njit
+def _activation_backward_serial(dz, dy, y, act, mode):
+    for r in range(y.shape[0]):
+        _activation_backward_row(dz, dy, y, r, act, mode)
+
+
+@njit(parallel=True)
+def _activation_backward_parallel(dz, dy, y, act, mode):
+    for r in prange(y.shape[0]):
+        _activation_backward_row(dz, dy, y, r, act, mode)
+
+
+# The entry points choose serial or parallel in Python, so a model whose
+# arrays are all small never compiles the parallel kernels (each costs
+# about a second of numba compilation on the first run).
+
 def activation_forward(y, z, act):
     """y = act(z).
 
     y (n, c)  output (may alias z)
     z (n, c)  pre-activation
     """
-    n, c = z.shape
-    if n * c < _ACTIVATION_PARALLEL_MIN:
-        for r in range(n):
-            _activation_forward_row(y, z, r, act)
+    if z.size < _ACTIVATION_PARALLEL_MIN:
+        _activation_forward_serial(y, z, act)
     else:
-        for r in prange(n):
-            _activation_forward_row(y, z, r, act)
+        _activation_forward_parallel(y, z, act)
 
 
-@njit(parallel=True)
 def activation_backward(dz, dy, y, act, mode):
     """dz (mode) = dy * act'(z), computed from the output y.
 
@@ -198,13 +221,10 @@ def activation_backward(dz, dy, y, act, mode):
     """
     if mode == 0:
         return
-    n, c = y.shape
-    if n * c < _ACTIVATION_PARALLEL_MIN:
-        for r in range(n):
-            _activation_backward_row(dz, dy, y, r, act, mode)
+    if y.size < _ACTIVATION_PARALLEL_MIN:
+        _activation_backward_serial(dz, dy, y, act, mode)
     else:
-        for r in prange(n):
-            _activation_backward_row(dz, dy, y, r, act, mode)
+        _activation_backward_parallel(dz, dy, y, act, mode)
 
 # ---------------------------------------------------------------- dense
 # z = x @ kernel + bias.  Both products go through np.dot (numba -> scipy
@@ -501,18 +521,11 @@ def sparse_categorical_accuracy(out, y, t):
 # models compute in float32.  Every element is independent, but a parallel
 # region costs more than it saves below about a million parameters (mlp's
 # 55k: 41 us serial, 210 us on two threads), so each rule is a serial span
-# and the entry point splits the buffer into chunks only when it is big.
+# and the entry point (plain Python, so that a small model never compiles the
+# parallel kernel) splits the buffer into chunks only when it is big.
 
 _OPTIMIZER_PARALLEL_MIN = 1 << 20  # parameters
 _OPTIMIZER_CHUNK = 1 << 16
-
-
-@njit
-def _optimizer_chunks(p):
-    """Number of chunks to split p parameters into: 1 means run serially."""
-    if p < _OPTIMIZER_PARALLEL_MIN:
-        return 1
-    return (p + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK
 
 
 @njit
@@ -530,7 +543,21 @@ def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov):
             w[k] = w[k] + m[k]
 
 
+@njit
+def _sgd_serial(w, g, m, lr, momentum, nesterov):
+    dt = w.dtype.type
+    _sgd_span(0, w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
+
+
 @njit(parallel=True)
+def _sgd_parallel(w, g, m, lr, momentum, nesterov):
+    dt = w.dtype.type
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _sgd_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, dt(lr), dt(momentum),
+                  momentum, nesterov)
+
+
 def sgd_update(w, g, m, lr, momentum, nesterov):
     """SGD.
 
@@ -540,15 +567,8 @@ def sgd_update(w, g, m, lr, momentum, nesterov):
 
     w (P,)  g (P,)  m (P,) momentum buffer, (0,) when momentum == 0
     """
-    dt = w.dtype.type
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _sgd_span(0, P, w, g, m, dt(lr), dt(momentum), momentum, nesterov)
-    else:
-        for c in prange(chunks):
-            _sgd_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, dt(lr), dt(momentum),
-                      momentum, nesterov)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_sgd_parallel if big else _sgd_serial)(w, g, m, lr, momentum, nesterov)
 
 
 @njit
@@ -568,7 +588,25 @@ def _rmsprop_span(lo, hi, w, g, v, m, mg, lr_, rho_, one_m_rho, eps, mu, use_m, 
             w[k] = w[k] - inc
 
 
+@njit
+def _rmsprop_args(w, lr, rho, momentum, epsilon, centered):
+    dt = w.dtype.type
+    return dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon), dt(momentum), momentum > 0.0, centered
+
+
+@njit
+def _rmsprop_serial(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
+    _rmsprop_span(0, w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
+
+
 @njit(parallel=True)
+def _rmsprop_parallel(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
+    args = _rmsprop_args(w, lr, rho, momentum, epsilon, centered)
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _rmsprop_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, v, m, mg, *args)
+
+
 def rmsprop_update(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
     """RMSprop (epsilon inside the square root).
 
@@ -579,15 +617,8 @@ def rmsprop_update(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
 
     w (P,)  g (P,)  v (P,)  m (P,) or (0,)  mg (P,) or (0,)
     """
-    dt = w.dtype.type
-    args = (dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon), dt(momentum), momentum > 0.0, centered)
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _rmsprop_span(0, P, w, g, v, m, mg, *args)
-    else:
-        for c in prange(chunks):
-            _rmsprop_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, v, m, mg, *args)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_rmsprop_parallel if big else _rmsprop_serial)(w, g, v, m, mg, lr, rho, momentum, epsilon, centered)
 
 
 @njit
@@ -604,7 +635,31 @@ def _adam_span(lo, hi, w, g, m, v, vhat, b1, b2, one_m_b1, one_m_b2, eps, alpha,
         w[k] = w[k] - (m[k] * alpha) / (math.sqrt(vk) + eps)
 
 
+@njit
+def _adam_args(w, lr, beta_1, beta_2, epsilon, t):
+    dt = w.dtype.type
+    one = dt(1.0)
+    b1 = dt(beta_1)
+    b2 = dt(beta_2)
+    step = dt(t)
+    # bias correction in the array dtype, as Keras computes it
+    alpha = dt(lr) * math.sqrt(one - b2 ** step) / (one - b1 ** step)
+    return b1, b2, dt(1.0 - beta_1), dt(1.0 - beta_2), dt(epsilon), alpha
+
+
+@njit
+def _adam_serial(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
+    _adam_span(0, w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
+
+
 @njit(parallel=True)
+def _adam_parallel(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
+    args = _adam_args(w, lr, beta_1, beta_2, epsilon, t)
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _adam_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, v, vhat, *args, amsgrad)
+
+
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
     """Adam (epsilon outside the uncorrected square root).
 
@@ -616,24 +671,8 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
 
     w (P,)  g (P,)  m (P,)  v (P,)  vhat (P,) or (0,);  t = iteration + 1
     """
-    dt = w.dtype.type
-    one = dt(1.0)
-    b1 = dt(beta_1)
-    b2 = dt(beta_2)
-    one_m_b1 = dt(1.0 - beta_1)
-    one_m_b2 = dt(1.0 - beta_2)
-    eps = dt(epsilon)
-    step = dt(t)
-    # bias correction in the array dtype, as Keras computes it
-    alpha = dt(lr) * math.sqrt(one - b2 ** step) / (one - b1 ** step)
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _adam_span(0, P, w, g, m, v, vhat, b1, b2, one_m_b1, one_m_b2, eps, alpha, amsgrad)
-    else:
-        for c in prange(chunks):
-            _adam_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, v, vhat,
-                       b1, b2, one_m_b1, one_m_b2, eps, alpha, amsgrad)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_adam_parallel if big else _adam_serial)(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t)
 
 
 # Row-sparse updates of an embedding table: only the rows a batch used. Exact
@@ -692,7 +731,9 @@ import tempfile
 import time
 
 _RT_WEIGHTS_FORMAT = "gen-weights-1"
-_RT_CACHE_LIMIT = 8  # batch sizes kept allocated (fit uses 2: full + last partial)
+# Batch sizes kept allocated, least recently used dropped first: fit uses two
+# (full and last partial batch), plus one for predict or evaluate.
+_RT_CACHE_LIMIT = 3
 
 # Optimizer kernel arguments after (w, g): state buffer names, then
 # hyper-parameters with Keras 3 defaults; Adam also takes t = iterations + 1.
@@ -716,12 +757,34 @@ def _rt_first_nonfinite(a):
 
 @njit
 def _rt_rows_nonfinite(a, rows):
-    """Whether any of the given rows of 2-D `a` holds a NaN/Inf."""
+    """Whether any of the given rows of 2-D `a` holds a NaN/Inf. Per row, a
+    branch-free count (v - v is NaN exactly for NaN/Inf) that vectorizes."""
+    for r in rows:
+        n = 0
+        for j in range(a.shape[1]):
+            d = a[r, j] - a[r, j]
+            n += d != d
+        if n > 0:
+            return True
+    return False
+
+
+@njit
+def _rt_zero_rows(a, rows):
+    """a[rows] = 0 for 2-D `a`, without numpy's fancy-indexing temporaries."""
+    zero = a.dtype.type(0.0)
     for r in rows:
         for j in range(a.shape[1]):
-            if not math.isfinite(a[r, j]):
-                return True
-    return False
+            a[r, j] = zero
+
+
+def _rt_is_kernel(v):
+    """A numba kernel, or a kernel entry point written in Python (it picks
+    and calls numba kernels)."""
+    if isinstance(v, numba.core.dispatcher.Dispatcher):
+        return True
+    return (callable(v) and getattr(v, "__module__", None) == __name__ and not isinstance(v, type)
+            and v is not njit and v.__name__.endswith(("_forward", "_backward", "_update")))
 
 
 class History(dict):
@@ -735,7 +798,7 @@ class History(dict):
 class _Batch:
     """Buffers for one batch size: the model's own plus loss/metric scratch."""
 
-    __slots__ = ("bufs", "xb", "tb", "loss", "acc", "dy", "douts")
+    __slots__ = ("bufs", "grads", "xb", "tb", "loss", "acc", "dy", "douts")
 
 
 def _rt_shape(shape):
@@ -866,7 +929,7 @@ class _Runtime:
         for lo, hi in self._dense:
             self._grads[lo:hi] = 0
         for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
-            g[rows] = 0
+            _rt_zero_rows(g, rows)
 
     def _note_touched(self, bufs):
         self._touched = [np.unique(bufs[key]) for _i, key, *_ in self._sparse]
@@ -1047,15 +1110,23 @@ class _Runtime:
 
     # -- batches ------------------------------------------------------------
 
-    def _batch(self, m):
-        """Buffers for batch size m, allocated once and reused."""
-        b = self._cache.get(m)
-        if b is not None:
-            return b
-        if len(self._cache) >= _RT_CACHE_LIMIT:
+    def _batch(self, m, grads=True):
+        """Buffers for batch size m, allocated once and reused; those of the
+        backward pass only when asked for (predict and evaluate never are)."""
+        b = self._cache.pop(m, None)
+        if b is None:
+            b = self._new_batch(m)
+        self._cache[m] = b  # most recently used last
+        if len(self._cache) > _RT_CACHE_LIMIT:
             del self._cache[next(iter(self._cache))]
+        if grads and not b.grads:
+            self._alloc_grads(m, b.bufs)
+            b.grads = True
+        return b
+
+    def _new_batch(self, m):
         b = _Batch()
-        b.bufs = self._alloc(m)
+        b.bufs, b.grads = self._alloc(m), False
         ids = [kind == "int" for _n, _s, kind, _b in self._inputs]
         b.xb = [np.empty((m,) + tuple(s), np.int64 if i else self.dtype)
                 for (_n, s, _k, _b), i in zip(self._inputs, ids)]
@@ -1069,7 +1140,6 @@ class _Runtime:
             b.acc.append(np.empty(rows, self.dtype))
             b.dy.append(np.empty((rows, shape[-1]), self.dtype))
             b.douts.append(b.dy[-1].reshape((m,) + tuple(shape)))
-        self._cache[m] = b
         return b
 
     @staticmethod
@@ -1140,7 +1210,7 @@ class _Runtime:
         sums = {}
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            b = self._batch(e - s)
+            b = self._batch(e - s, grads=train)
             xb, tb = self._slice(xs, b.xb, s, e, order), self._slice(ts, b.tb, s, e, order)
             if train:
                 try:
@@ -1163,7 +1233,7 @@ class _Runtime:
         res = [np.empty((n,) + tuple(o[1]), self.dtype) for o in self._outputs]
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            outs = self._forward(self._batch(e - s).bufs, [a[s:e] for a in xs], False)
+            outs = self._forward(self._batch(e - s, grads=False).bufs, [a[s:e] for a in xs], False)
             for r, o in zip(res, outs):
                 r[s:e] = o
         return res[0] if len(res) == 1 else res
@@ -1395,8 +1465,7 @@ class _Runtime:
         x, y = self._random_batch(batch_size, rng)
         xs, ts, kinds, n = self._prep(x, y)
         b = self._batch(n)
-        kernels = {k: v for k, v in globals().items()
-                   if isinstance(v, numba.core.dispatcher.Dispatcher) and not k.startswith("_")}
+        kernels = {k: v for k, v in globals().items() if not k.startswith("_") and _rt_is_kernel(v)}
         spent = {}
 
         def timed(name, fn):
@@ -1528,7 +1597,7 @@ class Model(_Runtime):
     _sparse_tables = ()
 
     def _alloc(self, n):
-        """Every activation, cache and gradient buffer for a batch of n samples."""
+        """Every activation and cache buffer of the forward pass, for a batch of n samples."""
         dt = self.dtype
         b = {}
         b['_e1'] = np.empty(0, dt)  # stands in for an absent bias
@@ -1538,9 +1607,13 @@ class Model(_Runtime):
         b['dense_1'] = np.empty((n, 4), dt)  # dense_1 (n, 4)
         b['label'] = np.empty((n, 3), dt)  # label (n, 3)
         b['dense_2'] = np.empty((n, 1), dt)  # dense_2 (n, 1)
+        return b
+
+    def _alloc_grads(self, n, b):
+        """Add the buffers only the backward pass uses to b (training only)."""
+        dt = self.dtype
         b['d_dense_1'] = np.empty((n, 4), dt)  # d loss / d dense_1 (n, 4)
         b['d_dense'] = np.empty((n, 5), dt)  # d loss / d dense (n, 5)
-        return b
 
     def _forward(self, b, xs, training):
         """The forward pass, one block per layer call; returns the outputs."""

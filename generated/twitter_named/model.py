@@ -171,23 +171,46 @@ def _activation_backward_row(dz, dy, y, r, act, mode):
                 dz[r, j] += g
 
 
+@njit
+def _activation_forward_serial(y, z, act):
+    for r in range(z.shape[0]):
+        _activation_forward_row(y, z, r, act)
+
+
 @njit(parallel=True)
+def _activation_forward_parallel(y, z, act):
+    for r in prange(z.shape[0]):
+        _activation_forward_row(y, z, r, act)
+
+
+@njit
+def _activation_backward_serial(dz, dy, y, act, mode):
+    for r in range(y.shape[0]):
+        _activation_backward_row(dz, dy, y, r, act, mode)
+
+
+@njit(parallel=True)
+def _activation_backward_parallel(dz, dy, y, act, mode):
+    for r in prange(y.shape[0]):
+        _activation_backward_row(dz, dy, y, r, act, mode)
+
+
+# The entry points choose serial or parallel in Python, so a model whose
+# arrays are all small never compiles the parallel kernels (each costs
+# about a second of numba compilation on the first run).
+
 def activation_forward(y, z, act):
     """y = act(z).
 
     y (n, c)  output (may alias z)
     z (n, c)  pre-activation
     """
-    n, c = z.shape
-    if n * c < _ACTIVATION_PARALLEL_MIN:
-        for r in range(n):
-            _activation_forward_row(y, z, r, act)
+    if z.size < _ACTIVATION_PARALLEL_MIN:
+        _activation_forward_serial(y, z, act)
     else:
-        for r in prange(n):
-            _activation_forward_row(y, z, r, act)
+        _activation_forward_parallel(y, z, act)
 
 
-@njit(parallel=True)
 def activation_backward(dz, dy, y, act, mode):
     """dz (mode) = dy * act'(z), computed from the output y.
 
@@ -198,13 +221,10 @@ def activation_backward(dz, dy, y, act, mode):
     """
     if mode == 0:
         return
-    n, c = y.shape
-    if n * c < _ACTIVATION_PARALLEL_MIN:
-        for r in range(n):
-            _activation_backward_row(dz, dy, y, r, act, mode)
+    if y.size < _ACTIVATION_PARALLEL_MIN:
+        _activation_backward_serial(dz, dy, y, act, mode)
     else:
-        for r in prange(n):
-            _activation_backward_row(dz, dy, y, r, act, mode)
+        _activation_backward_parallel(dz, dy, y, act, mode)
 
 # ---------------------------------------------------------------- dense
 # z = x @ kernel + bias.  Both products go through np.dot (numba -> scipy
@@ -410,16 +430,18 @@ def _lstm_act(a, j0, j1, code):
             a[j] = a[j] if a[j] > 0 else one - one
 
 
-@njit(inline="always")
-def _lstm_deriv(y, code, one):
-    """act'(z) from the output y = act(z), codes 0-3."""
-    if code == 2:
-        return y * (one - y)
-    if code == 3:
-        return one - y * y
-    if code == 1:
-        return one if y > 0 else one - one
-    return one
+# Reassociation lets LLVM vectorize the dot products (4x faster than the
+# axpy form at 32 units); the sums round differently from a sequential loop,
+# as BLAS's do.
+@njit(fastmath={"reassoc", "contract"})
+def _lstm_matvec(out, v, m, add):
+    """out[i] (+)= sum_k v[k] * m[i, k] for every row i of m (a row of the
+    batch times a weight matrix stored with the summed axis last)."""
+    for i in range(m.shape[0]):
+        s = out.dtype.type(0.0)
+        for k in range(m.shape[1]):
+            s += v[k] * m[i, k]
+        out[i] = out[i] + s if add else s
 
 
 @njit
@@ -446,36 +468,58 @@ def _lstm_cell_forward(z, h, c, hp, cp, a, act, ract):
 
 
 @njit
-def _lstm_cell_backward(dz, gh, gc, z, cp, a, act, ract):
+def _lstm_deriv_segment(d, y, j0, j1, code):
+    """d[j] = act'(z_j) from the outputs y[j] = act(z_j), for j0 <= j < j1;
+    code branch outside the loops, so each one vectorizes."""
+    one = y.dtype.type(1.0)
+    zero = y.dtype.type(0.0)
+    if code == 2:
+        for j in range(j0, j1):
+            d[j] = y[j] * (one - y[j])
+    elif code == 3:
+        for j in range(j0, j1):
+            d[j] = one - y[j] * y[j]
+    elif code == 1:
+        for j in range(j0, j1):
+            d[j] = one if y[j] > 0 else zero
+    else:
+        for j in range(j0, j1):
+            d[j] = one
+
+
+@njit
+def _lstm_cell_backward(dz, gh, gc, da, z, cp, a, act, ract):
     """One row of one step of backpropagation through time.
 
     dz (G,)  out: gradient w.r.t. the gate pre-activations
     gh (U,)  in: dL/dh_t (carried from t+1, plus dy)
     gc (U,)  in: dL/dc_t carried from t+1; out: dL/dc_{t-1}
+    da (U,)  scratch
     z (G,) gate values   cp (U,) c_{t-1}   a (U,) act(c_t)
     """
     U = gh.shape[0]
-    one = z.dtype.type(1.0)
+    # the activations' derivatives first, each segment a plain loop
+    _lstm_deriv_segment(dz, z, 0, 2 * U, ract)
+    _lstm_deriv_segment(dz, z, 2 * U, 3 * U, act)
+    _lstm_deriv_segment(dz, z, 3 * U, 4 * U, ract)
+    _lstm_deriv_segment(da, a, 0, U, act)
     for u in range(U):
-        ig = z[u]
-        fg = z[U + u]
-        gg = z[2 * U + u]
-        og = z[3 * U + u]
         # h = o * act(c): dc is the path through act(c) plus the carry
-        g = gc[u] + gh[u] * og * _lstm_deriv(a[u], act, one)
-        dz[u] = g * gg * _lstm_deriv(ig, ract, one)
-        dz[U + u] = g * cp[u] * _lstm_deriv(fg, ract, one)
-        dz[2 * U + u] = g * ig * _lstm_deriv(gg, act, one)
-        dz[3 * U + u] = gh[u] * a[u] * _lstm_deriv(og, ract, one)
-        gc[u] = g * fg
+        g = gc[u] + gh[u] * z[3 * U + u] * da[u]
+        dz[u] *= g * z[2 * U + u]
+        dz[U + u] *= g * cp[u]
+        dz[2 * U + u] *= g * z[u]
+        dz[3 * U + u] *= gh[u] * a[u]
+        gc[u] = g * z[U + u]
 
 
 @njit
-def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                        act, ract, return_sequences):
-    """All T steps of rows b0..b1-1, h @ rkernel inline (the rows schedule)."""
+    """All T steps of rows b0..b1-1, h @ rkernel inline through
+    rkt = rkernel.T (G, U) (the rows schedule)."""
     T = zs.shape[1]
-    U = rkernel.shape[0]
+    U = rkt.shape[1]
     G = 4 * U
     zero = zs.dtype.type(0.0)
     for b in range(b0, b1):
@@ -489,10 +533,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
             if bias.shape[0] > 0:
                 for j in range(G):
                     z[j] += bias[j]
-            for k in range(U):
-                hk = h[k]
-                for j in range(G):
-                    z[j] += hk * rkernel[k, j]
+            _lstm_matvec(z, h, rkt, True)
             _lstm_cell_forward(z, h, c, hp[b, t], cp[b, t], tc[b, t], act, ract)
             if return_sequences:
                 for u in range(U):
@@ -503,20 +544,20 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
 
 
 @njit(parallel=True)
-def _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+def _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkt, bias,
                                 act, ract, return_sequences):
     """_lstm_rows_forward with the rows in parallel (numba gives each thread
     one contiguous block of rows)."""
     for b in prange(zs.shape[0]):
-        _lstm_rows_forward(b, b + 1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+        _lstm_rows_forward(b, b + 1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                            act, ract, return_sequences)
 
 
 @njit
-def _lstm_rows_backward(b0, b1, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
+def _lstm_rows_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract,
                         return_sequences):
     """Backpropagation through time for rows b0..b1-1 (the rows schedule);
-    dh_{t-1} = dz_t @ rkernel.T inline through rkt = rkernel.T (G, U)."""
+    dh_{t-1} = dz_t @ rkernel.T inline."""
     T = zs.shape[1]
     U = dh.shape[1]
     G = 4 * U
@@ -536,55 +577,26 @@ def _lstm_rows_backward(b0, b1, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
                 for u in range(U):
                     gh[u] += dy[b, 0, u]
             dz = dzs[b, t]
-            _lstm_cell_backward(dz, gh, gc, zs[b, t], cp[b, t], tc[b, t], act, ract)
-            for u in range(U):
-                gh[u] = zero
+            _lstm_cell_backward(dz, gh, gc, da[b], zs[b, t], cp[b, t], tc[b, t], act, ract)
             if t > 0:
-                for j in range(G):
-                    d = dz[j]
-                    for u in range(U):
-                        gh[u] += d * rkt[j, u]
+                _lstm_matvec(gh, dz, rkernel, False)
 
 
 @njit(parallel=True)
-def _lstm_rows_backward_parallel(dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
-                                 return_sequences):
+def _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act,
+                                 ract, return_sequences):
     """_lstm_rows_backward with the rows in parallel."""
     for b in prange(zs.shape[0]):
-        _lstm_rows_backward(b, b + 1, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
-                            return_sequences)
+        _lstm_rows_backward(b, b + 1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act,
+                            ract, return_sequences)
 
 
 @njit
-def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, x, kernel, rkernel, bias,
-                 act, ract, return_sequences, per_step):
-    """Run the LSTM over the sequence, filling y and the backward caches.
-
-    y       (B, T, U) if return_sequences else (B, 1, U) (the last h)
-    zs      (B, T, G)  cache: gate values after their activations [i f g o]
-    hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
-    cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
-    tc      (B, T, U)  cache: act(c_t)
-    hc, cc  (B, U)     scratch: the current h and c
-    rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
-                       (0, 0) for the rows schedule
-    x       (B, T, I)  input
-    kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
-    per_step           the schedule: False rows, True steps
-    """
-    B, T, I = x.shape
+def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
+                        act, ract, return_sequences):
+    """The recurrence, steps schedule: one BLAS product per step."""
+    B, T, G = zs.shape
     U = rkernel.shape[0]
-    G = 4 * U
-    # the input projection of every step in one GEMM: (B*T, I) @ (I, G)
-    np.dot(x.reshape(B * T, I), kernel, zs.reshape(B * T, G))
-    if not per_step:
-        if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
-            _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkernel,
-                                        bias, act, ract, return_sequences)
-        else:
-            _lstm_rows_forward(0, B, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
-                               act, ract, return_sequences)
-        return
     hc[:] = 0
     cc[:] = 0
     for t in range(T):
@@ -608,7 +620,119 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, x, kernel, rkernel, bias,
 
 
 @njit
-def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt, rkt,
+def _lstm_steps_backward(dzs, dh, dc, da, dzt, dy, zs, cp, tc, rkernel,
+                         act, ract, return_sequences):
+    """The backward recurrence, steps schedule: fills dzs."""
+    B, T, G = zs.shape
+    U = rkernel.shape[0]
+    dh[:] = 0
+    dc[:] = 0
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            if return_sequences:
+                for u in range(U):
+                    dh[b, u] += dy[b, t, u]
+            elif t == T - 1:
+                for u in range(U):
+                    dh[b, u] += dy[b, 0, u]
+            _lstm_cell_backward(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t],
+                                tc[b, t], act, ract)
+            for j in range(G):
+                dzt[b, j] = dzs[b, t, j]
+        if t > 0:
+            # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
+            np.dot(dzt, rkernel.T, dh)
+
+
+# The entry points below are plain Python: each numba kernel they call is
+# compiled on its own. A jitted entry point would re-optimize every kernel
+# it calls (numba links and optimizes callees into their caller), which
+# doubled the first-run compile time of twitter.py.
+
+def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step):
+    """The recurrence of lstm_forward, once zs holds x @ kernel."""
+    B, T, G = zs.shape
+    if per_step:
+        _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias, act, ract, return_sequences)
+        return
+    rkt[...] = rkernel.T
+    rows = _lstm_rows_forward_parallel if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN else _lstm_rows_forward
+    args = (y, zs, hp, cp, tc, hc, cc, rkt, bias, act, ract, return_sequences)
+    rows(*args) if rows is _lstm_rows_forward_parallel else rows(0, B, *args)
+
+
+def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+                              act, ract, return_sequences, per_step):
+    """The recurrence of lstm_backward: fills dzs."""
+    B, T, G = zs.shape
+    da = np.empty_like(dh)  # scratch: act'(c_t) of a row
+    if per_step:
+        _lstm_steps_backward(dzs, dh, dc, da, dzt, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+    elif B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
+        _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+    else:
+        _lstm_rows_backward(0, B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+
+
+@njit
+def _lstm_recurrent_grads(drkernel, dbias, hp, dzs):
+    """drkernel += hp.T @ dzs and dbias += the column sums of dzs, over all
+    B*T rows at once."""
+    B, T, G = dzs.shape
+    U = hp.shape[2]
+    dzf = dzs.reshape(B * T, G)
+    drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
+    if dbias.shape[0] > 0:
+        for r in range(B * T):
+            for j in range(G):
+                dbias[j] += dzf[r, j]
+
+
+@njit
+def _lstm_project(zs, x, kernel):
+    """zs (B*T, G) = x (B*T, I) @ kernel: the input projection of every step in one GEMM."""
+    B, T, I = x.shape
+    np.dot(x.reshape(B * T, I), kernel, zs.reshape(B * T, kernel.shape[1]))
+
+
+@njit
+def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode):
+    """dkernel += x.T @ dzs; dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
+    B, T, I = x.shape
+    G = kernel.shape[1]
+    dzf = dzs.reshape(B * T, G)
+    dkernel += np.dot(x.reshape(B * T, I).T, dzf)
+    if mode == 1:
+        np.dot(dzf, kernel.T, dx.reshape(B * T, I))
+    elif mode == 2:
+        dxf = dx.reshape(B * T, I)
+        dxf += np.dot(dzf, kernel.T)
+
+
+def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
+                 act, ract, return_sequences, per_step):
+    """Run the LSTM over the sequence, filling y and the backward caches.
+
+    y       (B, T, U) if return_sequences else (B, 1, U) (the last h)
+    zs      (B, T, G)  cache: gate values after their activations [i f g o]
+    hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
+    cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
+    tc      (B, T, U)  cache: act(c_t)
+    hc, cc  (B, U)     scratch: the current h and c
+    rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
+                       (0, 0) for the rows schedule
+    rkt     (G, U)     scratch for the rows schedule: rkernel.T; (0, 0) else
+    x       (B, T, I)  input
+    kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
+    per_step           the schedule: False rows, True steps
+    """
+    _lstm_project(zs, x, kernel)
+    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step)
+
+
+def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
                   dy, x, zs, hp, cp, tc, kernel, rkernel,
                   act, ract, return_sequences, per_step, mode):
     """Backpropagation through time for lstm_forward.
@@ -621,56 +745,133 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt, rkt,
     dzs      (B, T, G)    scratch: gradient w.r.t. the gate pre-activations
     dh, dc   (B, U)       scratch: gradients w.r.t. h_t and c_t carried back
     dzt      (B, G)       scratch for the steps schedule: one step of dzs
-    rkt      (G, U)       scratch for the rows schedule: rkernel.T
     dy       (B, T, U) if return_sequences else (B, 1, U)
     x, zs, hp, cp, tc     input and caches of lstm_forward
     kernel (I, G)   rkernel (U, G)
     """
-    B, T, I = x.shape
-    U = rkernel.shape[0]
-    G = 4 * U
-    if not per_step:
-        for k in range(U):
-            for j in range(G):
-                rkt[j, k] = rkernel[k, j]
-        if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
-            _lstm_rows_backward_parallel(dzs, dh, dc, dy, zs, cp, tc, rkt,
-                                         act, ract, return_sequences)
-        else:
-            _lstm_rows_backward(0, B, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
-                                return_sequences)
-    else:
-        dh[:] = 0
-        dc[:] = 0
-        for t in range(T - 1, -1, -1):
-            for b in range(B):
-                if return_sequences:
-                    for u in range(U):
-                        dh[b, u] += dy[b, t, u]
-                elif t == T - 1:
-                    for u in range(U):
-                        dh[b, u] += dy[b, 0, u]
-                _lstm_cell_backward(dzs[b, t], dh[b], dc[b], zs[b, t], cp[b, t],
-                                    tc[b, t], act, ract)
-                for j in range(G):
-                    dzt[b, j] = dzs[b, t, j]
-            if t > 0:
-                # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
-                np.dot(dzt, rkernel.T, dh)
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+                              act, ract, return_sequences, per_step)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
+    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode)
 
-    # weight gradients: one GEMM each over all B*T rows
-    dzf = dzs.reshape(B * T, G)
-    dkernel += np.dot(x.reshape(B * T, I).T, dzf)
-    drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
-    if dbias.shape[0] > 0:
+
+# ------------------------------------------------------- embedding -> lstm
+# An Embedding whose only use is an LSTM's input never materializes its
+# (B, T, I) output: x @ kernel of a row depends only on its id, so the
+# projection runs once per distinct id of the batch (at most the table's
+# rows), and so do the kernel gradient and the table gradient:
+#   dkernel += xu.T @ dzu      dtable[uniq] += dzu @ kernel.T
+# with xu the distinct rows of the table and dzu the gate gradients summed
+# per id. Same sums as Embedding + LSTM, grouped by id.
+
+
+@njit(parallel=True)
+def _lstm_copy_rows(dst, src, rows, add):
+    """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
+    src[k] (scatter, rows distinct, so the tasks touch disjoint rows)."""
+    n, d = rows.shape[0], src.shape[1]
+    for k in prange(n):
+        r = rows[k]
+        if add:
+            for j in range(d):
+                dst[r, j] += src[k, j]
+        else:
+            for j in range(d):
+                dst[k, j] = src[r, j]
+
+
+@njit
+def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
+    """zs = (table[ids] @ kernel) through the distinct ids (see
+    lstm_embedded_forward for the buffers)."""
+    B, T, G = zs.shape
+    I = table.shape[1]
+    n = 0
+    for r in range(B * T):
+        v = ids[r]
+        s = slot[v]
+        if s < 0:
+            s = n
+            slot[v] = n
+            uniq[n] = v
+            n += 1
+        inv[r] = s
+    for k in range(n):
+        slot[uniq[k]] = -1
+    nu[0] = n
+    if n * I >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(xu, table, uniq[:n], False)
+    else:
+        for k in range(n):
+            for j in range(I):
+                xu[k, j] = table[uniq[k], j]
+    np.dot(xu[:n], kernel, pu[:n])
+    if B * T * G >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(zs.reshape(B * T, G), pu, inv, False)
+    else:
+        zf = zs.reshape(B * T, G)
         for r in range(B * T):
             for j in range(G):
-                dbias[j] += dzf[r, j]
-    if mode == 1:
-        np.dot(dzf, kernel.T, dx.reshape(B * T, I))
-    elif mode == 2:
-        dxf = dx.reshape(B * T, I)
-        dxf += np.dot(dzf, kernel.T)
+                zf[r, j] = pu[inv[r], j]
+
+
+@njit
+def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel):
+    """dkernel and the table rows' gradients through the distinct ids."""
+    B, T, G = dzs.shape
+    I = xu.shape[1]
+    n = nu[0]
+    dzf = dzs.reshape(B * T, G)
+    dzu = pu[:n]
+    dzu[:] = 0
+    for r in range(B * T):
+        k = inv[r]
+        for j in range(G):
+            dzu[k, j] += dzf[r, j]
+    dkernel += np.dot(xu[:n].T, dzu)
+    np.dot(dzu, kernel.T, xu[:n])
+    if n * I >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(dtable, xu, uniq[:n], True)
+    else:
+        for k in range(n):
+            row = uniq[k]
+            for j in range(I):
+                dtable[row, j] += xu[k, j]
+
+
+def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, nu,
+                          xu, pu, ids, table, kernel, rkernel, bias,
+                          act, ract, return_sequences, per_step):
+    """lstm_forward of table[ids] without materializing table[ids].
+
+    uniq  (B*T,) int64   out: the distinct ids, in order of first use
+    inv   (B*T,) int64   out: position in uniq of each step's id
+    slot  (V,) int64     scratch, -1 everywhere on entry and on return
+    nu    (1,) int64     out: how many distinct ids
+    xu    (R, I)         out: table[uniq]        R = min(B*T, V)
+    pu    (R, G)         scratch: table[uniq] @ kernel
+    ids   (B*T,) int     ids of the batch, row-major (b, t); all in [0, V)
+    table (V, I)         the other arguments as in lstm_forward
+    """
+    _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel)
+    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step)
+
+
+def lstm_embedded_backward(dtable, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
+                           dy, uniq, inv, nu, xu, pu, zs, hp, cp, tc,
+                           kernel, rkernel, act, ract, return_sequences,
+                           per_step):
+    """Backpropagation for lstm_embedded_forward, into dtable (V, I) too.
+
+    pu becomes dzu, the gate gradients summed per distinct id; xu (after
+    its use for dkernel) becomes the table gradient of the distinct rows.
+    The other arguments as in lstm_backward and lstm_embedded_forward.
+    """
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+                              act, ract, return_sequences, per_step)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
+    _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel)
 
 # --------------------------------------------------------------- concat
 # Every input is viewed as (outer, width_k); the output as
@@ -908,18 +1109,11 @@ def mean_squared_error_backward(dy, y, t, scale):
 # models compute in float32.  Every element is independent, but a parallel
 # region costs more than it saves below about a million parameters (mlp's
 # 55k: 41 us serial, 210 us on two threads), so each rule is a serial span
-# and the entry point splits the buffer into chunks only when it is big.
+# and the entry point (plain Python, so that a small model never compiles the
+# parallel kernel) splits the buffer into chunks only when it is big.
 
 _OPTIMIZER_PARALLEL_MIN = 1 << 20  # parameters
 _OPTIMIZER_CHUNK = 1 << 16
-
-
-@njit
-def _optimizer_chunks(p):
-    """Number of chunks to split p parameters into: 1 means run serially."""
-    if p < _OPTIMIZER_PARALLEL_MIN:
-        return 1
-    return (p + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK
 
 
 @njit
@@ -937,7 +1131,21 @@ def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov):
             w[k] = w[k] + m[k]
 
 
+@njit
+def _sgd_serial(w, g, m, lr, momentum, nesterov):
+    dt = w.dtype.type
+    _sgd_span(0, w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
+
+
 @njit(parallel=True)
+def _sgd_parallel(w, g, m, lr, momentum, nesterov):
+    dt = w.dtype.type
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _sgd_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, dt(lr), dt(momentum),
+                  momentum, nesterov)
+
+
 def sgd_update(w, g, m, lr, momentum, nesterov):
     """SGD.
 
@@ -947,15 +1155,8 @@ def sgd_update(w, g, m, lr, momentum, nesterov):
 
     w (P,)  g (P,)  m (P,) momentum buffer, (0,) when momentum == 0
     """
-    dt = w.dtype.type
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _sgd_span(0, P, w, g, m, dt(lr), dt(momentum), momentum, nesterov)
-    else:
-        for c in prange(chunks):
-            _sgd_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, dt(lr), dt(momentum),
-                      momentum, nesterov)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_sgd_parallel if big else _sgd_serial)(w, g, m, lr, momentum, nesterov)
 
 
 @njit
@@ -975,7 +1176,25 @@ def _rmsprop_span(lo, hi, w, g, v, m, mg, lr_, rho_, one_m_rho, eps, mu, use_m, 
             w[k] = w[k] - inc
 
 
+@njit
+def _rmsprop_args(w, lr, rho, momentum, epsilon, centered):
+    dt = w.dtype.type
+    return dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon), dt(momentum), momentum > 0.0, centered
+
+
+@njit
+def _rmsprop_serial(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
+    _rmsprop_span(0, w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
+
+
 @njit(parallel=True)
+def _rmsprop_parallel(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
+    args = _rmsprop_args(w, lr, rho, momentum, epsilon, centered)
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _rmsprop_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, v, m, mg, *args)
+
+
 def rmsprop_update(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
     """RMSprop (epsilon inside the square root).
 
@@ -986,15 +1205,8 @@ def rmsprop_update(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
 
     w (P,)  g (P,)  v (P,)  m (P,) or (0,)  mg (P,) or (0,)
     """
-    dt = w.dtype.type
-    args = (dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon), dt(momentum), momentum > 0.0, centered)
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _rmsprop_span(0, P, w, g, v, m, mg, *args)
-    else:
-        for c in prange(chunks):
-            _rmsprop_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, v, m, mg, *args)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_rmsprop_parallel if big else _rmsprop_serial)(w, g, v, m, mg, lr, rho, momentum, epsilon, centered)
 
 
 @njit
@@ -1011,7 +1223,31 @@ def _adam_span(lo, hi, w, g, m, v, vhat, b1, b2, one_m_b1, one_m_b2, eps, alpha,
         w[k] = w[k] - (m[k] * alpha) / (math.sqrt(vk) + eps)
 
 
+@njit
+def _adam_args(w, lr, beta_1, beta_2, epsilon, t):
+    dt = w.dtype.type
+    one = dt(1.0)
+    b1 = dt(beta_1)
+    b2 = dt(beta_2)
+    step = dt(t)
+    # bias correction in the array dtype, as Keras computes it
+    alpha = dt(lr) * math.sqrt(one - b2 ** step) / (one - b1 ** step)
+    return b1, b2, dt(1.0 - beta_1), dt(1.0 - beta_2), dt(epsilon), alpha
+
+
+@njit
+def _adam_serial(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
+    _adam_span(0, w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
+
+
 @njit(parallel=True)
+def _adam_parallel(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
+    args = _adam_args(w, lr, beta_1, beta_2, epsilon, t)
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _adam_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, v, vhat, *args, amsgrad)
+
+
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
     """Adam (epsilon outside the uncorrected square root).
 
@@ -1023,24 +1259,8 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
 
     w (P,)  g (P,)  m (P,)  v (P,)  vhat (P,) or (0,);  t = iteration + 1
     """
-    dt = w.dtype.type
-    one = dt(1.0)
-    b1 = dt(beta_1)
-    b2 = dt(beta_2)
-    one_m_b1 = dt(1.0 - beta_1)
-    one_m_b2 = dt(1.0 - beta_2)
-    eps = dt(epsilon)
-    step = dt(t)
-    # bias correction in the array dtype, as Keras computes it
-    alpha = dt(lr) * math.sqrt(one - b2 ** step) / (one - b1 ** step)
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _adam_span(0, P, w, g, m, v, vhat, b1, b2, one_m_b1, one_m_b2, eps, alpha, amsgrad)
-    else:
-        for c in prange(chunks):
-            _adam_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, v, vhat,
-                       b1, b2, one_m_b1, one_m_b2, eps, alpha, amsgrad)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_adam_parallel if big else _adam_serial)(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t)
 
 
 # Row-sparse updates of an embedding table: only the rows a batch used. Exact
@@ -1099,7 +1319,9 @@ import tempfile
 import time
 
 _RT_WEIGHTS_FORMAT = "gen-weights-1"
-_RT_CACHE_LIMIT = 8  # batch sizes kept allocated (fit uses 2: full + last partial)
+# Batch sizes kept allocated, least recently used dropped first: fit uses two
+# (full and last partial batch), plus one for predict or evaluate.
+_RT_CACHE_LIMIT = 3
 
 # Optimizer kernel arguments after (w, g): state buffer names, then
 # hyper-parameters with Keras 3 defaults; Adam also takes t = iterations + 1.
@@ -1123,12 +1345,34 @@ def _rt_first_nonfinite(a):
 
 @njit
 def _rt_rows_nonfinite(a, rows):
-    """Whether any of the given rows of 2-D `a` holds a NaN/Inf."""
+    """Whether any of the given rows of 2-D `a` holds a NaN/Inf. Per row, a
+    branch-free count (v - v is NaN exactly for NaN/Inf) that vectorizes."""
+    for r in rows:
+        n = 0
+        for j in range(a.shape[1]):
+            d = a[r, j] - a[r, j]
+            n += d != d
+        if n > 0:
+            return True
+    return False
+
+
+@njit
+def _rt_zero_rows(a, rows):
+    """a[rows] = 0 for 2-D `a`, without numpy's fancy-indexing temporaries."""
+    zero = a.dtype.type(0.0)
     for r in rows:
         for j in range(a.shape[1]):
-            if not math.isfinite(a[r, j]):
-                return True
-    return False
+            a[r, j] = zero
+
+
+def _rt_is_kernel(v):
+    """A numba kernel, or a kernel entry point written in Python (it picks
+    and calls numba kernels)."""
+    if isinstance(v, numba.core.dispatcher.Dispatcher):
+        return True
+    return (callable(v) and getattr(v, "__module__", None) == __name__ and not isinstance(v, type)
+            and v is not njit and v.__name__.endswith(("_forward", "_backward", "_update")))
 
 
 class History(dict):
@@ -1142,7 +1386,7 @@ class History(dict):
 class _Batch:
     """Buffers for one batch size: the model's own plus loss/metric scratch."""
 
-    __slots__ = ("bufs", "xb", "tb", "loss", "acc", "dy", "douts")
+    __slots__ = ("bufs", "grads", "xb", "tb", "loss", "acc", "dy", "douts")
 
 
 def _rt_shape(shape):
@@ -1273,7 +1517,7 @@ class _Runtime:
         for lo, hi in self._dense:
             self._grads[lo:hi] = 0
         for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
-            g[rows] = 0
+            _rt_zero_rows(g, rows)
 
     def _note_touched(self, bufs):
         self._touched = [np.unique(bufs[key]) for _i, key, *_ in self._sparse]
@@ -1454,15 +1698,23 @@ class _Runtime:
 
     # -- batches ------------------------------------------------------------
 
-    def _batch(self, m):
-        """Buffers for batch size m, allocated once and reused."""
-        b = self._cache.get(m)
-        if b is not None:
-            return b
-        if len(self._cache) >= _RT_CACHE_LIMIT:
+    def _batch(self, m, grads=True):
+        """Buffers for batch size m, allocated once and reused; those of the
+        backward pass only when asked for (predict and evaluate never are)."""
+        b = self._cache.pop(m, None)
+        if b is None:
+            b = self._new_batch(m)
+        self._cache[m] = b  # most recently used last
+        if len(self._cache) > _RT_CACHE_LIMIT:
             del self._cache[next(iter(self._cache))]
+        if grads and not b.grads:
+            self._alloc_grads(m, b.bufs)
+            b.grads = True
+        return b
+
+    def _new_batch(self, m):
         b = _Batch()
-        b.bufs = self._alloc(m)
+        b.bufs, b.grads = self._alloc(m), False
         ids = [kind == "int" for _n, _s, kind, _b in self._inputs]
         b.xb = [np.empty((m,) + tuple(s), np.int64 if i else self.dtype)
                 for (_n, s, _k, _b), i in zip(self._inputs, ids)]
@@ -1476,7 +1728,6 @@ class _Runtime:
             b.acc.append(np.empty(rows, self.dtype))
             b.dy.append(np.empty((rows, shape[-1]), self.dtype))
             b.douts.append(b.dy[-1].reshape((m,) + tuple(shape)))
-        self._cache[m] = b
         return b
 
     @staticmethod
@@ -1547,7 +1798,7 @@ class _Runtime:
         sums = {}
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            b = self._batch(e - s)
+            b = self._batch(e - s, grads=train)
             xb, tb = self._slice(xs, b.xb, s, e, order), self._slice(ts, b.tb, s, e, order)
             if train:
                 try:
@@ -1570,7 +1821,7 @@ class _Runtime:
         res = [np.empty((n,) + tuple(o[1]), self.dtype) for o in self._outputs]
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            outs = self._forward(self._batch(e - s).bufs, [a[s:e] for a in xs], False)
+            outs = self._forward(self._batch(e - s, grads=False).bufs, [a[s:e] for a in xs], False)
             for r, o in zip(res, outs):
                 r[s:e] = o
         return res[0] if len(res) == 1 else res
@@ -1802,8 +2053,7 @@ class _Runtime:
         x, y = self._random_batch(batch_size, rng)
         xs, ts, kinds, n = self._prep(x, y)
         b = self._batch(n)
-        kernels = {k: v for k, v in globals().items()
-                   if isinstance(v, numba.core.dispatcher.Dispatcher) and not k.startswith("_")}
+        kernels = {k: v for k, v in globals().items() if not k.startswith("_") and _rt_is_kernel(v)}
         spent = {}
 
         def timed(name, fn):
@@ -1934,14 +2184,12 @@ class Model(_Runtime):
     _sparse_tables = ((0, 'main_input_m'),)
 
     def _alloc(self, n):
-        """Every activation, cache and gradient buffer for a batch of n samples."""
+        """Every activation and cache buffer of the forward pass, for a batch of n samples."""
         dt = self.dtype
         b = {}
         b['_e1'] = np.empty(0, dt)  # stands in for an absent bias
         b['_e2'] = np.empty((0, 0), dt)  # stands in for a gradient nobody needs
         b['_e3'] = np.empty((0, 0, 0), dt)  # the same, for a sequence
-        b['embedding'] = np.empty((n, 100, 512), dt)  # embedding (n, 100, 512)
-        b['embedding_nx512'] = b['embedding'].reshape(-1, 512)  # view (n, 512)
         b['lstm'] = np.empty((n, 32), dt)  # lstm (n, 32)
         b['lstm_nx1x32'] = b['lstm'].reshape(-1, 1, 32)  # view (n, 1, 32)
         b['lstm_zs'] = np.empty((n, 100, 128), dt)  # gate values i f g o after activation (n, T, 4u)
@@ -1950,25 +2198,33 @@ class Model(_Runtime):
         b['lstm_tc'] = np.empty((n, 100, 32), dt)  # activation(c_t) (n, T, u)
         b['lstm_hc'] = np.empty((n, 32), dt)  # current h (n, u)
         b['lstm_cc'] = np.empty((n, 32), dt)  # current c (n, u)
+        b['lstm_rkt'] = np.empty((128, 32), dt)  # recurrent_kernel transposed (4u, u)
+        b['lstm_uniq'] = np.empty(n * 100, np.int64)  # distinct ids of the batch (n * T,)
+        b['lstm_inv'] = np.empty(n * 100, np.int64)  # index in uniq of each step's id (n * T,)
+        b['lstm_slot'] = np.full(10000, -1, np.int64)  # scratch: id -> index in uniq, -1 between calls
+        b['lstm_nu'] = np.zeros(1, np.int64)  # number of distinct ids
+        b['lstm_xu'] = np.empty((min(n * 100, 10000), 512), dt)  # embedding rows of the distinct ids (<= n * T, in)
+        b['lstm_pu'] = np.empty((min(n * 100, 10000), 128), dt)  # their projections, then their gate gradients (<= n * T, 4u)
         b['concatenate'] = np.empty((n, 37), dt)  # concatenate (n, 37)
         b['dense'] = np.empty((n, 64), dt)  # dense (n, 64)
         b['dense_1'] = np.empty((n, 64), dt)  # dense_1 (n, 64)
         b['dense_2'] = np.empty((n, 64), dt)  # dense_2 (n, 64)
         b['main_output'] = np.empty((n, 1), dt)  # main_output (n, 1)
         b['aux_output'] = np.empty((n, 1), dt)  # aux_output (n, 1)
+        return b
+
+    def _alloc_grads(self, n, b):
+        """Add the buffers only the backward pass uses to b (training only)."""
+        dt = self.dtype
         b['d_lstm'] = np.empty((n, 32), dt)  # d loss / d lstm (n, 32)
         b['d_dense_2'] = np.empty((n, 64), dt)  # d loss / d dense_2 (n, 64)
         b['d_dense_1'] = np.empty((n, 64), dt)  # d loss / d dense_1 (n, 64)
         b['d_dense'] = np.empty((n, 64), dt)  # d loss / d dense (n, 64)
         b['d_concatenate'] = np.empty((n, 37), dt)  # d loss / d concatenate (n, 37)
-        b['d_embedding'] = np.empty((n, 100, 512), dt)  # d loss / d embedding (n, 100, 512)
         b['d_lstm_nx1x32'] = b['d_lstm'].reshape(-1, 1, 32)  # view (n, 1, 32)
         b['lstm_dzs'] = np.empty((n, 100, 128), dt)  # d loss / d gate pre-activations (n, T, 4u)
         b['lstm_dh'] = np.empty((n, 32), dt)  # d loss / d h carried backward in time (n, u)
         b['lstm_dc'] = np.empty((n, 32), dt)  # d loss / d c carried backward in time (n, u)
-        b['lstm_rkt'] = np.empty((128, 32), dt)  # recurrent_kernel transposed (4u, u)
-        b['d_embedding_nx512'] = b['d_embedding'].reshape(-1, 512)  # view (n, 512)
-        return b
 
     def _forward(self, b, xs, training):
         """The forward pass, one block per layer call; returns the outputs."""
@@ -1977,10 +2233,10 @@ class Model(_Runtime):
         b['main_input_m'] = b['main_input'].reshape(-1)  # view (-1,)
         b['aux_input'] = xs[1]  # input (n, 5)
         # twitter_named.py:8  x = Embedding(output_dim=512, input_dim=10000, input_length=100)(main_input)
-        embedding_forward(b['embedding_nx512'], b['main_input_m'], w[0])
         # twitter_named.py:12  lstm_out = LSTM(32)(x)
-        lstm_forward(b['lstm_nx1x32'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'], b['lstm_hc'], b['lstm_cc'], b['_e2'], b['embedding'],
-                     w[1], w[2], w[3], 3, 2, False, False)
+        lstm_embedded_forward(b['lstm_nx1x32'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'], b['lstm_hc'], b['lstm_cc'], b['_e2'], b['lstm_rkt'],
+                              b['lstm_uniq'], b['lstm_inv'], b['lstm_slot'], b['lstm_nu'], b['lstm_xu'], b['lstm_pu'], b['main_input_m'], w[0],
+                              w[1], w[2], w[3], 3, 2, False, False)
         # twitter_named.py:19  x = keras.layers.concatenate([lstm_out, auxiliary_input])
         concat_forward(b['concatenate'], b['lstm'], 0)
         concat_forward(b['concatenate'], b['aux_input'], 32)
@@ -2024,12 +2280,11 @@ class Model(_Runtime):
         dense_backward(b['d_concatenate'], g[4], g[5], b['d_dense'], b['concatenate'], w[4], 1)
         # twitter_named.py:19  x = keras.layers.concatenate([lstm_out, auxiliary_input])
         concat_backward(b['d_lstm'], b['d_concatenate'], 0, 2)
-        # twitter_named.py:12  lstm_out = LSTM(32)(x)
-        lstm_backward(b['d_embedding'], g[1], g[2], g[3], b['lstm_dzs'], b['lstm_dh'], b['lstm_dc'], b['_e2'], b['lstm_rkt'],
-                      b['d_lstm_nx1x32'], b['embedding'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'], w[1], w[2],
-                      3, 2, False, False, 1)
         # twitter_named.py:8  x = Embedding(output_dim=512, input_dim=10000, input_length=100)(main_input)
-        embedding_backward(g[0], b['d_embedding_nx512'], b['main_input_m'])
+        # twitter_named.py:12  lstm_out = LSTM(32)(x)
+        lstm_embedded_backward(g[0], g[1], g[2], g[3], b['lstm_dzs'], b['lstm_dh'], b['lstm_dc'], b['_e2'],
+                               b['d_lstm_nx1x32'], b['lstm_uniq'], b['lstm_inv'], b['lstm_nu'], b['lstm_xu'], b['lstm_pu'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'],
+                               w[1], w[2], 3, 2, False, False)
 
 
 if __name__ == "__main__":

@@ -103,23 +103,46 @@ def _activation_backward_row(dz, dy, y, r, act, mode):
                 dz[r, j] += g
 
 
+@njit
+def _activation_forward_serial(y, z, act):
+    for r in range(z.shape[0]):
+        _activation_forward_row(y, z, r, act)
+
+
 @njit(parallel=True)
+def _activation_forward_parallel(y, z, act):
+    for r in prange(z.shape[0]):
+        _activation_forward_row(y, z, r, act)
+
+
+@njit
+def _activation_backward_serial(dz, dy, y, act, mode):
+    for r in range(y.shape[0]):
+        _activation_backward_row(dz, dy, y, r, act, mode)
+
+
+@njit(parallel=True)
+def _activation_backward_parallel(dz, dy, y, act, mode):
+    for r in prange(y.shape[0]):
+        _activation_backward_row(dz, dy, y, r, act, mode)
+
+
+# The entry points choose serial or parallel in Python, so a model whose
+# arrays are all small never compiles the parallel kernels (each costs
+# about a second of numba compilation on the first run).
+
 def activation_forward(y, z, act):
     """y = act(z).
 
     y (n, c)  output (may alias z)
     z (n, c)  pre-activation
     """
-    n, c = z.shape
-    if n * c < _ACTIVATION_PARALLEL_MIN:
-        for r in range(n):
-            _activation_forward_row(y, z, r, act)
+    if z.size < _ACTIVATION_PARALLEL_MIN:
+        _activation_forward_serial(y, z, act)
     else:
-        for r in prange(n):
-            _activation_forward_row(y, z, r, act)
+        _activation_forward_parallel(y, z, act)
 
 
-@njit(parallel=True)
 def activation_backward(dz, dy, y, act, mode):
     """dz (mode) = dy * act'(z), computed from the output y.
 
@@ -130,10 +153,7 @@ def activation_backward(dz, dy, y, act, mode):
     """
     if mode == 0:
         return
-    n, c = y.shape
-    if n * c < _ACTIVATION_PARALLEL_MIN:
-        for r in range(n):
-            _activation_backward_row(dz, dy, y, r, act, mode)
+    if y.size < _ACTIVATION_PARALLEL_MIN:
+        _activation_backward_serial(dz, dy, y, act, mode)
     else:
-        for r in prange(n):
-            _activation_backward_row(dz, dy, y, r, act, mode)
+        _activation_backward_parallel(dz, dy, y, act, mode)

@@ -87,16 +87,18 @@ def _lstm_act(a, j0, j1, code):
             a[j] = a[j] if a[j] > 0 else one - one
 
 
-@njit(inline="always")
-def _lstm_deriv(y, code, one):
-    """act'(z) from the output y = act(z), codes 0-3."""
-    if code == 2:
-        return y * (one - y)
-    if code == 3:
-        return one - y * y
-    if code == 1:
-        return one if y > 0 else one - one
-    return one
+# Reassociation lets LLVM vectorize the dot products (4x faster than the
+# axpy form at 32 units); the sums round differently from a sequential loop,
+# as BLAS's do.
+@njit(fastmath={"reassoc", "contract"})
+def _lstm_matvec(out, v, m, add):
+    """out[i] (+)= sum_k v[k] * m[i, k] for every row i of m (a row of the
+    batch times a weight matrix stored with the summed axis last)."""
+    for i in range(m.shape[0]):
+        s = out.dtype.type(0.0)
+        for k in range(m.shape[1]):
+            s += v[k] * m[i, k]
+        out[i] = out[i] + s if add else s
 
 
 @njit
@@ -123,36 +125,58 @@ def _lstm_cell_forward(z, h, c, hp, cp, a, act, ract):
 
 
 @njit
-def _lstm_cell_backward(dz, gh, gc, z, cp, a, act, ract):
+def _lstm_deriv_segment(d, y, j0, j1, code):
+    """d[j] = act'(z_j) from the outputs y[j] = act(z_j), for j0 <= j < j1;
+    code branch outside the loops, so each one vectorizes."""
+    one = y.dtype.type(1.0)
+    zero = y.dtype.type(0.0)
+    if code == 2:
+        for j in range(j0, j1):
+            d[j] = y[j] * (one - y[j])
+    elif code == 3:
+        for j in range(j0, j1):
+            d[j] = one - y[j] * y[j]
+    elif code == 1:
+        for j in range(j0, j1):
+            d[j] = one if y[j] > 0 else zero
+    else:
+        for j in range(j0, j1):
+            d[j] = one
+
+
+@njit
+def _lstm_cell_backward(dz, gh, gc, da, z, cp, a, act, ract):
     """One row of one step of backpropagation through time.
 
     dz (G,)  out: gradient w.r.t. the gate pre-activations
     gh (U,)  in: dL/dh_t (carried from t+1, plus dy)
     gc (U,)  in: dL/dc_t carried from t+1; out: dL/dc_{t-1}
+    da (U,)  scratch
     z (G,) gate values   cp (U,) c_{t-1}   a (U,) act(c_t)
     """
     U = gh.shape[0]
-    one = z.dtype.type(1.0)
+    # the activations' derivatives first, each segment a plain loop
+    _lstm_deriv_segment(dz, z, 0, 2 * U, ract)
+    _lstm_deriv_segment(dz, z, 2 * U, 3 * U, act)
+    _lstm_deriv_segment(dz, z, 3 * U, 4 * U, ract)
+    _lstm_deriv_segment(da, a, 0, U, act)
     for u in range(U):
-        ig = z[u]
-        fg = z[U + u]
-        gg = z[2 * U + u]
-        og = z[3 * U + u]
         # h = o * act(c): dc is the path through act(c) plus the carry
-        g = gc[u] + gh[u] * og * _lstm_deriv(a[u], act, one)
-        dz[u] = g * gg * _lstm_deriv(ig, ract, one)
-        dz[U + u] = g * cp[u] * _lstm_deriv(fg, ract, one)
-        dz[2 * U + u] = g * ig * _lstm_deriv(gg, act, one)
-        dz[3 * U + u] = gh[u] * a[u] * _lstm_deriv(og, ract, one)
-        gc[u] = g * fg
+        g = gc[u] + gh[u] * z[3 * U + u] * da[u]
+        dz[u] *= g * z[2 * U + u]
+        dz[U + u] *= g * cp[u]
+        dz[2 * U + u] *= g * z[u]
+        dz[3 * U + u] *= gh[u] * a[u]
+        gc[u] = g * z[U + u]
 
 
 @njit
-def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                        act, ract, return_sequences):
-    """All T steps of rows b0..b1-1, h @ rkernel inline (the rows schedule)."""
+    """All T steps of rows b0..b1-1, h @ rkernel inline through
+    rkt = rkernel.T (G, U) (the rows schedule)."""
     T = zs.shape[1]
-    U = rkernel.shape[0]
+    U = rkt.shape[1]
     G = 4 * U
     zero = zs.dtype.type(0.0)
     for b in range(b0, b1):
@@ -166,10 +190,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
             if bias.shape[0] > 0:
                 for j in range(G):
                     z[j] += bias[j]
-            for k in range(U):
-                hk = h[k]
-                for j in range(G):
-                    z[j] += hk * rkernel[k, j]
+            _lstm_matvec(z, h, rkt, True)
             _lstm_cell_forward(z, h, c, hp[b, t], cp[b, t], tc[b, t], act, ract)
             if return_sequences:
                 for u in range(U):
@@ -180,20 +201,20 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
 
 
 @njit(parallel=True)
-def _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+def _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkt, bias,
                                 act, ract, return_sequences):
     """_lstm_rows_forward with the rows in parallel (numba gives each thread
     one contiguous block of rows)."""
     for b in prange(zs.shape[0]):
-        _lstm_rows_forward(b, b + 1, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
+        _lstm_rows_forward(b, b + 1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                            act, ract, return_sequences)
 
 
 @njit
-def _lstm_rows_backward(b0, b1, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
+def _lstm_rows_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract,
                         return_sequences):
     """Backpropagation through time for rows b0..b1-1 (the rows schedule);
-    dh_{t-1} = dz_t @ rkernel.T inline through rkt = rkernel.T (G, U)."""
+    dh_{t-1} = dz_t @ rkernel.T inline."""
     T = zs.shape[1]
     U = dh.shape[1]
     G = 4 * U
@@ -213,55 +234,26 @@ def _lstm_rows_backward(b0, b1, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
                 for u in range(U):
                     gh[u] += dy[b, 0, u]
             dz = dzs[b, t]
-            _lstm_cell_backward(dz, gh, gc, zs[b, t], cp[b, t], tc[b, t], act, ract)
-            for u in range(U):
-                gh[u] = zero
+            _lstm_cell_backward(dz, gh, gc, da[b], zs[b, t], cp[b, t], tc[b, t], act, ract)
             if t > 0:
-                for j in range(G):
-                    d = dz[j]
-                    for u in range(U):
-                        gh[u] += d * rkt[j, u]
+                _lstm_matvec(gh, dz, rkernel, False)
 
 
 @njit(parallel=True)
-def _lstm_rows_backward_parallel(dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
-                                 return_sequences):
+def _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act,
+                                 ract, return_sequences):
     """_lstm_rows_backward with the rows in parallel."""
     for b in prange(zs.shape[0]):
-        _lstm_rows_backward(b, b + 1, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
-                            return_sequences)
+        _lstm_rows_backward(b, b + 1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act,
+                            ract, return_sequences)
 
 
 @njit
-def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, x, kernel, rkernel, bias,
-                 act, ract, return_sequences, per_step):
-    """Run the LSTM over the sequence, filling y and the backward caches.
-
-    y       (B, T, U) if return_sequences else (B, 1, U) (the last h)
-    zs      (B, T, G)  cache: gate values after their activations [i f g o]
-    hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
-    cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
-    tc      (B, T, U)  cache: act(c_t)
-    hc, cc  (B, U)     scratch: the current h and c
-    rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
-                       (0, 0) for the rows schedule
-    x       (B, T, I)  input
-    kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
-    per_step           the schedule: False rows, True steps
-    """
-    B, T, I = x.shape
+def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
+                        act, ract, return_sequences):
+    """The recurrence, steps schedule: one BLAS product per step."""
+    B, T, G = zs.shape
     U = rkernel.shape[0]
-    G = 4 * U
-    # the input projection of every step in one GEMM: (B*T, I) @ (I, G)
-    np.dot(x.reshape(B * T, I), kernel, zs.reshape(B * T, G))
-    if not per_step:
-        if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
-            _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkernel,
-                                        bias, act, ract, return_sequences)
-        else:
-            _lstm_rows_forward(0, B, y, zs, hp, cp, tc, hc, cc, rkernel, bias,
-                               act, ract, return_sequences)
-        return
     hc[:] = 0
     cc[:] = 0
     for t in range(T):
@@ -285,7 +277,119 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, x, kernel, rkernel, bias,
 
 
 @njit
-def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt, rkt,
+def _lstm_steps_backward(dzs, dh, dc, da, dzt, dy, zs, cp, tc, rkernel,
+                         act, ract, return_sequences):
+    """The backward recurrence, steps schedule: fills dzs."""
+    B, T, G = zs.shape
+    U = rkernel.shape[0]
+    dh[:] = 0
+    dc[:] = 0
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            if return_sequences:
+                for u in range(U):
+                    dh[b, u] += dy[b, t, u]
+            elif t == T - 1:
+                for u in range(U):
+                    dh[b, u] += dy[b, 0, u]
+            _lstm_cell_backward(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t],
+                                tc[b, t], act, ract)
+            for j in range(G):
+                dzt[b, j] = dzs[b, t, j]
+        if t > 0:
+            # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
+            np.dot(dzt, rkernel.T, dh)
+
+
+# The entry points below are plain Python: each numba kernel they call is
+# compiled on its own. A jitted entry point would re-optimize every kernel
+# it calls (numba links and optimizes callees into their caller), which
+# doubled the first-run compile time of twitter.py.
+
+def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step):
+    """The recurrence of lstm_forward, once zs holds x @ kernel."""
+    B, T, G = zs.shape
+    if per_step:
+        _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias, act, ract, return_sequences)
+        return
+    rkt[...] = rkernel.T
+    rows = _lstm_rows_forward_parallel if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN else _lstm_rows_forward
+    args = (y, zs, hp, cp, tc, hc, cc, rkt, bias, act, ract, return_sequences)
+    rows(*args) if rows is _lstm_rows_forward_parallel else rows(0, B, *args)
+
+
+def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+                              act, ract, return_sequences, per_step):
+    """The recurrence of lstm_backward: fills dzs."""
+    B, T, G = zs.shape
+    da = np.empty_like(dh)  # scratch: act'(c_t) of a row
+    if per_step:
+        _lstm_steps_backward(dzs, dh, dc, da, dzt, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+    elif B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
+        _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+    else:
+        _lstm_rows_backward(0, B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+
+
+@njit
+def _lstm_recurrent_grads(drkernel, dbias, hp, dzs):
+    """drkernel += hp.T @ dzs and dbias += the column sums of dzs, over all
+    B*T rows at once."""
+    B, T, G = dzs.shape
+    U = hp.shape[2]
+    dzf = dzs.reshape(B * T, G)
+    drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
+    if dbias.shape[0] > 0:
+        for r in range(B * T):
+            for j in range(G):
+                dbias[j] += dzf[r, j]
+
+
+@njit
+def _lstm_project(zs, x, kernel):
+    """zs (B*T, G) = x (B*T, I) @ kernel: the input projection of every step in one GEMM."""
+    B, T, I = x.shape
+    np.dot(x.reshape(B * T, I), kernel, zs.reshape(B * T, kernel.shape[1]))
+
+
+@njit
+def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode):
+    """dkernel += x.T @ dzs; dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
+    B, T, I = x.shape
+    G = kernel.shape[1]
+    dzf = dzs.reshape(B * T, G)
+    dkernel += np.dot(x.reshape(B * T, I).T, dzf)
+    if mode == 1:
+        np.dot(dzf, kernel.T, dx.reshape(B * T, I))
+    elif mode == 2:
+        dxf = dx.reshape(B * T, I)
+        dxf += np.dot(dzf, kernel.T)
+
+
+def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
+                 act, ract, return_sequences, per_step):
+    """Run the LSTM over the sequence, filling y and the backward caches.
+
+    y       (B, T, U) if return_sequences else (B, 1, U) (the last h)
+    zs      (B, T, G)  cache: gate values after their activations [i f g o]
+    hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
+    cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
+    tc      (B, T, U)  cache: act(c_t)
+    hc, cc  (B, U)     scratch: the current h and c
+    rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
+                       (0, 0) for the rows schedule
+    rkt     (G, U)     scratch for the rows schedule: rkernel.T; (0, 0) else
+    x       (B, T, I)  input
+    kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
+    per_step           the schedule: False rows, True steps
+    """
+    _lstm_project(zs, x, kernel)
+    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step)
+
+
+def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
                   dy, x, zs, hp, cp, tc, kernel, rkernel,
                   act, ract, return_sequences, per_step, mode):
     """Backpropagation through time for lstm_forward.
@@ -298,53 +402,130 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt, rkt,
     dzs      (B, T, G)    scratch: gradient w.r.t. the gate pre-activations
     dh, dc   (B, U)       scratch: gradients w.r.t. h_t and c_t carried back
     dzt      (B, G)       scratch for the steps schedule: one step of dzs
-    rkt      (G, U)       scratch for the rows schedule: rkernel.T
     dy       (B, T, U) if return_sequences else (B, 1, U)
     x, zs, hp, cp, tc     input and caches of lstm_forward
     kernel (I, G)   rkernel (U, G)
     """
-    B, T, I = x.shape
-    U = rkernel.shape[0]
-    G = 4 * U
-    if not per_step:
-        for k in range(U):
-            for j in range(G):
-                rkt[j, k] = rkernel[k, j]
-        if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
-            _lstm_rows_backward_parallel(dzs, dh, dc, dy, zs, cp, tc, rkt,
-                                         act, ract, return_sequences)
-        else:
-            _lstm_rows_backward(0, B, dzs, dh, dc, dy, zs, cp, tc, rkt, act, ract,
-                                return_sequences)
-    else:
-        dh[:] = 0
-        dc[:] = 0
-        for t in range(T - 1, -1, -1):
-            for b in range(B):
-                if return_sequences:
-                    for u in range(U):
-                        dh[b, u] += dy[b, t, u]
-                elif t == T - 1:
-                    for u in range(U):
-                        dh[b, u] += dy[b, 0, u]
-                _lstm_cell_backward(dzs[b, t], dh[b], dc[b], zs[b, t], cp[b, t],
-                                    tc[b, t], act, ract)
-                for j in range(G):
-                    dzt[b, j] = dzs[b, t, j]
-            if t > 0:
-                # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
-                np.dot(dzt, rkernel.T, dh)
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+                              act, ract, return_sequences, per_step)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
+    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode)
 
-    # weight gradients: one GEMM each over all B*T rows
-    dzf = dzs.reshape(B * T, G)
-    dkernel += np.dot(x.reshape(B * T, I).T, dzf)
-    drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
-    if dbias.shape[0] > 0:
+
+# ------------------------------------------------------- embedding -> lstm
+# An Embedding whose only use is an LSTM's input never materializes its
+# (B, T, I) output: x @ kernel of a row depends only on its id, so the
+# projection runs once per distinct id of the batch (at most the table's
+# rows), and so do the kernel gradient and the table gradient:
+#   dkernel += xu.T @ dzu      dtable[uniq] += dzu @ kernel.T
+# with xu the distinct rows of the table and dzu the gate gradients summed
+# per id. Same sums as Embedding + LSTM, grouped by id.
+
+
+@njit(parallel=True)
+def _lstm_copy_rows(dst, src, rows, add):
+    """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
+    src[k] (scatter, rows distinct, so the tasks touch disjoint rows)."""
+    n, d = rows.shape[0], src.shape[1]
+    for k in prange(n):
+        r = rows[k]
+        if add:
+            for j in range(d):
+                dst[r, j] += src[k, j]
+        else:
+            for j in range(d):
+                dst[k, j] = src[r, j]
+
+
+@njit
+def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
+    """zs = (table[ids] @ kernel) through the distinct ids (see
+    lstm_embedded_forward for the buffers)."""
+    B, T, G = zs.shape
+    I = table.shape[1]
+    n = 0
+    for r in range(B * T):
+        v = ids[r]
+        s = slot[v]
+        if s < 0:
+            s = n
+            slot[v] = n
+            uniq[n] = v
+            n += 1
+        inv[r] = s
+    for k in range(n):
+        slot[uniq[k]] = -1
+    nu[0] = n
+    if n * I >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(xu, table, uniq[:n], False)
+    else:
+        for k in range(n):
+            for j in range(I):
+                xu[k, j] = table[uniq[k], j]
+    np.dot(xu[:n], kernel, pu[:n])
+    if B * T * G >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(zs.reshape(B * T, G), pu, inv, False)
+    else:
+        zf = zs.reshape(B * T, G)
         for r in range(B * T):
             for j in range(G):
-                dbias[j] += dzf[r, j]
-    if mode == 1:
-        np.dot(dzf, kernel.T, dx.reshape(B * T, I))
-    elif mode == 2:
-        dxf = dx.reshape(B * T, I)
-        dxf += np.dot(dzf, kernel.T)
+                zf[r, j] = pu[inv[r], j]
+
+
+@njit
+def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel):
+    """dkernel and the table rows' gradients through the distinct ids."""
+    B, T, G = dzs.shape
+    I = xu.shape[1]
+    n = nu[0]
+    dzf = dzs.reshape(B * T, G)
+    dzu = pu[:n]
+    dzu[:] = 0
+    for r in range(B * T):
+        k = inv[r]
+        for j in range(G):
+            dzu[k, j] += dzf[r, j]
+    dkernel += np.dot(xu[:n].T, dzu)
+    np.dot(dzu, kernel.T, xu[:n])
+    if n * I >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(dtable, xu, uniq[:n], True)
+    else:
+        for k in range(n):
+            row = uniq[k]
+            for j in range(I):
+                dtable[row, j] += xu[k, j]
+
+
+def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, nu,
+                          xu, pu, ids, table, kernel, rkernel, bias,
+                          act, ract, return_sequences, per_step):
+    """lstm_forward of table[ids] without materializing table[ids].
+
+    uniq  (B*T,) int64   out: the distinct ids, in order of first use
+    inv   (B*T,) int64   out: position in uniq of each step's id
+    slot  (V,) int64     scratch, -1 everywhere on entry and on return
+    nu    (1,) int64     out: how many distinct ids
+    xu    (R, I)         out: table[uniq]        R = min(B*T, V)
+    pu    (R, G)         scratch: table[uniq] @ kernel
+    ids   (B*T,) int     ids of the batch, row-major (b, t); all in [0, V)
+    table (V, I)         the other arguments as in lstm_forward
+    """
+    _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel)
+    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step)
+
+
+def lstm_embedded_backward(dtable, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
+                           dy, uniq, inv, nu, xu, pu, zs, hp, cp, tc,
+                           kernel, rkernel, act, ract, return_sequences,
+                           per_step):
+    """Backpropagation for lstm_embedded_forward, into dtable (V, I) too.
+
+    pu becomes dzu, the gate gradients summed per distinct id; xu (after
+    its use for dkernel) becomes the table gradient of the distinct rows.
+    The other arguments as in lstm_backward and lstm_embedded_forward.
+    """
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+                              act, ract, return_sequences, per_step)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
+    _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel)

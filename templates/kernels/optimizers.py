@@ -7,18 +7,11 @@
 # models compute in float32.  Every element is independent, but a parallel
 # region costs more than it saves below about a million parameters (mlp's
 # 55k: 41 us serial, 210 us on two threads), so each rule is a serial span
-# and the entry point splits the buffer into chunks only when it is big.
+# and the entry point (plain Python, so that a small model never compiles the
+# parallel kernel) splits the buffer into chunks only when it is big.
 
 _OPTIMIZER_PARALLEL_MIN = 1 << 20  # parameters
 _OPTIMIZER_CHUNK = 1 << 16
-
-
-@njit
-def _optimizer_chunks(p):
-    """Number of chunks to split p parameters into: 1 means run serially."""
-    if p < _OPTIMIZER_PARALLEL_MIN:
-        return 1
-    return (p + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK
 
 
 @njit
@@ -36,7 +29,21 @@ def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov):
             w[k] = w[k] + m[k]
 
 
+@njit
+def _sgd_serial(w, g, m, lr, momentum, nesterov):
+    dt = w.dtype.type
+    _sgd_span(0, w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
+
+
 @njit(parallel=True)
+def _sgd_parallel(w, g, m, lr, momentum, nesterov):
+    dt = w.dtype.type
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _sgd_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, dt(lr), dt(momentum),
+                  momentum, nesterov)
+
+
 def sgd_update(w, g, m, lr, momentum, nesterov):
     """SGD.
 
@@ -46,15 +53,8 @@ def sgd_update(w, g, m, lr, momentum, nesterov):
 
     w (P,)  g (P,)  m (P,) momentum buffer, (0,) when momentum == 0
     """
-    dt = w.dtype.type
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _sgd_span(0, P, w, g, m, dt(lr), dt(momentum), momentum, nesterov)
-    else:
-        for c in prange(chunks):
-            _sgd_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, dt(lr), dt(momentum),
-                      momentum, nesterov)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_sgd_parallel if big else _sgd_serial)(w, g, m, lr, momentum, nesterov)
 
 
 @njit
@@ -74,7 +74,25 @@ def _rmsprop_span(lo, hi, w, g, v, m, mg, lr_, rho_, one_m_rho, eps, mu, use_m, 
             w[k] = w[k] - inc
 
 
+@njit
+def _rmsprop_args(w, lr, rho, momentum, epsilon, centered):
+    dt = w.dtype.type
+    return dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon), dt(momentum), momentum > 0.0, centered
+
+
+@njit
+def _rmsprop_serial(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
+    _rmsprop_span(0, w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
+
+
 @njit(parallel=True)
+def _rmsprop_parallel(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
+    args = _rmsprop_args(w, lr, rho, momentum, epsilon, centered)
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _rmsprop_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, v, m, mg, *args)
+
+
 def rmsprop_update(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
     """RMSprop (epsilon inside the square root).
 
@@ -85,15 +103,8 @@ def rmsprop_update(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
 
     w (P,)  g (P,)  v (P,)  m (P,) or (0,)  mg (P,) or (0,)
     """
-    dt = w.dtype.type
-    args = (dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon), dt(momentum), momentum > 0.0, centered)
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _rmsprop_span(0, P, w, g, v, m, mg, *args)
-    else:
-        for c in prange(chunks):
-            _rmsprop_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, v, m, mg, *args)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_rmsprop_parallel if big else _rmsprop_serial)(w, g, v, m, mg, lr, rho, momentum, epsilon, centered)
 
 
 @njit
@@ -110,7 +121,31 @@ def _adam_span(lo, hi, w, g, m, v, vhat, b1, b2, one_m_b1, one_m_b2, eps, alpha,
         w[k] = w[k] - (m[k] * alpha) / (math.sqrt(vk) + eps)
 
 
+@njit
+def _adam_args(w, lr, beta_1, beta_2, epsilon, t):
+    dt = w.dtype.type
+    one = dt(1.0)
+    b1 = dt(beta_1)
+    b2 = dt(beta_2)
+    step = dt(t)
+    # bias correction in the array dtype, as Keras computes it
+    alpha = dt(lr) * math.sqrt(one - b2 ** step) / (one - b1 ** step)
+    return b1, b2, dt(1.0 - beta_1), dt(1.0 - beta_2), dt(epsilon), alpha
+
+
+@njit
+def _adam_serial(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
+    _adam_span(0, w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
+
+
 @njit(parallel=True)
+def _adam_parallel(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
+    args = _adam_args(w, lr, beta_1, beta_2, epsilon, t)
+    P = w.shape[0]
+    for c in prange((P + _OPTIMIZER_CHUNK - 1) // _OPTIMIZER_CHUNK):
+        _adam_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, v, vhat, *args, amsgrad)
+
+
 def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
     """Adam (epsilon outside the uncorrected square root).
 
@@ -122,24 +157,8 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
 
     w (P,)  g (P,)  m (P,)  v (P,)  vhat (P,) or (0,);  t = iteration + 1
     """
-    dt = w.dtype.type
-    one = dt(1.0)
-    b1 = dt(beta_1)
-    b2 = dt(beta_2)
-    one_m_b1 = dt(1.0 - beta_1)
-    one_m_b2 = dt(1.0 - beta_2)
-    eps = dt(epsilon)
-    step = dt(t)
-    # bias correction in the array dtype, as Keras computes it
-    alpha = dt(lr) * math.sqrt(one - b2 ** step) / (one - b1 ** step)
-    P = w.shape[0]
-    chunks = _optimizer_chunks(P)
-    if chunks == 1:
-        _adam_span(0, P, w, g, m, v, vhat, b1, b2, one_m_b1, one_m_b2, eps, alpha, amsgrad)
-    else:
-        for c in prange(chunks):
-            _adam_span(c * _OPTIMIZER_CHUNK, min(P, (c + 1) * _OPTIMIZER_CHUNK), w, g, m, v, vhat,
-                       b1, b2, one_m_b1, one_m_b2, eps, alpha, amsgrad)
+    big = w.shape[0] >= _OPTIMIZER_PARALLEL_MIN
+    (_adam_parallel if big else _adam_serial)(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t)
 
 
 # Row-sparse updates of an embedding table: only the rows a batch used. Exact
