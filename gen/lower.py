@@ -13,7 +13,7 @@ from .graph import ModelGraph, Node, Tensor
 from .ir import Program
 
 # Kernel files in the order they are pasted into a module.
-KERNEL_ORDER = ("activation", "dense", "embedding", "lstm", "concat", "losses", "metrics", "optimizers")
+KERNEL_ORDER = ("activation", "dense", "embedding", "lstm", "lstm_embedded", "concat", "losses", "metrics", "optimizers")
 # The LSTM recurrence runs row by row with h @ recurrent_kernel inline while
 # that (U, 4U) matrix stays in a core's cache (128 units: 256 KB in float32);
 # above, one BLAS product per step over the whole batch is faster.
@@ -195,6 +195,7 @@ class _Lowering:
     def lower(self) -> tuple[list[Step], list[Step]]:
         embedded = {id(e) for e in self.fused.values()}
         fwd = [self.forward(n) for n in self.g.nodes if id(n) not in embedded]
+        self.returns = [self.value(t) for t in self.g.outputs]  # may add views of outputs
         self.n_forward_buffers = len(self.buffers)
         done: set[int] = set(self.output_pos)  # output gradients arrive from the loss
         bwd = []
@@ -340,8 +341,9 @@ def _weight_name(entity, layer, w) -> str:
 def lower(g: ModelGraph, program: Program) -> ModulePlan:
     low = _Lowering(g, program)
     fwd, bwd = low.lower()
-    returns = [low.value(t) for t in g.outputs]
     kinds = {k for n in g.nodes for k in _KIND_KERNELS[n.layer.cls]}
+    if low.fused:
+        kinds.add("lstm_embedded")
     c = g.compile
     if c is not None:
         kinds |= {"losses", "optimizers"} | ({"metrics"} if any(c.accuracy) else set())
@@ -382,4 +384,4 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     nf = low.n_forward_buffers
     return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables,
                       low.buffers[:nf], low.buffers[nf:], fwd, bwd,
-                      low.bind_inputs, low.bind_outputs, returns)
+                      low.bind_inputs, low.bind_outputs, low.returns)

@@ -17,7 +17,7 @@ import types
 KERNEL_DIR = os.environ.get("GEN_KERNEL_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates", "kernels")
 
-KINDS = ("dense", "activation", "embedding", "lstm", "concat", "losses",
+KINDS = ("dense", "activation", "embedding", "lstm", "lstm_embedded", "concat", "losses",
          "metrics", "optimizers")
 
 PRELUDE = '''import math
@@ -27,6 +27,7 @@ from numba import prange
 
 def njit(*args, **kwargs):
     kwargs.setdefault("cache", True)
+    kwargs.setdefault("error_model", "numpy")  # as templates/prelude.py
     return numba.njit(*args, **kwargs)
 '''
 

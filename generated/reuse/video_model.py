@@ -1606,6 +1606,7 @@ class Model(_Runtime):
         b['dense'] = np.empty((n * 20, 64), dt)  # dense (n * 20, 64)
         b['dense_1'] = np.empty((n * 20, 64), dt)  # dense_1 (n * 20, 64)
         b['dense_2'] = np.empty((n * 20, 10), dt)  # dense_2 (n * 20, 10)
+        b['dense_2_nx20x10'] = b['dense_2'].reshape(-1, 20, 10)  # view (n, 20, 10)
         return b
 
     def _alloc_grads(self, n, b):
@@ -1613,7 +1614,6 @@ class Model(_Runtime):
         dt = self.dtype
         b['d_dense_1'] = np.empty((n * 20, 64), dt)  # d loss / d dense_1 (n * 20, 64)
         b['d_dense'] = np.empty((n * 20, 64), dt)  # d loss / d dense (n * 20, 64)
-        b['dense_2_nx20x10'] = b['dense_2'].reshape(-1, 20, 10)  # view (n, 20, 10)
 
     def _forward(self, b, xs, training):
         """The forward pass, one block per layer call; returns the outputs."""

@@ -754,8 +754,8 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
     _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
     _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode)
 
-
 # ------------------------------------------------------- embedding -> lstm
+# (pasted after the lstm kernels, which it uses)
 # An Embedding whose only use is an LSTM's input never materializes its
 # (B, T, I) output: x @ kernel of a row depends only on its id, so the
 # projection runs once per distinct id of the batch (at most the table's
@@ -2273,6 +2273,7 @@ class Model(_Runtime):
         b['lstm_call0_nx3'] = b['lstm_call0'].reshape(-1, 3)  # view (n, 3)
         b['lstm_call1_nx3'] = b['lstm_call1'].reshape(-1, 3)  # view (n, 3)
         b['dense'] = np.empty((n * 4, 3), dt)  # dense (n * 4, 3)
+        b['dense_nx4x3'] = b['dense'].reshape(-1, 4, 3)  # view (n, 4, 3)
         return b
 
     def _alloc_grads(self, n, b):
@@ -2290,7 +2291,6 @@ class Model(_Runtime):
         b['lstm_call0_dzs'] = np.empty((n, 4, 12), dt)  # d loss / d gate pre-activations (n, T, 4u)
         b['lstm_call0_dh'] = np.empty((n, 3), dt)  # d loss / d h carried backward in time (n, u)
         b['lstm_call0_dc'] = np.empty((n, 3), dt)  # d loss / d c carried backward in time (n, u)
-        b['dense_nx4x3'] = b['dense'].reshape(-1, 4, 3)  # view (n, 4, 3)
 
     def _forward(self, b, xs, training):
         """The forward pass, one block per layer call; returns the outputs."""

@@ -1605,13 +1605,13 @@ class Model(_Runtime):
         b['_e3'] = np.empty((0, 0, 0), dt)  # the same, for a sequence
         b['dense'] = np.empty((n * 2, 4), dt)  # dense (n * 2, 4)
         b['dense_3'] = np.empty((n * 2, 2), dt)  # dense_3 (n * 2, 2)
+        b['dense_3_nx2x2'] = b['dense_3'].reshape(-1, 2, 2)  # view (n, 2, 2)
         return b
 
     def _alloc_grads(self, n, b):
         """Add the buffers only the backward pass uses to b (training only)."""
         dt = self.dtype
         b['d_dense'] = np.empty((n * 2, 4), dt)  # d loss / d dense (n * 2, 4)
-        b['dense_3_nx2x2'] = b['dense_3'].reshape(-1, 2, 2)  # view (n, 2, 2)
 
     def _forward(self, b, xs, training):
         """The forward pass, one block per layer call; returns the outputs."""

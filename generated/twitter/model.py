@@ -754,8 +754,8 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
     _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
     _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode)
 
-
 # ------------------------------------------------------- embedding -> lstm
+# (pasted after the lstm kernels, which it uses)
 # An Embedding whose only use is an LSTM's input never materializes its
 # (B, T, I) output: x @ kernel of a row depends only on its id, so the
 # projection runs once per distinct id of the batch (at most the table's

@@ -1,0 +1,118 @@
+# ------------------------------------------------------- embedding -> lstm
+# (pasted after the lstm kernels, which it uses)
+# An Embedding whose only use is an LSTM's input never materializes its
+# (B, T, I) output: x @ kernel of a row depends only on its id, so the
+# projection runs once per distinct id of the batch (at most the table's
+# rows), and so do the kernel gradient and the table gradient:
+#   dkernel += xu.T @ dzu      dtable[uniq] += dzu @ kernel.T
+# with xu the distinct rows of the table and dzu the gate gradients summed
+# per id. Same sums as Embedding + LSTM, grouped by id.
+
+
+@njit(parallel=True)
+def _lstm_copy_rows(dst, src, rows, add):
+    """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
+    src[k] (scatter, rows distinct, so the tasks touch disjoint rows)."""
+    n, d = rows.shape[0], src.shape[1]
+    for k in prange(n):
+        r = rows[k]
+        if add:
+            for j in range(d):
+                dst[r, j] += src[k, j]
+        else:
+            for j in range(d):
+                dst[k, j] = src[r, j]
+
+
+@njit
+def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
+    """zs = (table[ids] @ kernel) through the distinct ids (see
+    lstm_embedded_forward for the buffers)."""
+    B, T, G = zs.shape
+    I = table.shape[1]
+    n = 0
+    for r in range(B * T):
+        v = ids[r]
+        s = slot[v]
+        if s < 0:
+            s = n
+            slot[v] = n
+            uniq[n] = v
+            n += 1
+        inv[r] = s
+    for k in range(n):
+        slot[uniq[k]] = -1
+    nu[0] = n
+    if n * I >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(xu, table, uniq[:n], False)
+    else:
+        for k in range(n):
+            for j in range(I):
+                xu[k, j] = table[uniq[k], j]
+    np.dot(xu[:n], kernel, pu[:n])
+    if B * T * G >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(zs.reshape(B * T, G), pu, inv, False)
+    else:
+        zf = zs.reshape(B * T, G)
+        for r in range(B * T):
+            for j in range(G):
+                zf[r, j] = pu[inv[r], j]
+
+
+@njit
+def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel):
+    """dkernel and the table rows' gradients through the distinct ids."""
+    B, T, G = dzs.shape
+    I = xu.shape[1]
+    n = nu[0]
+    dzf = dzs.reshape(B * T, G)
+    dzu = pu[:n]
+    dzu[:] = 0
+    for r in range(B * T):
+        k = inv[r]
+        for j in range(G):
+            dzu[k, j] += dzf[r, j]
+    dkernel += np.dot(xu[:n].T, dzu)
+    np.dot(dzu, kernel.T, xu[:n])
+    if n * I >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(dtable, xu, uniq[:n], True)
+    else:
+        for k in range(n):
+            row = uniq[k]
+            for j in range(I):
+                dtable[row, j] += xu[k, j]
+
+
+def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, nu,
+                          xu, pu, ids, table, kernel, rkernel, bias,
+                          act, ract, return_sequences, per_step):
+    """lstm_forward of table[ids] without materializing table[ids].
+
+    uniq  (B*T,) int64   out: the distinct ids, in order of first use
+    inv   (B*T,) int64   out: position in uniq of each step's id
+    slot  (V,) int64     scratch, -1 everywhere on entry and on return
+    nu    (1,) int64     out: how many distinct ids
+    xu    (R, I)         out: table[uniq]        R = min(B*T, V)
+    pu    (R, G)         scratch: table[uniq] @ kernel
+    ids   (B*T,) int     ids of the batch, row-major (b, t); all in [0, V)
+    table (V, I)         the other arguments as in lstm_forward
+    """
+    _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel)
+    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step)
+
+
+def lstm_embedded_backward(dtable, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
+                           dy, uniq, inv, nu, xu, pu, zs, hp, cp, tc,
+                           kernel, rkernel, act, ract, return_sequences,
+                           per_step):
+    """Backpropagation for lstm_embedded_forward, into dtable (V, I) too.
+
+    pu becomes dzu, the gate gradients summed per distinct id; xu (after
+    its use for dkernel) becomes the table gradient of the distinct rows.
+    The other arguments as in lstm_backward and lstm_embedded_forward.
+    """
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+                              act, ract, return_sequences, per_step)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
+    _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel)
