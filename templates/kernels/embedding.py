@@ -16,9 +16,10 @@ _EMBEDDING_PARALLEL_MAX_ROWS = 8192
 def _embedding_scatter(dtable, dout, ids, j0, j1):
     """dtable[ids[k], j0:j1] += dout[k, j0:j1] for every k, in order."""
     for k in range(ids.shape[0]):
-        row = ids[k]
-        for j in range(j0, j1):
-            dtable[row, j] += dout[k, j]
+        dst = dtable[ids[k], j0:j1]
+        src = dout[k, j0:j1]
+        for j in range(dst.shape[0]):  # range(n), not range(j0, j1): it vectorizes
+            dst[j] += src[j]
 
 
 @njit

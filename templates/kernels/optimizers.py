@@ -14,17 +14,22 @@ _OPTIMIZER_PARALLEL_MIN = 1 << 20  # parameters
 _OPTIMIZER_CHUNK = 1 << 16
 
 
+# A span works on slices with range(n) loops: numba vectorizes those and not
+# range(lo, hi) loops (RMSprop over 55k parameters: 8 us against 109 us).
+
+
 @njit
 def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov):
+    w, g, m = w[lo:hi], g[lo:hi], m[lo:hi]
     if momentum == 0.0:
-        for k in range(lo, hi):
+        for k in range(w.shape[0]):
             w[k] = w[k] - lr_ * g[k]
     elif nesterov:
-        for k in range(lo, hi):
+        for k in range(w.shape[0]):
             m[k] = m[k] * mu - lr_ * g[k]
             w[k] = (w[k] - lr_ * g[k]) + mu * m[k]
     else:
-        for k in range(lo, hi):
+        for k in range(w.shape[0]):
             m[k] = m[k] * mu - lr_ * g[k]
             w[k] = w[k] + m[k]
 
@@ -59,7 +64,8 @@ def sgd_update(w, g, m, lr, momentum, nesterov):
 
 @njit
 def _rmsprop_span(lo, hi, w, g, v, m, mg, lr_, rho_, one_m_rho, eps, mu, use_m, centered):
-    for k in range(lo, hi):
+    w, g, v, m, mg = w[lo:hi], g[lo:hi], v[lo:hi], m[lo:hi], mg[lo:hi]
+    for k in range(w.shape[0]):
         gk = g[k]
         v[k] = v[k] * rho_ + (gk * gk) * one_m_rho
         den = v[k] + eps
@@ -109,7 +115,8 @@ def rmsprop_update(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
 
 @njit
 def _adam_span(lo, hi, w, g, m, v, vhat, b1, b2, one_m_b1, one_m_b2, eps, alpha, amsgrad):
-    for k in range(lo, hi):
+    w, g, m, v, vhat = w[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vhat[lo:hi]
+    for k in range(w.shape[0]):
         gk = g[k]
         m[k] = m[k] * b1 + gk * one_m_b1
         v[k] = v[k] * b2 + (gk * gk) * one_m_b2
@@ -174,8 +181,9 @@ def sgd_update_rows(w, g, rows, lr):
     """w (V, D) -= lr g (V, D) on the given rows only."""
     lr_ = w.dtype.type(lr)
     for r in rows:
-        for j in range(w.shape[1]):
-            w[r, j] = w[r, j] - lr_ * g[r, j]
+        wr, gr = w[r], g[r]
+        for j in range(wr.shape[0]):
+            wr[j] = wr[j] - lr_ * gr[j]
 
 
 @njit
@@ -187,11 +195,12 @@ def rmsprop_update_rows(w, g, v, last, rows, step, lr, rho, epsilon):
     for r in rows:
         decay = rho_ ** dt(step - last[r])
         last[r] = step + 1
-        for j in range(w.shape[1]):
-            gk = g[r, j]
-            vk = (v[r, j] * decay) * rho_ + (gk * gk) * one_m_rho
-            v[r, j] = vk
-            w[r, j] = w[r, j] - (gk * lr_) / math.sqrt(vk + eps)
+        wr, gr, vr = w[r], g[r], v[r]
+        for j in range(wr.shape[0]):
+            gk = gr[j]
+            vk = (vr[j] * decay) * rho_ + (gk * gk) * one_m_rho
+            vr[j] = vk
+            wr[j] = wr[j] - (gk * lr_) / math.sqrt(vk + eps)
 
 
 @njit
