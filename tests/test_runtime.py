@@ -358,6 +358,8 @@ def test_initialisers(mod):
     assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), again))
     assert not np.array_equal(mod.Inits(seed=4).get_weights()[0], emb)
     assert m._opt_state and len(m._opt_state) == 3  # rmsprop: v, m, mg
+    # without momentum or centering only v is read: m and mg take no memory
+    assert [st.size for st in m._opt_state] == [m._params.size, 0, 0]
 
 
 def test_zero_biases(mod):

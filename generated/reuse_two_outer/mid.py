@@ -462,9 +462,15 @@ class _Runtime:
             raise ValueError(f"unsupported {name} arguments: {sorted(unknown)}")
         # Python float/bool scalars so numba compiles one specialisation.
         self._opt_args = tuple(type(d)(given.get(k, d)) for k, d in hyper)
-        self._opt_state = [np.zeros_like(self._params) for _ in states]
+        hp = dict(zip((k for k, _ in hyper), self._opt_args))
+        # a state this configuration never reads is a (0,) array, which the
+        # kernels accept: RMSprop without momentum or centering keeps one
+        # buffer the size of the model, not three
+        used = {"v": True, "m": name == "adam" or hp.get("momentum", 0.0) != 0.0,
+                "mg": bool(hp.get("centered", False)), "vhat": bool(hp.get("amsgrad", False))}
+        self._opt_state = [np.zeros_like(self._params) if used[s] else np.zeros(0, self.dtype) for s in states]
         self._opt_kernel = _OPTIMIZER_KERNELS[name]
-        self._init_sparse(name, dict(zip((k for k, _ in hyper), self._opt_args)))
+        self._init_sparse(name, hp)
 
     def _init_sparse(self, name, hp):
         """Embedding tables whose update can skip the rows a batch did not use
@@ -976,7 +982,7 @@ class _Runtime:
                 raise ValueError(f"{path} is not a checkpoint written by fit(checkpoint=...)")
             if str(f["__dtype__"]) != np.dtype(self.dtype).name:
                 raise ValueError(f"{path} holds a {f['__dtype__']} model; this one is {np.dtype(self.dtype).name}")
-            states = [f[f"s{i}"] for i in range(len(self._opt_state))]
+            states = [f[f"s{i}"] for i in range(len(self._opt_state))]  # unused ones: (0,)
             for i, (have, want) in enumerate(zip(states, self._opt_state)):
                 if have.shape != want.shape:
                     raise ValueError(f"{path}: optimizer state {i} has shape {have.shape}, the model "
