@@ -107,22 +107,12 @@ def _runtime_phase(caller, name):
     return "runtime"
 
 
-def _is_dispatcher(obj):
-    """A numba kernel, or a kernel entry point the module writes in Python
-    (it chooses between numba kernels, e.g. serial or parallel)."""
-    from numba.core.dispatcher import Dispatcher
-    if isinstance(obj, Dispatcher):
-        return True
-    import inspect
-    return (inspect.isfunction(obj) and obj.__name__.endswith(("_forward", "_backward", "_update"))
-            and obj.__module__ == getattr(inspect.getmodule(obj), "__name__", None))
-
-
 def instrument(mod, rec):
     """Replace the kernels the Python side calls by timing wrappers."""
     wrapped = {}
     for name, obj in list(vars(mod).items()):
-        if _is_dispatcher(obj) and (not name.startswith("_") or name == "_rt_first_nonfinite"):
+        # the module's own test: numba kernels and its Python entry points
+        if mod._rt_is_kernel(obj) and (not name.startswith("_") or name == "_rt_first_nonfinite"):
             w = rec.wrap(name, obj)
             setattr(mod, name, w)
             wrapped[obj] = w

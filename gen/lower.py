@@ -133,10 +133,7 @@ class _Lowering:
         return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
     def buf(self, key: str, shape: tuple, comment: str, bmul: int = 1) -> str:
-        if key not in self.used or not any(b.key == key for b in self.buffers):
-            self.used.add(key)
-            self.buffers.append(Buffer(key, f"np.empty({self.shape_expr(shape, bmul)}, dt)", comment))
-        return f"b[{key!r}]"
+        return self.raw_buf(key, f"np.empty({self.shape_expr(shape, bmul)}, dt)", comment)
 
     def value(self, t: Tensor, shape: tuple | None = None, grad: bool = False) -> str:
         """Expression for a tensor's value (or gradient) buffer: b['key']."""
@@ -359,11 +356,16 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     layers = tuple((e.name, e.cls, tuple((_weight_name(e, layer, w), w.shape) for layer, w in e.params)) for e in g.layers)
     shapes = dict(sorted(g.shapes.items()))
     # Embedding tables updated only where a batch's ids point (runtime decides
-    # whether the optimizer allows it exactly): (weight index, ids buffer key)
+    # whether the optimizer allows it exactly): (weight index, ids buffer key, ...)
+    # ... and, when the table feeds a fused LSTM, the keys of the distinct ids
+    # that kernel already found: (uniq key, count key), else None
     sparse = []
+    into = {id(e): lstm for lstm_id, e in low.fused.items() for lstm in g.nodes if id(lstm) == lstm_id}
     for n in g.nodes:
         if n.layer.cls == "Embedding" and sum(m.layer is n.layer for m in g.nodes) == 1:
-            sparse.append((low.weight_index[(id(n.layer), "embeddings")], low.buffer_key(n.inputs[0], (-1,))))
+            k = low.key(into[id(n)].outputs[0]) if id(n) in into else None
+            sparse.append((low.weight_index[(id(n.layer), "embeddings")], low.buffer_key(n.inputs[0], (-1,)),
+                           (k + "_uniq", k + "_nu") if k else None))
     attrs = [("name", repr(g.name)), ("input_names", repr(tuple(g.input_names))), ("output_names", repr(tuple(g.output_names))),
              ("_inputs", repr(tuple(inputs))), ("_outputs", repr(tuple(outputs))), ("_layers", repr(layers)),
              ("_inits", repr(tuple(w.init for _, w in g.params))),

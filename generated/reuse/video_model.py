@@ -905,7 +905,7 @@ class _Runtime:
     def _init_optimizer(self):
         if self._optimizer is None:  # the model file never compiled this model: predict only
             self._opt_kernel = None
-            self._sparse, self._dense, self._touched = [], [(0, self._params.size)], []
+            self._sparse, self._dense, self._touched, self._distinct = [], [(0, self._params.size)], [], []
             return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
@@ -935,7 +935,9 @@ class _Runtime:
                  (name == "rmsprop" and hp["momentum"] == 0.0 and not hp["centered"]))
         offsets = np.cumsum([0] + [int(np.prod(sh, dtype=np.int64)) for sh in self._shapes])
         cut = []
-        for i, key in (getattr(self, "_sparse_tables", ()) if exact else ()):
+        self._distinct = []  # per table: (uniq key, count key) of a fused LSTM kernel, or None
+        for i, key, distinct in (getattr(self, "_sparse_tables", ()) if exact else ()):
+            self._distinct.append(distinct)
             lo, hi = int(offsets[i]), int(offsets[i + 1])
             v = self._opt_state[0][lo:hi].reshape(self._shapes[i]) if name == "rmsprop" else None
             last = np.zeros(self._shapes[i][0], np.int64)
@@ -959,7 +961,11 @@ class _Runtime:
             _rt_zero_rows(g, rows)
 
     def _note_touched(self, bufs):
-        self._touched = [np.unique(bufs[key]) for _i, key, *_ in self._sparse]
+        """The rows each table's gradient got: the distinct ids a fused LSTM
+        kernel already found (copied: the next forward pass overwrites them),
+        else the sorted unique ids."""
+        self._touched = [np.unique(bufs[key]) if d is None else bufs[d[0]][:bufs[d[1]][0]].copy()
+                         for (_i, key, *_), d in zip(self._sparse, self._distinct)]
 
     def _grads_nonfinite(self):
         if any(_rt_first_nonfinite(self._grads[lo:hi]) >= 0 for lo, hi in self._dense):
