@@ -42,11 +42,14 @@ _CACHE = __name__ in sys.modules and _cache_by_import_name()
 # slower on 2 cores); the workqueue layer sleeps. A user's choice wins.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
-# After a product, OpenBLAS's threads spin for 2^28 cycles by default before
-# they sleep, and they take the core the next parallel kernel needs (the
-# LSTM recurrence after its input projection ran 2x slower). numba loads its
-# BLAS (scipy's) on first use, after this line; a user's setting wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "12")
+# After a product, OpenBLAS's threads spin for 2^28 cycles (~0.1 s) by
+# default before they sleep, and take the core the next parallel kernel
+# needs (twitter batch 256: 6,100 samples/s against 7,300). Sleeping after
+# 2^12 cycles instead makes every small product wake them (mlp batch 32:
+# 245k against 345k samples/s). 2^20 cycles (~0.3 ms) keeps them awake
+# within a step, not across a parallel kernel. numba loads its BLAS
+# (scipy's) on first use, after this line; a user's setting wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
 def njit(*args, **kwargs):
