@@ -76,6 +76,7 @@ class _Lowering:
         self.keys: dict[int, str] = {}
         self.used: set[str] = {"_e1", "_e2", "_e3"}
         self.views: dict[tuple[int, str, tuple], str] = {}
+        self.caches: dict[str, Buffer] = {}  # forward caches of the backward pass (see _cache)
         self.weight_index: dict[tuple[int, str], int] = {}
         self.input_pos = {t.id: i for i, t in enumerate(g.inputs)}
         self.output_pos: dict[int, list[int]] = {}
@@ -194,6 +195,7 @@ class _Lowering:
         fwd = [self.forward(n) for n in self.g.nodes if id(n) not in embedded]
         self.returns = [self.value(t) for t in self.g.outputs]  # may add views of outputs
         self.n_forward_buffers = len(self.buffers)
+        self.buffers += self.caches.values()
         done: set[int] = set(self.output_pos)  # output gradients arrive from the loss
         bwd = []
         for node in reversed(self.g.nodes):
@@ -293,6 +295,15 @@ class _Lowering:
             self.buffers.append(Buffer(key, expr, comment))
         return f"b[{key!r}]"
 
+    def _cache(self, key: str, shape: tuple, comment: str, bmul: int) -> str:
+        """A (n, T, u) cache only the backward pass reads: the forward buffers
+        hold a (n, 1, u) scratch under its key (predict needs no more), and
+        the backward buffers replace it with the whole cache."""
+        if key not in self.caches:
+            self.buf(key, (shape[0], 1) + tuple(shape[2:]), "scratch, the cache without a backward pass (n, 1, u)", bmul)
+            self.caches[key] = Buffer(key, f"np.empty({self.shape_expr(shape, bmul)}, dt)", comment)
+        return f"b[{key!r}]"
+
     def _lstm_y(self, t: Tensor, grad: bool) -> str:
         return self.value(t, None, grad) if len(t.shape) == 3 else self.value(t, (None, 1, t.shape[-1]), grad)
 
@@ -303,9 +314,9 @@ class _Lowering:
         return dict(
             y=self._lstm_y(t, False), x=None if id(node) in self.fused else self.value(x),
             zs=self.buf(k + "_zs", (None, T, 4 * U), "gate values i f g o after activation (n, T, 4u)", x.bmul),
-            hp=self.buf(k + "_hp", (None, T, U), "h_{t-1}, hp[:, 0] = 0 (n, T, u)", x.bmul),
-            cp=self.buf(k + "_cp", (None, T, U), "c_{t-1}, cp[:, 0] = 0 (n, T, u)", x.bmul),
-            tc=self.buf(k + "_tc", (None, T, U), "activation(c_t) (n, T, u)", x.bmul),
+            hp=self._cache(k + "_hp", (None, T, U), "h_{t-1}, hp[:, 0] = 0 (n, T, u)", x.bmul),
+            cp=self._cache(k + "_cp", (None, T, U), "c_{t-1}, cp[:, 0] = 0 (n, T, u)", x.bmul),
+            tc=self._cache(k + "_tc", (None, T, U), "activation(c_t) (n, T, u)", x.bmul),
             hc=self.buf(k + "_hc", (None, U), "current h (n, u)", x.bmul),
             cc=self.buf(k + "_cc", (None, U), "current c (n, u)", x.bmul),
             rec=self.buf(k + "_rec", (None, 4 * U), "h_{t-1} @ recurrent_kernel (n, 4u)", x.bmul) if per_step else "b['_e2']",

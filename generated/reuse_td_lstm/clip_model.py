@@ -463,6 +463,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
     U = rkt.shape[1]
     G = 4 * U
     zero = zs.dtype.type(0.0)
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     for b in range(b0, b1):
         h = hc[b]
         c = cc[b]
@@ -475,7 +476,8 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                 for j in range(G):
                     z[j] += bias[j]
             _lstm_matvec(z, h, rkt, True)
-            _lstm_cell_forward(z, h, c, hp[b, t], cp[b, t], tc[b, t], act, ract)
+            k = t if keep else 0
+            _lstm_cell_forward(z, h, c, hp[b, k], cp[b, k], tc[b, k], act, ract)
             if return_sequences:
                 for u in range(U):
                     y[b, t, u] = h[u]
@@ -538,10 +540,12 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
     """The recurrence, steps schedule: one BLAS product per step."""
     B, T, G = zs.shape
     U = rkernel.shape[0]
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     hc[:] = 0
     cc[:] = 0
     for t in range(T):
         np.dot(hc, rkernel, rec)
+        k = t if keep else 0
         for b in range(B):
             z = zs[b, t]
             if bias.shape[0] > 0:
@@ -550,7 +554,7 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
             else:
                 for j in range(G):
                     z[j] += rec[b, j]
-            _lstm_cell_forward(z, hc[b], cc[b], hp[b, t], cp[b, t], tc[b, t], act, ract)
+            _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
             if return_sequences:
                 for u in range(U):
                     y[b, t, u] = hc[b, u]
@@ -660,6 +664,8 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
     hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
     cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
     tc      (B, T, U)  cache: act(c_t)
+                       hp, cp, tc may be (B, 1, U) scratch when no backward
+                       pass follows (predict: 3 B T U values less memory)
     hc, cc  (B, U)     scratch: the current h and c
     rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
                        (0, 0) for the rows schedule
@@ -1574,10 +1580,10 @@ class _Runtime:
         backward pass only when asked for (predict and evaluate never are)."""
         b = self._cache.pop(m, None)
         if b is None:
+            while len(self._cache) >= _RT_CACHE_LIMIT:  # freed before the new one: a lower peak
+                del self._cache[next(iter(self._cache))]
             b = self._new_batch(m)
         self._cache[m] = b  # most recently used last
-        if len(self._cache) > _RT_CACHE_LIMIT:
-            del self._cache[next(iter(self._cache))]
         if grads and not b.grads:
             self._alloc_grads(m, b.bufs)
             b.grads = True
@@ -2071,9 +2077,9 @@ class Model(_Runtime):
         b['lstm_nx1x4'] = b['lstm'].reshape(-1, 1, 4)  # view (n, 1, 4)
         b['dense_1_nx3x3'] = b['dense_1'].reshape(-1, 3, 3)  # view (n, 3, 3)
         b['lstm_zs'] = np.empty((n, 3, 16), dt)  # gate values i f g o after activation (n, T, 4u)
-        b['lstm_hp'] = np.empty((n, 3, 4), dt)  # h_{t-1}, hp[:, 0] = 0 (n, T, u)
-        b['lstm_cp'] = np.empty((n, 3, 4), dt)  # c_{t-1}, cp[:, 0] = 0 (n, T, u)
-        b['lstm_tc'] = np.empty((n, 3, 4), dt)  # activation(c_t) (n, T, u)
+        b['lstm_hp'] = np.empty((n, 1, 4), dt)  # scratch, the cache without a backward pass (n, 1, u)
+        b['lstm_cp'] = np.empty((n, 1, 4), dt)  # scratch, the cache without a backward pass (n, 1, u)
+        b['lstm_tc'] = np.empty((n, 1, 4), dt)  # scratch, the cache without a backward pass (n, 1, u)
         b['lstm_hc'] = np.empty((n, 4), dt)  # current h (n, u)
         b['lstm_cc'] = np.empty((n, 4), dt)  # current c (n, u)
         b['lstm_rkt'] = np.empty((16, 4), dt)  # recurrent_kernel transposed (4u, u)
@@ -2083,6 +2089,9 @@ class Model(_Runtime):
     def _alloc_grads(self, n, b):
         """Add the buffers only the backward pass uses to b (training only)."""
         dt = self.dtype
+        b['lstm_hp'] = np.empty((n, 3, 4), dt)  # h_{t-1}, hp[:, 0] = 0 (n, T, u)
+        b['lstm_cp'] = np.empty((n, 3, 4), dt)  # c_{t-1}, cp[:, 0] = 0 (n, T, u)
+        b['lstm_tc'] = np.empty((n, 3, 4), dt)  # activation(c_t) (n, T, u)
         b['d_lstm'] = np.empty((n, 4), dt)  # d loss / d lstm (n, 4)
         b['d_dense_1'] = np.empty((n * 3, 3), dt)  # d loss / d dense_1 (n * 3, 3)
         b['d_dense_1_nx3x3'] = b['d_dense_1'].reshape(-1, 3, 3)  # view (n, 3, 3)

@@ -1156,10 +1156,10 @@ class _Runtime:
         backward pass only when asked for (predict and evaluate never are)."""
         b = self._cache.pop(m, None)
         if b is None:
+            while len(self._cache) >= _RT_CACHE_LIMIT:  # freed before the new one: a lower peak
+                del self._cache[next(iter(self._cache))]
             b = self._new_batch(m)
         self._cache[m] = b  # most recently used last
-        if len(self._cache) > _RT_CACHE_LIMIT:
-            del self._cache[next(iter(self._cache))]
         if grads and not b.grads:
             self._alloc_grads(m, b.bufs)
             b.grads = True

@@ -531,6 +531,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
     U = rkt.shape[1]
     G = 4 * U
     zero = zs.dtype.type(0.0)
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     for b in range(b0, b1):
         h = hc[b]
         c = cc[b]
@@ -543,7 +544,8 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                 for j in range(G):
                     z[j] += bias[j]
             _lstm_matvec(z, h, rkt, True)
-            _lstm_cell_forward(z, h, c, hp[b, t], cp[b, t], tc[b, t], act, ract)
+            k = t if keep else 0
+            _lstm_cell_forward(z, h, c, hp[b, k], cp[b, k], tc[b, k], act, ract)
             if return_sequences:
                 for u in range(U):
                     y[b, t, u] = h[u]
@@ -606,10 +608,12 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
     """The recurrence, steps schedule: one BLAS product per step."""
     B, T, G = zs.shape
     U = rkernel.shape[0]
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     hc[:] = 0
     cc[:] = 0
     for t in range(T):
         np.dot(hc, rkernel, rec)
+        k = t if keep else 0
         for b in range(B):
             z = zs[b, t]
             if bias.shape[0] > 0:
@@ -618,7 +622,7 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
             else:
                 for j in range(G):
                     z[j] += rec[b, j]
-            _lstm_cell_forward(z, hc[b], cc[b], hp[b, t], cp[b, t], tc[b, t], act, ract)
+            _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
             if return_sequences:
                 for u in range(U):
                     y[b, t, u] = hc[b, u]
@@ -728,6 +732,8 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
     hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
     cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
     tc      (B, T, U)  cache: act(c_t)
+                       hp, cp, tc may be (B, 1, U) scratch when no backward
+                       pass follows (predict: 3 B T U values less memory)
     hc, cc  (B, U)     scratch: the current h and c
     rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
                        (0, 0) for the rows schedule
@@ -1750,10 +1756,10 @@ class _Runtime:
         backward pass only when asked for (predict and evaluate never are)."""
         b = self._cache.pop(m, None)
         if b is None:
+            while len(self._cache) >= _RT_CACHE_LIMIT:  # freed before the new one: a lower peak
+                del self._cache[next(iter(self._cache))]
             b = self._new_batch(m)
         self._cache[m] = b  # most recently used last
-        if len(self._cache) > _RT_CACHE_LIMIT:
-            del self._cache[next(iter(self._cache))]
         if grads and not b.grads:
             self._alloc_grads(m, b.bufs)
             b.grads = True
@@ -2243,9 +2249,9 @@ class Model(_Runtime):
         b['lstm'] = np.empty((n, 32), dt)  # lstm (n, 32)
         b['lstm_nx1x32'] = b['lstm'].reshape(-1, 1, 32)  # view (n, 1, 32)
         b['lstm_zs'] = np.empty((n, 100, 128), dt)  # gate values i f g o after activation (n, T, 4u)
-        b['lstm_hp'] = np.empty((n, 100, 32), dt)  # h_{t-1}, hp[:, 0] = 0 (n, T, u)
-        b['lstm_cp'] = np.empty((n, 100, 32), dt)  # c_{t-1}, cp[:, 0] = 0 (n, T, u)
-        b['lstm_tc'] = np.empty((n, 100, 32), dt)  # activation(c_t) (n, T, u)
+        b['lstm_hp'] = np.empty((n, 1, 32), dt)  # scratch, the cache without a backward pass (n, 1, u)
+        b['lstm_cp'] = np.empty((n, 1, 32), dt)  # scratch, the cache without a backward pass (n, 1, u)
+        b['lstm_tc'] = np.empty((n, 1, 32), dt)  # scratch, the cache without a backward pass (n, 1, u)
         b['lstm_hc'] = np.empty((n, 32), dt)  # current h (n, u)
         b['lstm_cc'] = np.empty((n, 32), dt)  # current c (n, u)
         b['lstm_rkt'] = np.empty((128, 32), dt)  # recurrent_kernel transposed (4u, u)
@@ -2266,6 +2272,9 @@ class Model(_Runtime):
     def _alloc_grads(self, n, b):
         """Add the buffers only the backward pass uses to b (training only)."""
         dt = self.dtype
+        b['lstm_hp'] = np.empty((n, 100, 32), dt)  # h_{t-1}, hp[:, 0] = 0 (n, T, u)
+        b['lstm_cp'] = np.empty((n, 100, 32), dt)  # c_{t-1}, cp[:, 0] = 0 (n, T, u)
+        b['lstm_tc'] = np.empty((n, 100, 32), dt)  # activation(c_t) (n, T, u)
         b['d_lstm'] = np.empty((n, 32), dt)  # d loss / d lstm (n, 32)
         b['d_dense_2'] = np.empty((n, 64), dt)  # d loss / d dense_2 (n, 64)
         b['d_dense_1'] = np.empty((n, 64), dt)  # d loss / d dense_1 (n, 64)

@@ -184,6 +184,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
     U = rkt.shape[1]
     G = 4 * U
     zero = zs.dtype.type(0.0)
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     for b in range(b0, b1):
         h = hc[b]
         c = cc[b]
@@ -196,7 +197,8 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                 for j in range(G):
                     z[j] += bias[j]
             _lstm_matvec(z, h, rkt, True)
-            _lstm_cell_forward(z, h, c, hp[b, t], cp[b, t], tc[b, t], act, ract)
+            k = t if keep else 0
+            _lstm_cell_forward(z, h, c, hp[b, k], cp[b, k], tc[b, k], act, ract)
             if return_sequences:
                 for u in range(U):
                     y[b, t, u] = h[u]
@@ -259,10 +261,12 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
     """The recurrence, steps schedule: one BLAS product per step."""
     B, T, G = zs.shape
     U = rkernel.shape[0]
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     hc[:] = 0
     cc[:] = 0
     for t in range(T):
         np.dot(hc, rkernel, rec)
+        k = t if keep else 0
         for b in range(B):
             z = zs[b, t]
             if bias.shape[0] > 0:
@@ -271,7 +275,7 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
             else:
                 for j in range(G):
                     z[j] += rec[b, j]
-            _lstm_cell_forward(z, hc[b], cc[b], hp[b, t], cp[b, t], tc[b, t], act, ract)
+            _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
             if return_sequences:
                 for u in range(U):
                     y[b, t, u] = hc[b, u]
@@ -381,6 +385,8 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
     hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
     cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
     tc      (B, T, U)  cache: act(c_t)
+                       hp, cp, tc may be (B, 1, U) scratch when no backward
+                       pass follows (predict: 3 B T U values less memory)
     hc, cc  (B, U)     scratch: the current h and c
     rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
                        (0, 0) for the rows schedule
