@@ -18,6 +18,9 @@ KERNEL_ORDER = ("activation", "dense", "embedding", "lstm", "lstm_embedded", "co
 # that (U, 4U) matrix stays in a core's cache (128 units: 256 KB in float32);
 # above, one BLAS product per step over the whole batch is faster.
 LSTM_ROWS_MAX_UNITS = 128
+# Layers whose backward kernel can overwrite its weights' gradients (wmode 1)
+# rather than add to them; the others' gradients are zeroed before each pass.
+_OVERWRITES_GRADS = {"Dense", "LSTM"}
 _KIND_KERNELS = {"Dense": ("activation", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
                  "LSTM": ("lstm",), "Concatenate": ("concat",)}
 
@@ -197,10 +200,17 @@ class _Lowering:
         self.n_forward_buffers = len(self.buffers)
         self.buffers += self.caches.values()
         done: set[int] = set(self.output_pos)  # output gradients arrive from the loss
+        written: set[int] = set()  # weights whose gradient a kernel has overwritten
         bwd = []
         for node in reversed(self.g.nodes):
             if not any(t.id in self.needs_grad for t in node.outputs):
                 continue
+            # a layer's first backward call (in backward order) overwrites its
+            # weights' gradients, the calls of a shared layer after it add to them
+            own = [i for (lid, _w), i in self.weight_index.items() if lid == id(node.layer)]
+            self.wmode = 2 if any(i in written for i in own) else 1
+            if node.layer.cls in _OVERWRITES_GRADS:
+                written.update(own)
             modes = []
             for t in node.inputs:
                 t = t.base()
@@ -211,6 +221,8 @@ class _Lowering:
                     done.add(t.id)
             if id(node) not in embedded:
                 bwd.append(self.backward(node, modes))
+        # the rest (tables: a scatter adds into them) are zeroed before each backward pass
+        self.grads_zeroed = tuple(i for i in range(len(self.g.params)) if i not in written)
         return fwd, bwd
 
     def forward(self, node: Node) -> Step:
@@ -241,7 +253,7 @@ class _Lowering:
         x = node.inputs[0]
         dx = (lambda shape=None: "b['_e2']" if modes[0] == 0 else (self.flat(x, True) if shape is None else self.value(x, shape, True)))
         if cls == "Dense":
-            f.update(dy=self.flat(t, True), y=self.flat(t), x=self.flat(x), dx=dx(), mode=modes[0],
+            f.update(dy=self.flat(t, True), y=self.flat(t), x=self.flat(x), dx=dx(), mode=modes[0], wmode=self.wmode,
                      kernel=self.weight(node, "kernel"), dkernel=self.weight(node, "kernel", True),
                      dbias=self.weight(node, "bias", True), act=catalog.ACTIVATIONS[cfg["activation"]])
         elif cls == "Activation":
@@ -251,7 +263,7 @@ class _Lowering:
                      dtable=self.weight(node, "embeddings", True))
         elif cls == "LSTM":
             fused = id(node) in self.fused  # then no input gradient buffer: the kernel writes the table's
-            f.update(self._lstm_fields(node), mode=modes[0],
+            f.update(self._lstm_fields(node), mode=modes[0], wmode=self.wmode,
                      dx="b['_e3']" if modes[0] == 0 or fused else self.value(x, None, True),
                      dy=self._lstm_y(t, True), dkernel=self.weight(node, "kernel", True),
                      drkernel=self.weight(node, "recurrent_kernel", True), dbias=self.weight(node, "bias", True))
@@ -383,7 +395,8 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
              ("_output_shapes", repr(shapes)),
              ("_optimizer", repr((c.optimizer, c.optimizer_args) if c else None)),
              ("_fit_defaults", repr(g.fit.defaults)),
-             ("_sparse_tables", repr(tuple(sparse)))]
+             ("_sparse_tables", repr(tuple(sparse))),
+             ("_grads_zeroed", repr(low.grads_zeroed))]
     tables = []
     if c is not None:
         losses = sorted(set(c.losses))

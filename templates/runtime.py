@@ -104,6 +104,7 @@ class _Runtime:
     _layers = ()
     _inits = ()
     _optimizer = ("rmsprop", {})
+    _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
@@ -175,6 +176,7 @@ class _Runtime:
         if self._optimizer is None:  # the model file never compiled this model: predict only
             self._opt_kernel = None
             self._sparse, self._dense, self._touched, self._distinct = [], [(0, self._params.size)], [], []
+            self._zero_whole = self._accumulated_grads()
             return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
@@ -220,12 +222,18 @@ class _Runtime:
         if at < self._params.size:
             self._dense.append((at, self._params.size))
         self._touched = [np.empty(0, np.int64) for _ in self._sparse]  # rows with a nonzero gradient
+        rowwise = {s[0] for s in self._sparse}
+        self._zero_whole = [i for i in self._accumulated_grads() if i not in rowwise]
+
+    def _accumulated_grads(self):
+        return list(range(len(self._w)) if self._grads_zeroed is None else self._grads_zeroed)
 
     def _zero_grads(self):
-        """Zero the gradient buffer: dense segments whole, tables on the rows
-        the last backward pass wrote."""
-        for lo, hi in self._dense:
-            self._grads[lo:hi] = 0
+        """Zero the gradients the backward pass adds to rather than overwrites
+        (_grads_zeroed, from lower.py): whole, or for the tables updated
+        row by row, the rows the last backward pass wrote."""
+        for i in self._zero_whole:
+            self._g[i][...] = 0
         for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
             _rt_zero_rows(g, rows)
 

@@ -91,22 +91,27 @@ def away_from_zero(a, margin=0.1):
 
 # ------------------------------------------------------------------ dense
 
+@pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("dtype", [F32, F64])
-def test_dense_forward(use_bias, dtype):
+def test_dense_forward(use_bias, dtype, act):
     r = rng(1)
     x = r.standard_normal((7, 5)).astype(dtype)
     w = r.standard_normal((5, 4)).astype(dtype)
     b = r.standard_normal(4).astype(dtype) if use_bias else np.zeros(0, dtype)
     z = np.full((7, 4), np.nan, dtype)
-    K.dense_forward(z, x, w, b)
-    ref = x.astype(F64) @ w.astype(F64) + (b.astype(F64) if use_bias else 0)
+    K.dense_forward(z, x, w, b, act)
+    ref = np_act(x.astype(F64) @ w.astype(F64) + (b.astype(F64) if use_bias else 0), act)
     np.testing.assert_allclose(z, ref, rtol=1e-5 if dtype == F32 else 1e-12, atol=1e-6)
 
 
+@pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("mode", [0, 1, 2])
-def test_dense_backward_fd(use_bias, mode):
+@pytest.mark.parametrize("wmode", [1, 2])
+def test_dense_backward_fd(use_bias, mode, wmode, act):
+    """Every mode of the input gradient and of the weight gradients (wmode 1
+    overwrites whatever the buffers hold, NaN included; 2 adds to them)."""
     r = rng(2)
     n, i, o = 6, 5, 4
     x = r.standard_normal((n, i))
@@ -116,19 +121,22 @@ def test_dense_backward_fd(use_bias, mode):
 
     def loss():
         z = np.empty((n, o))
-        K.dense_forward(z, x, w, b)
+        K.dense_forward(z, x, w, b, act)
         return float(np.sum(R * z))
 
-    dw0 = r.standard_normal((i, o))  # parameter gradients accumulate
-    db0 = r.standard_normal(o) if use_bias else np.zeros(0)
+    y = np.empty((n, o))
+    K.dense_forward(y, x, w, b, act)
+    dw0 = r.standard_normal((i, o)) if wmode == 2 else np.full((i, o), np.nan)
+    db0 = (r.standard_normal(o) if wmode == 2 else np.full(o, np.nan)) if use_bias else np.zeros(0)
     dx0 = r.standard_normal((n, i))
     dw, db = dw0.copy(), db0.copy()
     dx = dx0.copy() if mode else np.zeros((0, 0))
-    K.dense_backward(dx, dw, db, R.copy(), x, w, mode)
+    K.dense_backward(dx, dw, db, R.copy(), y, x, w, act, mode, wmode)
 
-    assert_grad(dw - dw0, numgrad(loss, w))
+    base = (lambda a, a0: a - a0) if wmode == 2 else (lambda a, a0: a)
+    assert_grad(base(dw, dw0), numgrad(loss, w))
     if use_bias:
-        assert_grad(db - db0, numgrad(loss, b))
+        assert_grad(base(db, db0), numgrad(loss, b))
     gx = numgrad(loss, x)
     if mode == 1:
         assert_grad(dx, gx)
@@ -136,6 +144,27 @@ def test_dense_backward_fd(use_bias, mode):
         assert_grad(dx - dx0, gx)
     else:
         assert dx.shape == (0, 0)
+
+
+@pytest.mark.parametrize("act", [RELU, SOFTMAX])
+def test_dense_parallel_path(act):
+    """Outputs above _ACTIVATION_PARALLEL_MIN take the parallel kernels: the
+    same numbers as the serial ones."""
+    r = rng(44)
+    n, i, o = 300, 20, 128
+    assert n * o >= K._ACTIVATION_PARALLEL_MIN
+    x, w, b = r.standard_normal((n, i)), 0.3 * r.standard_normal((i, o)), r.standard_normal(o)
+    y, y_ref = np.empty((n, o)), np.empty((n, o))
+    K.dense_forward(y, x, w, b, act)
+    K._dense_forward_serial(y_ref, x, w, b, act)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-15)
+    D = r.standard_normal((n, o))
+    got = [np.empty((n, i)), np.empty((i, o)), np.empty(o)]
+    want = [np.empty((n, i)), np.empty((i, o)), np.empty(o)]
+    K.dense_backward(*got, D.copy(), y, x, w, act, 1, 1)
+    K._dense_backward_serial(*want, D.copy(), y, x, w, act, 1, 1)
+    for a, e in zip(got, want):
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-13)
 
 
 # ------------------------------------------------------------- activation
@@ -312,8 +341,9 @@ def lstm_run(x, W, Rk, b, act, ract, rs, per_step=False):
     return y, (zs, hp, cp, tc)
 
 
-def lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx=None, dW=None, dR=None, db=None):
-    """lstm_backward with fresh NaN scratch; accumulates into the given gradients."""
+def lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx=None, dW=None, dR=None, db=None, wmode=2):
+    """lstm_backward with fresh NaN scratch; accumulates into the given
+    gradients (wmode 2) or overwrites them (wmode 1)."""
     B, T, I = x.shape
     U = Rk.shape[0]
     G = 4 * U
@@ -323,7 +353,7 @@ def lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx=None, d
     if dx is None:
         dx = np.zeros((0, 0, 0), dt)
     K.lstm_backward(dx, dW, dR, db, nan(B, T, G), nan(B, U), nan(B, U), dzt,
-                    R, x, *caches, W, Rk, act, ract, rs, per_step, mode)
+                    R, x, *caches, W, Rk, act, ract, rs, per_step, mode, wmode)
 
 
 ACT_PAIRS = [(TANH, SIGMOID), (RELU, TANH), (SIGMOID, SIGMOID), (LINEAR, TANH)]
@@ -350,10 +380,31 @@ def test_lstm_forward(act, ract, rs, use_bias, per_step):
 
 
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
+@pytest.mark.parametrize("rs", [True, False])
+def test_lstm_forward_without_caches(rs, per_step):
+    """Without a backward pass, hp, cp and tc may be (B, 1, U) scratch: the
+    output is bit-for-bit that of the run with whole caches."""
+    r = rng(11)
+    B, T, I, U = 4, 6, 5, 3
+    x = r.standard_normal((B, T, I)).astype(F32)
+    W, Rk = (0.5 * r.standard_normal((I, 4 * U))).astype(F32), (0.5 * r.standard_normal((U, 4 * U))).astype(F32)
+    b = (0.5 * r.standard_normal(4 * U)).astype(F32)
+    y_full, _ = lstm_run(x, W, Rk, b, TANH, SIGMOID, rs, per_step)
+    nan = lambda *shape: np.full(shape, np.nan, F32)
+    y = nan(B, T if rs else 1, U)
+    rec = nan(B, 4 * U) if per_step else np.zeros((0, 0), F32)
+    rkt = np.zeros((0, 0), F32) if per_step else nan(4 * U, U)
+    K.lstm_forward(y, nan(B, T, 4 * U), nan(B, 1, U), nan(B, 1, U), nan(B, 1, U), nan(B, U), nan(B, U),
+                   rec, rkt, x, W, Rk, b, TANH, SIGMOID, rs, per_step)
+    np.testing.assert_array_equal(y, y_full)
+
+
+@pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("act,ract", ACT_PAIRS)
 @pytest.mark.parametrize("rs", [True, False])
 @pytest.mark.parametrize("mode", [0, 1, 2])
-def test_lstm_backward_fd(act, ract, rs, mode, per_step):
+@pytest.mark.parametrize("wmode", [1, 2])
+def test_lstm_backward_fd(act, ract, rs, mode, per_step, wmode):
     r = rng(9)
     B, T, I, U = 3, 4, 5, 3
     G = 4 * U
@@ -368,14 +419,16 @@ def test_lstm_backward_fd(act, ract, rs, mode, per_step):
         return float(np.sum(R * y))
 
     _, caches = lstm_run(x, W, Rk, b, act, ract, rs, per_step)
-    dW0, dR0, db0 = (r.standard_normal(a.shape) for a in (W, Rk, b))
+    # wmode 1 overwrites the weight gradients, whatever they held (NaN here)
+    dW0, dR0, db0 = (r.standard_normal(a.shape) if wmode == 2 else np.full(a.shape, np.nan) for a in (W, Rk, b))
     dW, dR, db = dW0.copy(), dR0.copy(), db0.copy()
     dx0 = r.standard_normal(x.shape)
     dx = dx0.copy() if mode else None
-    lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx, dW, dR, db)
-    assert_grad(dW - dW0, numgrad(loss, W))
-    assert_grad(dR - dR0, numgrad(loss, Rk))
-    assert_grad(db - db0, numgrad(loss, b))
+    lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx, dW, dR, db, wmode)
+    base = (lambda a, a0: a - a0) if wmode == 2 else (lambda a, a0: a)
+    assert_grad(base(dW, dW0), numgrad(loss, W))
+    assert_grad(base(dR, dR0), numgrad(loss, Rk))
+    assert_grad(base(db, db0), numgrad(loss, b))
     gx = numgrad(loss, x)
     if mode == 1:
         assert_grad(dx, gx)
@@ -458,7 +511,8 @@ def embedded_run(ids, table, W, Rk, b, act, ract, rs, per_step):
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("rs", [True, False])
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_lstm_embedded_fd(rs, per_step, use_bias):
+@pytest.mark.parametrize("wmode", [1, 2])
+def test_lstm_embedded_fd(rs, per_step, use_bias, wmode):
     """Embedding -> LSTM fused: the same function as lstm_forward(table[ids])
     and the float64 finite-difference gradient of the table, kernel,
     recurrent kernel and bias, with ids repeated inside and across rows."""
@@ -481,14 +535,16 @@ def test_lstm_embedded_fd(rs, per_step, use_bias):
     def loss():
         return float(np.sum(D * embedded_run(ids, table, W, Rk, b, TANH, SIGMOID, rs, per_step)[0]))
 
-    grads = [r.standard_normal(a.shape) for a in (table, W, Rk, b)]
+    # the table's gradient always accumulates; wmode 1 overwrites the others (NaN here)
+    grads = [r.standard_normal(a.shape) if k == 0 or wmode == 2 else np.full(a.shape, np.nan)
+             for k, a in enumerate((table, W, Rk, b))]
     dtable, dW, dR, db = (g.copy() for g in grads)
     nan = lambda *shape: np.full(shape, np.nan)
     K.lstm_embedded_backward(dtable, dW, dR, db, nan(B, T, G), nan(B, U), nan(B, U),
                              nan(B, G) if per_step else np.zeros((0, 0)), D, st["uniq"], st["inv"], st["nu"], st["xu"], st["pu"], *st["caches"], W, Rk,
-                             TANH, SIGMOID, rs, per_step)
-    for a, d, g0 in zip((table, W, Rk, b), (dtable, dW, dR, db), grads):
-        assert_grad(d - g0, numgrad(loss, a))
+                             TANH, SIGMOID, rs, per_step, wmode)
+    for k, (a, d, g0) in enumerate(zip((table, W, Rk, b), (dtable, dW, dR, db), grads)):
+        assert_grad(d - g0 if k == 0 or wmode == 2 else d, numgrad(loss, a))
     np.testing.assert_array_equal(dtable[V - 1], grads[0][V - 1])  # an unused row is untouched
 
 
@@ -512,7 +568,7 @@ def test_lstm_embedded_parallel_paths():
     grads = [np.zeros_like(a) for a in (table, W, Rk, b)]
     nan = lambda *shape: np.full(shape, np.nan)
     K.lstm_embedded_backward(*grads, nan(B, T, G), nan(B, U), nan(B, U), np.zeros((0, 0)), D, st["uniq"], st["inv"], st["nu"], st["xu"], st["pu"], *st["caches"], W, Rk,
-                             TANH, SIGMOID, True, False)
+                             TANH, SIGMOID, True, False, 2)
     ref = [np.zeros_like(a) for a in (W, Rk, b)]
     dx = np.empty_like(x)
     lstm_grads(x, W, Rk, b, D, caches, TANH, SIGMOID, True, False, 1, dx, *ref)

@@ -176,10 +176,10 @@ def test_predict_allocates_no_gradient_buffers_and_cache_is_bounded():
 def test_benchmark_reports_every_kernel_and_restores_the_module():
     """Model.benchmark() times each kernel entry point, numba kernels and the
     Python ones that pick serial or parallel kernels (the fused LSTM, the
-    activations, the optimizer), and puts the module back as it was."""
+    dense layers, the optimizer), and puts the module back as it was."""
     mod = generated("twitter", "model")
     before = {k: getattr(mod, k) for k in ("lstm_embedded_forward", "lstm_embedded_backward",
-                                           "activation_forward", "dense_forward", "rmsprop_update_rows")}
+                                           "dense_backward", "dense_forward", "rmsprop_update_rows")}
     res = mod.Model(seed=0).benchmark(batch_size=4, steps=2, warmup=1)
     assert res["batch_size"] == 4 and res["samples_per_s"] > 0
     assert set(before) <= set(res["kernels_ms"]), sorted(res["kernels_ms"])

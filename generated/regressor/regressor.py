@@ -230,52 +230,116 @@ def activation_backward(dz, dy, y, act, mode):
         _activation_backward_parallel(dz, dy, y, act, mode)
 
 # ---------------------------------------------------------------- dense
-# z = x @ kernel + bias.  Both products go through np.dot (numba -> scipy
-# BLAS gemm).  x.T / kernel.T are F-ordered views of C arrays: numba passes
-# them to gemm as "transposed" without copying.  np.dot(a, b, out) writes
-# in place but only overwrites (no beta=1), so accumulating gradients
-# (+=) costs one temporary the size of the result.
+# y = act(x @ kernel + bias), the activation fused in (Keras's Dense has it
+# too): one kernel call and one pass over y per layer instead of two.
+# Both products go through np.dot (numba -> scipy BLAS gemm).  x.T /
+# kernel.T are F-ordered views of C arrays: numba passes them to gemm as
+# "transposed" without copying.  np.dot(a, b, out) writes in place but only
+# overwrites (no beta=1), so an accumulated gradient (+=) costs a temporary
+# the size of the result; lower.py lets the first contribution to a
+# gradient overwrite it instead, so nothing zeroes it first either.
+# The epilogue (bias, activation) runs over rows in parallel only for big
+# outputs (_ACTIVATION_PARALLEL_MIN elements).
 
 
 @njit
-def dense_forward(z, x, kernel, bias):
-    """z = x @ kernel + bias.
+def _dense_epilogue_row(z, bias, r, act):
+    """Row r of z: += bias, then the activation, in place."""
+    if bias.shape[0] > 0:
+        row = z[r]
+        for j in range(row.shape[0]):
+            row[j] += bias[j]
+    if act != 0:
+        _activation_forward_row(z, z, r, act)
+
+
+@njit
+def _dense_forward_serial(z, x, kernel, bias, act):
+    np.dot(x, kernel, z)
+    for r in range(z.shape[0]):
+        _dense_epilogue_row(z, bias, r, act)
+
+
+@njit(parallel=True)
+def _dense_forward_parallel(z, x, kernel, bias, act):
+    np.dot(x, kernel, z)
+    for r in prange(z.shape[0]):
+        _dense_epilogue_row(z, bias, r, act)
+
+
+@njit
+def _dense_param_grads(dkernel, dbias, dz, x, wmode):
+    """dkernel (wmode) x.T @ dz, dbias (wmode) the column sums of dz:
+    wmode 1 overwrite, 2 accumulate."""
+    if wmode == 1:
+        np.dot(x.T, dz, dkernel)
+        dbias[:] = 0
+    else:
+        dkernel += np.dot(x.T, dz)
+    if dbias.shape[0] > 0:
+        for r in range(dz.shape[0]):  # row-major walk: contiguous reads of dz
+            row = dz[r]
+            for j in range(row.shape[0]):
+                dbias[j] += row[j]
+
+
+@njit
+def _dense_input_grad(dx, dz, kernel, mode):
+    if mode == 1:
+        np.dot(dz, kernel.T, dx)
+    elif mode == 2:
+        dx += np.dot(dz, kernel.T)
+
+
+@njit
+def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
+    if act != 0:
+        for r in range(dz.shape[0]):
+            _activation_backward_row(dz, dz, y, r, act, 1)
+    _dense_param_grads(dkernel, dbias, dz, x, wmode)
+    _dense_input_grad(dx, dz, kernel, mode)
+
+
+@njit(parallel=True)
+def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
+    if act != 0:
+        for r in prange(dz.shape[0]):
+            _activation_backward_row(dz, dz, y, r, act, 1)
+    _dense_param_grads(dkernel, dbias, dz, x, wmode)
+    _dense_input_grad(dx, dz, kernel, mode)
+
+
+def dense_forward(z, x, kernel, bias, act):
+    """z = act(x @ kernel + bias).
 
     z      (n, o)  output
     x      (n, i)  input
     kernel (i, o)
     bias   (o,) or (0,) when use_bias=False
+    act    activation code (0 linear)
     """
-    np.dot(x, kernel, z)
-    if bias.shape[0] > 0:
-        n, o = z.shape
-        for r in range(n):
-            for j in range(o):
-                z[r, j] += bias[j]
+    if act == 0 or z.size < _ACTIVATION_PARALLEL_MIN:
+        _dense_forward_serial(z, x, kernel, bias, act)
+    else:
+        _dense_forward_parallel(z, x, kernel, bias, act)
 
 
-@njit
-def dense_backward(dx, dkernel, dbias, dz, x, kernel, mode):
-    """Gradients of z = x @ kernel + bias.
+def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
+    """Gradients of y = act(x @ kernel + bias).
 
     dx      (n, i)  input gradient: mode 0 skip, 1 overwrite, 2 accumulate;
                     may be (0, 0) when mode == 0
-    dkernel (i, o)  += x.T @ dz
-    dbias   (o,)    += sum over rows of dz; (0,) when use_bias=False
-    dz      (n, o)  gradient of the output
+    dkernel (i, o)  x.T @ dz: wmode 1 overwrite, 2 accumulate
+    dbias   (o,)    sum over rows of dz (wmode); (0,) when use_bias=False
+    dz      (n, o)  in: d loss / d y; out: d loss / d (x @ kernel + bias)
+    y       (n, o)  forward output
     x       (n, i)  forward input
     kernel  (i, o)
     """
-    dkernel += np.dot(x.T, dz)
-    if dbias.shape[0] > 0:
-        n, o = dz.shape
-        for r in range(n):  # row-major walk: contiguous reads of dz
-            for j in range(o):
-                dbias[j] += dz[r, j]
-    if mode == 1:
-        np.dot(dz, kernel.T, dx)
-    elif mode == 2:
-        dx += np.dot(dz, kernel.T)
+    if act == 0 or y.size < _ACTIVATION_PARALLEL_MIN:
+        _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
+    else:
+        _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
 
 # --------------------------------------------------------------- concat
 # Every input is viewed as (outer, width_k); the output as
@@ -827,6 +891,7 @@ class _Runtime:
     _layers = ()
     _inits = ()
     _optimizer = ("rmsprop", {})
+    _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
@@ -898,6 +963,7 @@ class _Runtime:
         if self._optimizer is None:  # the model file never compiled this model: predict only
             self._opt_kernel = None
             self._sparse, self._dense, self._touched, self._distinct = [], [(0, self._params.size)], [], []
+            self._zero_whole = self._accumulated_grads()
             return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
@@ -943,12 +1009,18 @@ class _Runtime:
         if at < self._params.size:
             self._dense.append((at, self._params.size))
         self._touched = [np.empty(0, np.int64) for _ in self._sparse]  # rows with a nonzero gradient
+        rowwise = {s[0] for s in self._sparse}
+        self._zero_whole = [i for i in self._accumulated_grads() if i not in rowwise]
+
+    def _accumulated_grads(self):
+        return list(range(len(self._w)) if self._grads_zeroed is None else self._grads_zeroed)
 
     def _zero_grads(self):
-        """Zero the gradient buffer: dense segments whole, tables on the rows
-        the last backward pass wrote."""
-        for lo, hi in self._dense:
-            self._grads[lo:hi] = 0
+        """Zero the gradients the backward pass adds to rather than overwrites
+        (_grads_zeroed, from lower.py): whole, or for the tables updated
+        row by row, the rows the last backward pass wrote."""
+        for i in self._zero_whole:
+            self._g[i][...] = 0
         for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
             _rt_zero_rows(g, rows)
 
@@ -1627,6 +1699,7 @@ class Model(_Runtime):
     _optimizer = ('sgd', {'learning_rate': 0.05, 'momentum': 0.9, 'nesterov': True})
     _fit_defaults = {'epochs': 20, 'batch_size': 8, 'shuffle': False, 'validation_split': 0.0}
     _sparse_tables = ()
+    _grads_zeroed = ()
 
     def _alloc(self, n):
         """Every activation and cache buffer of the forward pass, for a batch of n samples."""
@@ -1658,30 +1731,28 @@ class Model(_Runtime):
         concat_forward(b['concatenate'], b['input_layer'], 0)
         concat_forward(b['concatenate'], b['input_layer_1'], 6)
         # regressor.py:12  x = layers.Dense(width, use_bias=False)(x)
-        dense_forward(b['dense'], b['concatenate'], w[0], b['_e1'])
+        dense_forward(b['dense'], b['concatenate'], w[0], b['_e1'], 0)  # linear
         # regressor.py:13  x = layers.Activation('tanh')(x)
         activation_forward(b['activation'], b['dense'], 3)  # tanh
         # regressor.py:14  x = layers.Dense(width // 2, activation='sigmoid')(x)
-        dense_forward(b['dense_1'], b['activation'], w[1], w[2])
-        activation_forward(b['dense_1'], b['dense_1'], 2)  # sigmoid
+        dense_forward(b['dense_1'], b['activation'], w[1], w[2], 2)  # sigmoid
         # regressor.py:15  y = layers.Dense(2)(x)
-        dense_forward(b['dense_2'], b['dense_1'], w[3], w[4])
+        dense_forward(b['dense_2'], b['dense_1'], w[3], w[4], 0)  # linear
         return [b['dense_2']]
 
     def _backward(self, b, douts):
-        """The backward pass in reverse order; accumulates into the gradients g.
+        """The backward pass in reverse order: writes the gradients g (adds to those in _grads_zeroed).
         Overwrites douts (they are scratch once the loss is computed)."""
         w, g = self._w, self._g
         b['d_dense_2'] = douts[0].reshape(-1, 2)  # d loss / d output (n, 2)
         # regressor.py:15  y = layers.Dense(2)(x)
-        dense_backward(b['d_dense_1'], g[3], g[4], b['d_dense_2'], b['dense_1'], w[3], 1)
+        dense_backward(b['d_dense_1'], g[3], g[4], b['d_dense_2'], b['dense_2'], b['dense_1'], w[3], 0, 1, 1)
         # regressor.py:14  x = layers.Dense(width // 2, activation='sigmoid')(x)
-        activation_backward(b['d_dense_1'], b['d_dense_1'], b['dense_1'], 2, 1)
-        dense_backward(b['d_activation'], g[1], g[2], b['d_dense_1'], b['activation'], w[1], 1)
+        dense_backward(b['d_activation'], g[1], g[2], b['d_dense_1'], b['dense_1'], b['activation'], w[1], 2, 1, 1)
         # regressor.py:13  x = layers.Activation('tanh')(x)
         activation_backward(b['d_dense'], b['d_activation'], b['activation'], 3, 1)
         # regressor.py:12  x = layers.Dense(width, use_bias=False)(x)
-        dense_backward(b['_e2'], g[0], b['_e1'], b['d_dense'], b['concatenate'], w[0], 0)
+        dense_backward(b['_e2'], g[0], b['_e1'], b['d_dense'], b['dense'], b['concatenate'], w[0], 0, 0, 1)
 
 
 if __name__ == "__main__":

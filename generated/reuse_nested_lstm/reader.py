@@ -481,17 +481,22 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
 
 
 @njit
-def _lstm_recurrent_grads(drkernel, dbias, hp, dzs):
-    """drkernel += hp.T @ dzs and dbias += the column sums of dzs, over all
-    B*T rows at once."""
+def _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode):
+    """drkernel = hp.T @ dzs and dbias = the column sums of dzs, over all
+    B*T rows at once: wmode 1 overwrite, 2 accumulate."""
     B, T, G = dzs.shape
     U = hp.shape[2]
     dzf = dzs.reshape(B * T, G)
-    drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
+    if wmode == 1:
+        np.dot(hp.reshape(B * T, U).T, dzf, drkernel)
+        dbias[:] = 0
+    else:
+        drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
     if dbias.shape[0] > 0:
         for r in range(B * T):
+            row = dzf[r]
             for j in range(G):
-                dbias[j] += dzf[r, j]
+                dbias[j] += row[j]
 
 
 @njit
@@ -502,12 +507,16 @@ def _lstm_project(zs, x, kernel):
 
 
 @njit
-def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode):
-    """dkernel += x.T @ dzs; dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
+def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode):
+    """dkernel = (wmode 1) or += (wmode 2) x.T @ dzs;
+    dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
     B, T, I = x.shape
     G = kernel.shape[1]
     dzf = dzs.reshape(B * T, G)
-    dkernel += np.dot(x.reshape(B * T, I).T, dzf)
+    if wmode == 1:
+        np.dot(x.reshape(B * T, I).T, dzf, dkernel)
+    else:
+        dkernel += np.dot(x.reshape(B * T, I).T, dzf)
     if mode == 1:
         np.dot(dzf, kernel.T, dx.reshape(B * T, I))
     elif mode == 2:
@@ -541,14 +550,15 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
 
 def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
                   dy, x, zs, hp, cp, tc, kernel, rkernel,
-                  act, ract, return_sequences, per_step, mode):
+                  act, ract, return_sequences, per_step, mode, wmode):
     """Backpropagation through time for lstm_forward.
 
     dx       (B, T, I)    input gradient: mode 0 skip, 1 overwrite,
                           2 accumulate; may be empty when mode == 0
-    dkernel  (I, G)       += x.T @ dzs            (whole sequence)
-    drkernel (U, G)       += hp.T @ dzs           (whole sequence)
-    dbias    (G,)         += sum of dzs; (0,) when use_bias=False
+    dkernel  (I, G)       x.T @ dzs (whole sequence): wmode 1 overwrite,
+                          2 accumulate; the same for drkernel and dbias
+    drkernel (U, G)       hp.T @ dzs              (whole sequence)
+    dbias    (G,)         sum of dzs; (0,) when use_bias=False
     dzs      (B, T, G)    scratch: gradient w.r.t. the gate pre-activations
     dh, dc   (B, U)       scratch: gradients w.r.t. h_t and c_t carried back
     dzt      (B, G)       scratch for the steps schedule: one step of dzs
@@ -558,8 +568,8 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
-    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
-    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)
+    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode)
 
 # ------------------------------------------------------- embedding -> lstm
 # (pasted after the lstm kernels, which it uses)
@@ -623,8 +633,9 @@ def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
 
 
 @njit
-def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel):
-    """dkernel and the table rows' gradients through the distinct ids."""
+def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wmode):
+    """dkernel (wmode 1 overwrite, 2 accumulate) and the table rows'
+    gradients (accumulated) through the distinct ids."""
     B, T, G = dzs.shape
     I = xu.shape[1]
     n = nu[0]
@@ -635,7 +646,10 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel):
         k = inv[r]
         for j in range(G):
             dzu[k, j] += dzf[r, j]
-    dkernel += np.dot(xu[:n].T, dzu)
+    if wmode == 1:
+        np.dot(xu[:n].T, dzu, dkernel)
+    else:
+        dkernel += np.dot(xu[:n].T, dzu)
     np.dot(dzu, kernel.T, xu[:n])
     if n * I >= _LSTM_PARALLEL_MIN:
         _lstm_copy_rows(dtable, xu, uniq[:n], True)
@@ -668,17 +682,18 @@ def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
 def lstm_embedded_backward(dtable, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
                            dy, uniq, inv, nu, xu, pu, zs, hp, cp, tc,
                            kernel, rkernel, act, ract, return_sequences,
-                           per_step):
+                           per_step, wmode):
     """Backpropagation for lstm_embedded_forward, into dtable (V, I) too.
 
     pu becomes dzu, the gate gradients summed per distinct id; xu (after
     its use for dkernel) becomes the table gradient of the distinct rows.
-    The other arguments as in lstm_backward and lstm_embedded_forward.
+    dtable accumulates; wmode applies to dkernel, drkernel and dbias. The
+    other arguments as in lstm_backward and lstm_embedded_forward.
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
-    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
-    _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)
+    _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wmode)
 
 
 # ---------------------------------------------------------------------------
@@ -787,6 +802,7 @@ class _Runtime:
     _layers = ()
     _inits = ()
     _optimizer = ("rmsprop", {})
+    _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
@@ -858,6 +874,7 @@ class _Runtime:
         if self._optimizer is None:  # the model file never compiled this model: predict only
             self._opt_kernel = None
             self._sparse, self._dense, self._touched, self._distinct = [], [(0, self._params.size)], [], []
+            self._zero_whole = self._accumulated_grads()
             return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
@@ -903,12 +920,18 @@ class _Runtime:
         if at < self._params.size:
             self._dense.append((at, self._params.size))
         self._touched = [np.empty(0, np.int64) for _ in self._sparse]  # rows with a nonzero gradient
+        rowwise = {s[0] for s in self._sparse}
+        self._zero_whole = [i for i in self._accumulated_grads() if i not in rowwise]
+
+    def _accumulated_grads(self):
+        return list(range(len(self._w)) if self._grads_zeroed is None else self._grads_zeroed)
 
     def _zero_grads(self):
-        """Zero the gradient buffer: dense segments whole, tables on the rows
-        the last backward pass wrote."""
-        for lo, hi in self._dense:
-            self._grads[lo:hi] = 0
+        """Zero the gradients the backward pass adds to rather than overwrites
+        (_grads_zeroed, from lower.py): whole, or for the tables updated
+        row by row, the rows the last backward pass wrote."""
+        for i in self._zero_whole:
+            self._g[i][...] = 0
         for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
             _rt_zero_rows(g, rows)
 
@@ -1587,6 +1610,7 @@ class Model(_Runtime):
     _optimizer = None
     _fit_defaults = {'epochs': 1, 'batch_size': 32, 'shuffle': True, 'validation_split': 0.0}
     _sparse_tables = ((0, 'input_layer_m', ('lstm_uniq', 'lstm_nu')),)
+    _grads_zeroed = (0,)
 
     def _alloc(self, n):
         """Every activation and cache buffer of the forward pass, for a batch of n samples."""
@@ -1634,7 +1658,7 @@ class Model(_Runtime):
         return [b['lstm']]
 
     def _backward(self, b, douts):
-        """The backward pass in reverse order; accumulates into the gradients g.
+        """The backward pass in reverse order: writes the gradients g (adds to those in _grads_zeroed).
         Overwrites douts (they are scratch once the loss is computed)."""
         w, g = self._w, self._g
         b['d_lstm'] = douts[0].reshape(-1, 4, 3)  # d loss / d output (n, 4, 3)
@@ -1642,7 +1666,7 @@ class Model(_Runtime):
         # reuse_nested_lstm.py:13  t = LSTM(3, return_sequences=True)(t)
         lstm_embedded_backward(g[0], g[1], g[2], g[3], b['lstm_dzs'], b['lstm_dh'], b['lstm_dc'], b['_e2'],
                                b['d_lstm'], b['lstm_uniq'], b['lstm_inv'], b['lstm_nu'], b['lstm_xu'], b['lstm_pu'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'],
-                               w[1], w[2], 3, 2, True, False)
+                               w[1], w[2], 3, 2, True, False, 1)
 
 
 if __name__ == "__main__":

@@ -230,52 +230,116 @@ def activation_backward(dz, dy, y, act, mode):
         _activation_backward_parallel(dz, dy, y, act, mode)
 
 # ---------------------------------------------------------------- dense
-# z = x @ kernel + bias.  Both products go through np.dot (numba -> scipy
-# BLAS gemm).  x.T / kernel.T are F-ordered views of C arrays: numba passes
-# them to gemm as "transposed" without copying.  np.dot(a, b, out) writes
-# in place but only overwrites (no beta=1), so accumulating gradients
-# (+=) costs one temporary the size of the result.
+# y = act(x @ kernel + bias), the activation fused in (Keras's Dense has it
+# too): one kernel call and one pass over y per layer instead of two.
+# Both products go through np.dot (numba -> scipy BLAS gemm).  x.T /
+# kernel.T are F-ordered views of C arrays: numba passes them to gemm as
+# "transposed" without copying.  np.dot(a, b, out) writes in place but only
+# overwrites (no beta=1), so an accumulated gradient (+=) costs a temporary
+# the size of the result; lower.py lets the first contribution to a
+# gradient overwrite it instead, so nothing zeroes it first either.
+# The epilogue (bias, activation) runs over rows in parallel only for big
+# outputs (_ACTIVATION_PARALLEL_MIN elements).
 
 
 @njit
-def dense_forward(z, x, kernel, bias):
-    """z = x @ kernel + bias.
+def _dense_epilogue_row(z, bias, r, act):
+    """Row r of z: += bias, then the activation, in place."""
+    if bias.shape[0] > 0:
+        row = z[r]
+        for j in range(row.shape[0]):
+            row[j] += bias[j]
+    if act != 0:
+        _activation_forward_row(z, z, r, act)
+
+
+@njit
+def _dense_forward_serial(z, x, kernel, bias, act):
+    np.dot(x, kernel, z)
+    for r in range(z.shape[0]):
+        _dense_epilogue_row(z, bias, r, act)
+
+
+@njit(parallel=True)
+def _dense_forward_parallel(z, x, kernel, bias, act):
+    np.dot(x, kernel, z)
+    for r in prange(z.shape[0]):
+        _dense_epilogue_row(z, bias, r, act)
+
+
+@njit
+def _dense_param_grads(dkernel, dbias, dz, x, wmode):
+    """dkernel (wmode) x.T @ dz, dbias (wmode) the column sums of dz:
+    wmode 1 overwrite, 2 accumulate."""
+    if wmode == 1:
+        np.dot(x.T, dz, dkernel)
+        dbias[:] = 0
+    else:
+        dkernel += np.dot(x.T, dz)
+    if dbias.shape[0] > 0:
+        for r in range(dz.shape[0]):  # row-major walk: contiguous reads of dz
+            row = dz[r]
+            for j in range(row.shape[0]):
+                dbias[j] += row[j]
+
+
+@njit
+def _dense_input_grad(dx, dz, kernel, mode):
+    if mode == 1:
+        np.dot(dz, kernel.T, dx)
+    elif mode == 2:
+        dx += np.dot(dz, kernel.T)
+
+
+@njit
+def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
+    if act != 0:
+        for r in range(dz.shape[0]):
+            _activation_backward_row(dz, dz, y, r, act, 1)
+    _dense_param_grads(dkernel, dbias, dz, x, wmode)
+    _dense_input_grad(dx, dz, kernel, mode)
+
+
+@njit(parallel=True)
+def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
+    if act != 0:
+        for r in prange(dz.shape[0]):
+            _activation_backward_row(dz, dz, y, r, act, 1)
+    _dense_param_grads(dkernel, dbias, dz, x, wmode)
+    _dense_input_grad(dx, dz, kernel, mode)
+
+
+def dense_forward(z, x, kernel, bias, act):
+    """z = act(x @ kernel + bias).
 
     z      (n, o)  output
     x      (n, i)  input
     kernel (i, o)
     bias   (o,) or (0,) when use_bias=False
+    act    activation code (0 linear)
     """
-    np.dot(x, kernel, z)
-    if bias.shape[0] > 0:
-        n, o = z.shape
-        for r in range(n):
-            for j in range(o):
-                z[r, j] += bias[j]
+    if act == 0 or z.size < _ACTIVATION_PARALLEL_MIN:
+        _dense_forward_serial(z, x, kernel, bias, act)
+    else:
+        _dense_forward_parallel(z, x, kernel, bias, act)
 
 
-@njit
-def dense_backward(dx, dkernel, dbias, dz, x, kernel, mode):
-    """Gradients of z = x @ kernel + bias.
+def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
+    """Gradients of y = act(x @ kernel + bias).
 
     dx      (n, i)  input gradient: mode 0 skip, 1 overwrite, 2 accumulate;
                     may be (0, 0) when mode == 0
-    dkernel (i, o)  += x.T @ dz
-    dbias   (o,)    += sum over rows of dz; (0,) when use_bias=False
-    dz      (n, o)  gradient of the output
+    dkernel (i, o)  x.T @ dz: wmode 1 overwrite, 2 accumulate
+    dbias   (o,)    sum over rows of dz (wmode); (0,) when use_bias=False
+    dz      (n, o)  in: d loss / d y; out: d loss / d (x @ kernel + bias)
+    y       (n, o)  forward output
     x       (n, i)  forward input
     kernel  (i, o)
     """
-    dkernel += np.dot(x.T, dz)
-    if dbias.shape[0] > 0:
-        n, o = dz.shape
-        for r in range(n):  # row-major walk: contiguous reads of dz
-            for j in range(o):
-                dbias[j] += dz[r, j]
-    if mode == 1:
-        np.dot(dz, kernel.T, dx)
-    elif mode == 2:
-        dx += np.dot(dz, kernel.T)
+    if act == 0 or y.size < _ACTIVATION_PARALLEL_MIN:
+        _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
+    else:
+        _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
 
 # ----------------------------------------------------------------- lstm
 # Keras LSTM, zero initial state, gate order [i f c o] along the 4U axis:
@@ -621,17 +685,22 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
 
 
 @njit
-def _lstm_recurrent_grads(drkernel, dbias, hp, dzs):
-    """drkernel += hp.T @ dzs and dbias += the column sums of dzs, over all
-    B*T rows at once."""
+def _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode):
+    """drkernel = hp.T @ dzs and dbias = the column sums of dzs, over all
+    B*T rows at once: wmode 1 overwrite, 2 accumulate."""
     B, T, G = dzs.shape
     U = hp.shape[2]
     dzf = dzs.reshape(B * T, G)
-    drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
+    if wmode == 1:
+        np.dot(hp.reshape(B * T, U).T, dzf, drkernel)
+        dbias[:] = 0
+    else:
+        drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
     if dbias.shape[0] > 0:
         for r in range(B * T):
+            row = dzf[r]
             for j in range(G):
-                dbias[j] += dzf[r, j]
+                dbias[j] += row[j]
 
 
 @njit
@@ -642,12 +711,16 @@ def _lstm_project(zs, x, kernel):
 
 
 @njit
-def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode):
-    """dkernel += x.T @ dzs; dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
+def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode):
+    """dkernel = (wmode 1) or += (wmode 2) x.T @ dzs;
+    dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
     B, T, I = x.shape
     G = kernel.shape[1]
     dzf = dzs.reshape(B * T, G)
-    dkernel += np.dot(x.reshape(B * T, I).T, dzf)
+    if wmode == 1:
+        np.dot(x.reshape(B * T, I).T, dzf, dkernel)
+    else:
+        dkernel += np.dot(x.reshape(B * T, I).T, dzf)
     if mode == 1:
         np.dot(dzf, kernel.T, dx.reshape(B * T, I))
     elif mode == 2:
@@ -681,14 +754,15 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
 
 def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
                   dy, x, zs, hp, cp, tc, kernel, rkernel,
-                  act, ract, return_sequences, per_step, mode):
+                  act, ract, return_sequences, per_step, mode, wmode):
     """Backpropagation through time for lstm_forward.
 
     dx       (B, T, I)    input gradient: mode 0 skip, 1 overwrite,
                           2 accumulate; may be empty when mode == 0
-    dkernel  (I, G)       += x.T @ dzs            (whole sequence)
-    drkernel (U, G)       += hp.T @ dzs           (whole sequence)
-    dbias    (G,)         += sum of dzs; (0,) when use_bias=False
+    dkernel  (I, G)       x.T @ dzs (whole sequence): wmode 1 overwrite,
+                          2 accumulate; the same for drkernel and dbias
+    drkernel (U, G)       hp.T @ dzs              (whole sequence)
+    dbias    (G,)         sum of dzs; (0,) when use_bias=False
     dzs      (B, T, G)    scratch: gradient w.r.t. the gate pre-activations
     dh, dc   (B, U)       scratch: gradients w.r.t. h_t and c_t carried back
     dzt      (B, G)       scratch for the steps schedule: one step of dzs
@@ -698,8 +772,8 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
-    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
-    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)
+    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode)
 
 # --------------------------------------------------------------- concat
 # Every input is viewed as (outer, width_k); the output as
@@ -1300,6 +1374,7 @@ class _Runtime:
     _layers = ()
     _inits = ()
     _optimizer = ("rmsprop", {})
+    _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
@@ -1371,6 +1446,7 @@ class _Runtime:
         if self._optimizer is None:  # the model file never compiled this model: predict only
             self._opt_kernel = None
             self._sparse, self._dense, self._touched, self._distinct = [], [(0, self._params.size)], [], []
+            self._zero_whole = self._accumulated_grads()
             return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
@@ -1416,12 +1492,18 @@ class _Runtime:
         if at < self._params.size:
             self._dense.append((at, self._params.size))
         self._touched = [np.empty(0, np.int64) for _ in self._sparse]  # rows with a nonzero gradient
+        rowwise = {s[0] for s in self._sparse}
+        self._zero_whole = [i for i in self._accumulated_grads() if i not in rowwise]
+
+    def _accumulated_grads(self):
+        return list(range(len(self._w)) if self._grads_zeroed is None else self._grads_zeroed)
 
     def _zero_grads(self):
-        """Zero the gradient buffer: dense segments whole, tables on the rows
-        the last backward pass wrote."""
-        for lo, hi in self._dense:
-            self._grads[lo:hi] = 0
+        """Zero the gradients the backward pass adds to rather than overwrites
+        (_grads_zeroed, from lower.py): whole, or for the tables updated
+        row by row, the rows the last backward pass wrote."""
+        for i in self._zero_whole:
+            self._g[i][...] = 0
         for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
             _rt_zero_rows(g, rows)
 
@@ -2101,6 +2183,7 @@ class Model(_Runtime):
     _optimizer = ('sgd', {'learning_rate': 0.01, 'momentum': 0.0, 'nesterov': False})
     _fit_defaults = {'epochs': 3, 'batch_size': 32, 'shuffle': True, 'validation_split': 0.0}
     _sparse_tables = ()
+    _grads_zeroed = ()
 
     def _alloc(self, n):
         """Every activation and cache buffer of the forward pass, for a batch of n samples."""
@@ -2181,8 +2264,7 @@ class Model(_Runtime):
         concat_forward(b['concatenate_1_nx6'], b['left_nx4'], 0)
         concat_forward(b['concatenate_1_nx6'], b['extra_nx2'], 4)
         # two_heads.py:14  per_step = layers.Dense(3, activation='relu')(joined_feat)        # (5, 3)
-        dense_forward(b['dense_nx3'], b['concatenate_1_nx6'], w[0], w[1])
-        activation_forward(b['dense_nx3'], b['dense_nx3'], 1)  # relu
+        dense_forward(b['dense_nx3'], b['concatenate_1_nx6'], w[0], w[1], 1)  # relu
         # two_heads.py:15  flat = layers.LSTM(5, activation='tanh')(per_step)
         lstm_forward(b['lstm_1_nx1x5'], b['lstm_1_zs'], b['lstm_1_hp'], b['lstm_1_cp'], b['lstm_1_tc'], b['lstm_1_hc'], b['lstm_1_cc'], b['_e2'], b['lstm_1_rkt'], b['dense'],
                      w[5], w[6], w[7], 3, 2, False, False)
@@ -2190,39 +2272,34 @@ class Model(_Runtime):
         concat_forward(b['concatenate_2'], b['lstm'], 0)
         concat_forward(b['concatenate_2'], b['lstm_1'], 6)
         # two_heads.py:17  topic = layers.Dense(4, activation='softmax', name='topic')(both)
-        dense_forward(b['topic'], b['concatenate_2'], w[8], w[9])
-        activation_forward(b['topic'], b['topic'], 4)  # softmax
+        dense_forward(b['topic'], b['concatenate_2'], w[8], w[9], 4)  # softmax
         # two_heads.py:18  flag = layers.Dense(1, activation='sigmoid', name='flag')(flat)
-        dense_forward(b['flag'], b['lstm_1'], w[10], w[11])
-        activation_forward(b['flag'], b['flag'], 2)  # sigmoid
+        dense_forward(b['flag'], b['lstm_1'], w[10], w[11], 2)  # sigmoid
         return [b['topic'], b['flag']]
 
     def _backward(self, b, douts):
-        """The backward pass in reverse order; accumulates into the gradients g.
+        """The backward pass in reverse order: writes the gradients g (adds to those in _grads_zeroed).
         Overwrites douts (they are scratch once the loss is computed)."""
         w, g = self._w, self._g
         b['d_flag'] = douts[1].reshape(-1, 1)  # d loss / d output (n, 1)
         b['d_topic'] = douts[0].reshape(-1, 4)  # d loss / d output (n, 4)
         # two_heads.py:18  flag = layers.Dense(1, activation='sigmoid', name='flag')(flat)
-        activation_backward(b['d_flag'], b['d_flag'], b['flag'], 2, 1)
-        dense_backward(b['d_lstm_1'], g[10], g[11], b['d_flag'], b['lstm_1'], w[10], 1)
+        dense_backward(b['d_lstm_1'], g[10], g[11], b['d_flag'], b['flag'], b['lstm_1'], w[10], 2, 1, 1)
         # two_heads.py:17  topic = layers.Dense(4, activation='softmax', name='topic')(both)
-        activation_backward(b['d_topic'], b['d_topic'], b['topic'], 4, 1)
-        dense_backward(b['d_concatenate_2'], g[8], g[9], b['d_topic'], b['concatenate_2'], w[8], 1)
+        dense_backward(b['d_concatenate_2'], g[8], g[9], b['d_topic'], b['topic'], b['concatenate_2'], w[8], 4, 1, 1)
         # two_heads.py:16  both = layers.concatenate([summary, flat], axis=-1)
         concat_backward(b['d_lstm'], b['d_concatenate_2'], 0, 1)
         concat_backward(b['d_lstm_1'], b['d_concatenate_2'], 6, 2)
         # two_heads.py:15  flat = layers.LSTM(5, activation='tanh')(per_step)
         lstm_backward(b['d_dense'], g[5], g[6], g[7], b['lstm_1_dzs'], b['lstm_1_dh'], b['lstm_1_dc'], b['_e2'],
                       b['d_lstm_1_nx1x5'], b['dense'], b['lstm_1_zs'], b['lstm_1_hp'], b['lstm_1_cp'], b['lstm_1_tc'], w[5], w[6],
-                      3, 2, False, False, 1)
+                      3, 2, False, False, 1, 1)
         # two_heads.py:14  per_step = layers.Dense(3, activation='relu')(joined_feat)        # (5, 3)
-        activation_backward(b['d_dense_nx3'], b['d_dense_nx3'], b['dense_nx3'], 1, 1)
-        dense_backward(b['_e2'], g[0], g[1], b['d_dense_nx3'], b['concatenate_1_nx6'], w[0], 0)
+        dense_backward(b['_e2'], g[0], g[1], b['d_dense_nx3'], b['dense_nx3'], b['concatenate_1_nx6'], w[0], 1, 0, 1)
         # two_heads.py:13  summary = layers.LSTM(6)(joined_time)
         lstm_backward(b['_e3'], g[2], g[3], g[4], b['lstm_dzs'], b['lstm_dh'], b['lstm_dc'], b['_e2'],
                       b['d_lstm_nx1x6'], b['concatenate'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'], w[2], w[3],
-                      3, 2, False, False, 0)
+                      3, 2, False, False, 0, 1)
 
 
 if __name__ == "__main__":

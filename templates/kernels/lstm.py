@@ -342,17 +342,22 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
 
 
 @njit
-def _lstm_recurrent_grads(drkernel, dbias, hp, dzs):
-    """drkernel += hp.T @ dzs and dbias += the column sums of dzs, over all
-    B*T rows at once."""
+def _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode):
+    """drkernel = hp.T @ dzs and dbias = the column sums of dzs, over all
+    B*T rows at once: wmode 1 overwrite, 2 accumulate."""
     B, T, G = dzs.shape
     U = hp.shape[2]
     dzf = dzs.reshape(B * T, G)
-    drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
+    if wmode == 1:
+        np.dot(hp.reshape(B * T, U).T, dzf, drkernel)
+        dbias[:] = 0
+    else:
+        drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
     if dbias.shape[0] > 0:
         for r in range(B * T):
+            row = dzf[r]
             for j in range(G):
-                dbias[j] += dzf[r, j]
+                dbias[j] += row[j]
 
 
 @njit
@@ -363,12 +368,16 @@ def _lstm_project(zs, x, kernel):
 
 
 @njit
-def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode):
-    """dkernel += x.T @ dzs; dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
+def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode):
+    """dkernel = (wmode 1) or += (wmode 2) x.T @ dzs;
+    dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
     B, T, I = x.shape
     G = kernel.shape[1]
     dzf = dzs.reshape(B * T, G)
-    dkernel += np.dot(x.reshape(B * T, I).T, dzf)
+    if wmode == 1:
+        np.dot(x.reshape(B * T, I).T, dzf, dkernel)
+    else:
+        dkernel += np.dot(x.reshape(B * T, I).T, dzf)
     if mode == 1:
         np.dot(dzf, kernel.T, dx.reshape(B * T, I))
     elif mode == 2:
@@ -402,14 +411,15 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
 
 def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
                   dy, x, zs, hp, cp, tc, kernel, rkernel,
-                  act, ract, return_sequences, per_step, mode):
+                  act, ract, return_sequences, per_step, mode, wmode):
     """Backpropagation through time for lstm_forward.
 
     dx       (B, T, I)    input gradient: mode 0 skip, 1 overwrite,
                           2 accumulate; may be empty when mode == 0
-    dkernel  (I, G)       += x.T @ dzs            (whole sequence)
-    drkernel (U, G)       += hp.T @ dzs           (whole sequence)
-    dbias    (G,)         += sum of dzs; (0,) when use_bias=False
+    dkernel  (I, G)       x.T @ dzs (whole sequence): wmode 1 overwrite,
+                          2 accumulate; the same for drkernel and dbias
+    drkernel (U, G)       hp.T @ dzs              (whole sequence)
+    dbias    (G,)         sum of dzs; (0,) when use_bias=False
     dzs      (B, T, G)    scratch: gradient w.r.t. the gate pre-activations
     dh, dc   (B, U)       scratch: gradients w.r.t. h_t and c_t carried back
     dzt      (B, G)       scratch for the steps schedule: one step of dzs
@@ -419,5 +429,5 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
-    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
-    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)
+    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode)

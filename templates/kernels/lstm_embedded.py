@@ -60,8 +60,9 @@ def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
 
 
 @njit
-def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel):
-    """dkernel and the table rows' gradients through the distinct ids."""
+def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wmode):
+    """dkernel (wmode 1 overwrite, 2 accumulate) and the table rows'
+    gradients (accumulated) through the distinct ids."""
     B, T, G = dzs.shape
     I = xu.shape[1]
     n = nu[0]
@@ -72,7 +73,10 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel):
         k = inv[r]
         for j in range(G):
             dzu[k, j] += dzf[r, j]
-    dkernel += np.dot(xu[:n].T, dzu)
+    if wmode == 1:
+        np.dot(xu[:n].T, dzu, dkernel)
+    else:
+        dkernel += np.dot(xu[:n].T, dzu)
     np.dot(dzu, kernel.T, xu[:n])
     if n * I >= _LSTM_PARALLEL_MIN:
         _lstm_copy_rows(dtable, xu, uniq[:n], True)
@@ -105,14 +109,15 @@ def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
 def lstm_embedded_backward(dtable, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
                            dy, uniq, inv, nu, xu, pu, zs, hp, cp, tc,
                            kernel, rkernel, act, ract, return_sequences,
-                           per_step):
+                           per_step, wmode):
     """Backpropagation for lstm_embedded_forward, into dtable (V, I) too.
 
     pu becomes dzu, the gate gradients summed per distinct id; xu (after
     its use for dkernel) becomes the table gradient of the distinct rows.
-    The other arguments as in lstm_backward and lstm_embedded_forward.
+    dtable accumulates; wmode applies to dkernel, drkernel and dbias. The
+    other arguments as in lstm_backward and lstm_embedded_forward.
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
-    _lstm_recurrent_grads(drkernel, dbias, hp, dzs)
-    _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel)
+    _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)
+    _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wmode)
