@@ -290,6 +290,8 @@ class _Lowering:
         steps, distinct = f"n * {T * x.bmul}", f"min(n * {T * x.bmul}, {V})"
         return dict(
             ids=self.value(emb.inputs[0], (-1,)), table=self.weight(emb, "embeddings"),
+            table_index=self.weight_index[(id(emb.layer), "embeddings")],
+            kernel_index=self.weight_index[(id(node.layer), "kernel")],
             uniq=self.raw_buf(k + "_uniq", f"np.empty({steps}, np.int64)", "distinct ids of the batch (n * T,)"),
             inv=self.raw_buf(k + "_inv", f"np.empty({steps}, np.int64)", "index in uniq of each step's id (n * T,)"),
             slot=self.raw_buf(k + "_slot", f"np.full({V}, -1, np.int64)", "scratch: id -> index in uniq, -1 between calls"),

@@ -124,16 +124,21 @@ def test_generated_module_needs_only_numpy_numba_scipy(tmp_path):
     assert third == "-", f"the generated module imported more than numpy + numba + scipy: {third}"
 
 
-def test_sparse_embedding_update_equals_dense():
+@pytest.mark.parametrize("optimizer", [None, ("sgd", {"learning_rate": 0.05})], ids=["rmsprop", "sgd"])
+def test_sparse_embedding_update_equals_dense(optimizer, monkeypatch):
     """twitter (RMSprop) updates only the embedding rows a batch used, with
     the skipped steps' decay of v applied later; 30 steps where rows sit out
-    for several steps must match the dense update."""
+    for several steps must match the dense update. The row updates also
+    zero the gradient rows they read (the next step's scatter adds into
+    them): a row left dirty would show here too."""
     mod = generated("twitter", "model")
+    monkeypatch.setitem(mod._OPTIMIZER_KERNELS, "sgd", mod.sgd_update)  # the module ships all optimizer kernels
+    Sparse = mod.Model if optimizer is None else type("Sparse", (mod.Model,), {"_optimizer": optimizer})
 
-    class DenseUpdate(mod.Model):
+    class DenseUpdate(Sparse):
         _sparse_tables = ()
 
-    sparse, dense = mod.Model(seed=0), DenseUpdate(seed=0)
+    sparse, dense = Sparse(seed=0), DenseUpdate(seed=0)
     assert sparse._sparse and not dense._sparse
     rng = np.random.default_rng(0)
     for step in range(30):
@@ -147,7 +152,8 @@ def test_sparse_embedding_update_equals_dense():
     for wa, wb in zip(sparse.get_weights(), dense.get_weights()):
         np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-7)
     sparse._flush_sparse()
-    np.testing.assert_allclose(sparse._opt_state[0], dense._opt_state[0], rtol=1e-5, atol=1e-12)
+    if optimizer is None:
+        np.testing.assert_allclose(sparse._opt_state[0], dense._opt_state[0], rtol=1e-5, atol=1e-12)
 
 
 def test_predict_allocates_no_gradient_buffers_and_cache_is_bounded():
@@ -184,3 +190,36 @@ def test_benchmark_reports_every_kernel_and_restores_the_module():
     assert res["batch_size"] == 4 and res["samples_per_s"] > 0
     assert set(before) <= set(res["kernels_ms"]), sorted(res["kernels_ms"])
     assert all(getattr(mod, k) is f for k, f in before.items())
+
+
+def test_predict_projection_cache_follows_the_weights():
+    """A fused Embedding -> LSTM predicts from table @ kernel once the same
+    weights are used twice (or a batch has as many steps as the table has
+    rows); every API write of the weights drops it. Predictions equal those
+    of the kernel that projects only the batch's rows."""
+    mod = generated("twitter", "model")
+    m = mod.Model(seed=0)
+    rng = np.random.default_rng(3)
+    xs, ys = random_data(mod.Model, 6, rng, np.float32)
+    direct = m.predict(xs, batch_size=6)
+    assert not m._proj  # the first pass at these weights multiplies the batch's rows
+    cached = m.predict(xs, batch_size=6)
+    assert m._proj
+    for a, b in zip(direct, cached):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    m.train_on_batch(xs, ys)
+    after = m.predict(xs, batch_size=6)  # weights changed: not the stale projection
+    fresh = mod.Model(seed=0)
+    fresh.set_weights(m.get_weights())
+    for a, b in zip(after, fresh.predict(xs, batch_size=6)):
+        np.testing.assert_array_equal(a, b)
+    m.predict(xs, batch_size=6)
+    version = m._proj[(0, 1)][0]
+    m.set_layer_weights({"lstm": [w * 0.5 for w in m.layer_weights()["lstm"]]})
+    fresh.set_weights(m.get_weights())
+    for a, b in zip(m.predict(xs, batch_size=6), fresh.predict(xs, batch_size=6)):
+        np.testing.assert_array_equal(a, b)
+    m.predict(xs, batch_size=6)
+    assert m._proj[(0, 1)][0] != version
+    for a, b in zip(m.predict(xs, batch_size=6), fresh.predict(xs, batch_size=6)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -932,6 +932,37 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
                 dtable[row, j] += xu[k, j]
 
 
+@njit
+def lstm_project_table(p, table, kernel):
+    """p (V, G) = table (V, I) @ kernel (I, G): every row's projection."""
+    np.dot(table, kernel, p)
+
+
+@njit
+def _lstm_gather_projected(zs, ids, proj):
+    """zs[b, t] = proj[ids[b * T + t]]."""
+    B, T, G = zs.shape
+    zf = zs.reshape(B * T, G)
+    if B * T * G >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(zf, proj, ids, False)
+    else:
+        for r in range(B * T):
+            src = proj[ids[r]]
+            dst = zf[r]
+            for j in range(G):
+                dst[j] = src[j]
+
+
+def lstm_projected_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, ids, proj, rkernel, bias,
+                           act, ract, return_sequences, per_step):
+    """lstm_embedded_forward from proj = table @ kernel (lstm_project_table):
+    a row lookup per step, no product; for forward passes without a
+    backward pass (it fills no uniq/inv/xu for one)."""
+    _lstm_gather_projected(zs, ids, proj)
+    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step)
+
+
 def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, nu,
                           xu, pu, ids, table, kernel, rkernel, bias,
                           act, ract, return_sequences, per_step):
@@ -1423,26 +1454,33 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
 
 @njit
 def sgd_update_rows(w, g, rows, lr):
-    """w (V, D) -= lr g (V, D) on the given rows only."""
+    """w (V, D) -= lr g (V, D) on the given (distinct) rows only, and those
+    rows of g are zeroed while they are in cache: the next backward pass
+    adds into a zero gradient without a separate pass to clear it."""
     lr_ = w.dtype.type(lr)
+    zero = w.dtype.type(0.0)
     for r in rows:
         wr, gr = w[r], g[r]
         for j in range(wr.shape[0]):
             wr[j] = wr[j] - lr_ * gr[j]
+            gr[j] = zero
 
 
 @njit
 def rmsprop_update_rows(w, g, v, last, rows, step, lr, rho, epsilon):
-    """RMSprop (momentum 0, not centered) on the given rows of w, g, v (V, D);
+    """RMSprop (momentum 0, not centered) on the given (distinct) rows of w,
+    g, v (V, D), zeroing those rows of g as sgd_update_rows does;
     last (V,) int64; step = iterations before this update."""
     dt = w.dtype.type
     lr_, rho_, one_m_rho, eps = dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon)
+    zero = dt(0.0)
     for r in rows:
         decay = rho_ ** dt(step - last[r])
         last[r] = step + 1
         wr, gr, vr = w[r], g[r], v[r]
         for j in range(wr.shape[0]):
             gk = gr[j]
+            gr[j] = zero
             vk = (vr[j] * decay) * rho_ + (gk * gk) * one_m_rho
             vr[j] = vk
             wr[j] = wr[j] - (gk * lr_) / math.sqrt(vk + eps)
@@ -1588,6 +1626,9 @@ class _Runtime:
         self._init_optimizer()
         self.iterations = 0
         self._cache = {}
+        self._proj = {}  # (table, kernel) weight indices -> (weights version, table @ kernel)
+        self._proj_seen = {}  # (table, kernel) -> the weights version a forward pass last used
+        self._wversion = 0  # bumped by every write of the weights through the API
 
     # -- construction -------------------------------------------------------
 
@@ -1638,6 +1679,7 @@ class _Runtime:
         if self._optimizer is None:  # the model file never compiled this model: predict only
             self._opt_kernel = None
             self._sparse, self._dense, self._touched, self._distinct = [], [(0, self._params.size)], [], []
+            self._rows_clean = True
             self._zero_whole = self._accumulated_grads()
             return
         name, given = self._optimizer
@@ -1684,11 +1726,34 @@ class _Runtime:
         if at < self._params.size:
             self._dense.append((at, self._params.size))
         self._touched = [np.empty(0, np.int64) for _ in self._sparse]  # rows with a nonzero gradient
+        self._rows_clean = True  # whether those rows are zero again
         rowwise = {s[0] for s in self._sparse}
         self._zero_whole = [i for i in self._accumulated_grads() if i not in rowwise]
 
     def _accumulated_grads(self):
         return list(range(len(self._w)) if self._grads_zeroed is None else self._grads_zeroed)
+
+    def _projected(self, ti, ki, steps):
+        """table @ kernel of a fused Embedding -> LSTM, for a forward pass
+        with no backward pass: each step's projection is then a row lookup
+        (predict at batch 1: 0.13 -> 0.05 ms on twitter.py). Kept until a
+        weight changes through this API (training, set_weights,
+        load_weights, ...). None, for the kernel that multiplies only the
+        batch's rows, while that is cheaper: fewer steps than table rows,
+        and the first forward pass since the weights changed (a predict
+        after every training step must not cost a whole-table product)."""
+        version, p = self._proj.get((ti, ki), (-1, None))
+        if version == self._wversion:
+            return p
+        table, kernel = self._w[ti], self._w[ki]
+        if steps < table.shape[0] and self._proj_seen.get((ti, ki)) != self._wversion:
+            self._proj_seen[(ti, ki)] = self._wversion
+            return None
+        if p is None:
+            p = np.empty((table.shape[0], kernel.shape[1]), self.dtype)
+        lstm_project_table(p, table, kernel)
+        self._proj[(ti, ki)] = (self._wversion, p)
+        return p
 
     def _zero_grads(self):
         """Zero the gradients the backward pass adds to rather than overwrites
@@ -1696,8 +1761,9 @@ class _Runtime:
         row by row, the rows the last backward pass wrote."""
         for i in self._zero_whole:
             self._g[i][...] = 0
-        for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
-            _rt_zero_rows(g, rows)
+        if not self._rows_clean:  # else the row update zeroed them
+            for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
+                _rt_zero_rows(g, rows)
 
     def _note_touched(self, bufs):
         """The rows each table's gradient got: the distinct ids a fused LSTM
@@ -1705,6 +1771,7 @@ class _Runtime:
         else the sorted unique ids."""
         self._touched = [np.unique(bufs[key]) if d is None else bufs[d[0]][:bufs[d[1]][0]].copy()
                          for (_i, key, *_), d in zip(self._sparse, self._distinct)]
+        self._rows_clean = False
 
     def _grads_nonfinite(self):
         if any(_rt_first_nonfinite(self._grads[lo:hi]) >= 0 for lo, hi in self._dense):
@@ -1726,7 +1793,9 @@ class _Runtime:
                     sgd_update_rows(w, g, rows, lr)
                 else:  # rmsprop: learning_rate, rho, momentum, epsilon, centered
                     rmsprop_update_rows(w, g, v, last, rows, self.iterations, lr, self._opt_args[1], self._opt_args[3])
+            self._rows_clean = True  # the row updates zeroed the rows they read
         self.iterations += 1
+        self._wversion += 1
 
     def _flush_sparse(self):
         """Apply the decays RMSprop's lazily updated rows still owe, so the
@@ -2122,6 +2191,7 @@ class _Runtime:
         checked = [self._checked(i, a, "") for i, a in enumerate(weights)]
         for w, a in zip(self._w, checked):
             w[...] = a
+        self._wversion += 1
 
     def layer_weights(self):
         """{layer_name: [arrays]} in Keras layer.get_weights() order."""
@@ -2142,6 +2212,7 @@ class _Runtime:
             todo += [(i, self._checked(i, a, f"Layer '{name}': ")) for i, a in zip(idx, arrays)]
         for i, a in todo:
             self._w[i][...] = a
+        self._wversion += 1
 
     def _weights_arrays(self):
         return {"__format__": np.array(_RT_WEIGHTS_FORMAT), "__model__": np.array(self.name),
@@ -2221,6 +2292,7 @@ class _Runtime:
             arrays = [self._checked(i, f[f"w{i:05d}"], f"{path}: ") for i in range(len(names))]
         for w, a in zip(self._w, arrays):
             w[...] = a
+        self._wversion += 1
 
     # -- self-benchmark ---------------------------------------------------------
 
@@ -2451,14 +2523,24 @@ class Model(_Runtime):
         b['second_m'] = b['second'].reshape(-1)  # view (-1,)
         # reuse_nested_lstm.py:12  t = Embedding(vocab, 3)(tokens)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
         # reuse_nested_lstm.py:13  t = LSTM(3, return_sequences=True)(t)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
-        lstm_embedded_forward(b['lstm_call0'], b['lstm_call0_zs'], b['lstm_call0_hp'], b['lstm_call0_cp'], b['lstm_call0_tc'], b['lstm_call0_hc'], b['lstm_call0_cc'], b['_e2'], b['lstm_call0_rkt'],
-                              b['lstm_call0_uniq'], b['lstm_call0_inv'], b['lstm_call0_slot'], b['lstm_call0_nu'], b['lstm_call0_xu'], b['lstm_call0_pu'], b['first_m'], w[0],
-                              w[1], w[2], w[3], 3, 2, True, False)
+        proj = None if training else self._projected(0, 1, b['first_m'].shape[0])
+        if proj is not None:
+            lstm_projected_forward(b['lstm_call0'], b['lstm_call0_zs'], b['lstm_call0_hp'], b['lstm_call0_cp'], b['lstm_call0_tc'], b['lstm_call0_hc'], b['lstm_call0_cc'], b['_e2'], b['lstm_call0_rkt'],
+                                   b['first_m'], proj, w[2], w[3], 3, 2, True, False)
+        else:
+            lstm_embedded_forward(b['lstm_call0'], b['lstm_call0_zs'], b['lstm_call0_hp'], b['lstm_call0_cp'], b['lstm_call0_tc'], b['lstm_call0_hc'], b['lstm_call0_cc'], b['_e2'], b['lstm_call0_rkt'],
+                                  b['lstm_call0_uniq'], b['lstm_call0_inv'], b['lstm_call0_slot'], b['lstm_call0_nu'], b['lstm_call0_xu'], b['lstm_call0_pu'], b['first_m'], w[0],
+                                  w[1], w[2], w[3], 3, 2, True, False)
         # reuse_nested_lstm.py:12  t = Embedding(vocab, 3)(tokens)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
         # reuse_nested_lstm.py:13  t = LSTM(3, return_sequences=True)(t)  (via reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)]))
-        lstm_embedded_forward(b['lstm_call1'], b['lstm_call1_zs'], b['lstm_call1_hp'], b['lstm_call1_cp'], b['lstm_call1_tc'], b['lstm_call1_hc'], b['lstm_call1_cc'], b['_e2'], b['lstm_call1_rkt'],
-                              b['lstm_call1_uniq'], b['lstm_call1_inv'], b['lstm_call1_slot'], b['lstm_call1_nu'], b['lstm_call1_xu'], b['lstm_call1_pu'], b['second_m'], w[0],
-                              w[1], w[2], w[3], 3, 2, True, False)
+        proj = None if training else self._projected(0, 1, b['second_m'].shape[0])
+        if proj is not None:
+            lstm_projected_forward(b['lstm_call1'], b['lstm_call1_zs'], b['lstm_call1_hp'], b['lstm_call1_cp'], b['lstm_call1_tc'], b['lstm_call1_hc'], b['lstm_call1_cc'], b['_e2'], b['lstm_call1_rkt'],
+                                   b['second_m'], proj, w[2], w[3], 3, 2, True, False)
+        else:
+            lstm_embedded_forward(b['lstm_call1'], b['lstm_call1_zs'], b['lstm_call1_hp'], b['lstm_call1_cp'], b['lstm_call1_tc'], b['lstm_call1_hc'], b['lstm_call1_cc'], b['_e2'], b['lstm_call1_rkt'],
+                                  b['lstm_call1_uniq'], b['lstm_call1_inv'], b['lstm_call1_slot'], b['lstm_call1_nu'], b['lstm_call1_xu'], b['lstm_call1_pu'], b['second_m'], w[0],
+                                  w[1], w[2], w[3], 3, 2, True, False)
         # reuse_nested_lstm.py:18  joined = concatenate([reader(first), reader(second)])
         concat_forward(b['concatenate_nx6'], b['lstm_call0_nx3'], 0)
         concat_forward(b['concatenate_nx6'], b['lstm_call1_nx3'], 3)

@@ -87,6 +87,37 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
                 dtable[row, j] += xu[k, j]
 
 
+@njit
+def lstm_project_table(p, table, kernel):
+    """p (V, G) = table (V, I) @ kernel (I, G): every row's projection."""
+    np.dot(table, kernel, p)
+
+
+@njit
+def _lstm_gather_projected(zs, ids, proj):
+    """zs[b, t] = proj[ids[b * T + t]]."""
+    B, T, G = zs.shape
+    zf = zs.reshape(B * T, G)
+    if B * T * G >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(zf, proj, ids, False)
+    else:
+        for r in range(B * T):
+            src = proj[ids[r]]
+            dst = zf[r]
+            for j in range(G):
+                dst[j] = src[j]
+
+
+def lstm_projected_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, ids, proj, rkernel, bias,
+                           act, ract, return_sequences, per_step):
+    """lstm_embedded_forward from proj = table @ kernel (lstm_project_table):
+    a row lookup per step, no product; for forward passes without a
+    backward pass (it fills no uniq/inv/xu for one)."""
+    _lstm_gather_projected(zs, ids, proj)
+    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step)
+
+
 def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, nu,
                           xu, pu, ids, table, kernel, rkernel, bias,
                           act, ract, return_sequences, per_step):

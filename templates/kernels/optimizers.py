@@ -178,26 +178,33 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
 
 @njit
 def sgd_update_rows(w, g, rows, lr):
-    """w (V, D) -= lr g (V, D) on the given rows only."""
+    """w (V, D) -= lr g (V, D) on the given (distinct) rows only, and those
+    rows of g are zeroed while they are in cache: the next backward pass
+    adds into a zero gradient without a separate pass to clear it."""
     lr_ = w.dtype.type(lr)
+    zero = w.dtype.type(0.0)
     for r in rows:
         wr, gr = w[r], g[r]
         for j in range(wr.shape[0]):
             wr[j] = wr[j] - lr_ * gr[j]
+            gr[j] = zero
 
 
 @njit
 def rmsprop_update_rows(w, g, v, last, rows, step, lr, rho, epsilon):
-    """RMSprop (momentum 0, not centered) on the given rows of w, g, v (V, D);
+    """RMSprop (momentum 0, not centered) on the given (distinct) rows of w,
+    g, v (V, D), zeroing those rows of g as sgd_update_rows does;
     last (V,) int64; step = iterations before this update."""
     dt = w.dtype.type
     lr_, rho_, one_m_rho, eps = dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon)
+    zero = dt(0.0)
     for r in rows:
         decay = rho_ ** dt(step - last[r])
         last[r] = step + 1
         wr, gr, vr = w[r], g[r], v[r]
         for j in range(wr.shape[0]):
             gk = gr[j]
+            gr[j] = zero
             vk = (vr[j] * decay) * rho_ + (gk * gk) * one_m_rho
             vr[j] = vk
             wr[j] = wr[j] - (gk * lr_) / math.sqrt(vk + eps)
