@@ -274,8 +274,7 @@ class _Lowering:
                      dc=self.buf(k + "_dc", (None, U), "d loss / d c carried backward in time (n, u)", x.bmul),
                      dzt="b['_e2']" if rows else self.buf(k + "_dzt", (None, 4 * U), "one step of dzs (n, 4u)", x.bmul))
             if id(node) in self.fused:
-                f.update(self._embedded_fields(node),
-                         dtable=self.weight(self.fused[id(node)], "embeddings", True))
+                f.update(self._embedded_fields(node))  # the table's gradient: runtime._table_grad
                 return Step("EmbeddedLSTM", self._embedded_where(node), f)
         elif cls == "Concatenate":
             f.update(dy=self.value(t, self._concat_view(t.shape, cfg["axis"]), True),
@@ -383,14 +382,15 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     # Embedding tables updated only where a batch's ids point (runtime decides
     # whether the optimizer allows it exactly): (weight index, ids buffer key, ...)
     # ... and, when the table feeds a fused LSTM, the keys of the distinct ids
-    # that kernel already found: (uniq key, count key), else None
+    # that kernel already found and of its row gradients: (uniq key, count
+    # key, rows key), else None
     sparse = []
     into = {id(e): lstm for lstm_id, e in low.fused.items() for lstm in g.nodes if id(lstm) == lstm_id}
     for n in g.nodes:
         if n.layer.cls == "Embedding" and sum(m.layer is n.layer for m in g.nodes) == 1:
             k = low.key(into[id(n)].outputs[0]) if id(n) in into else None
             sparse.append((low.weight_index[(id(n.layer), "embeddings")], low.buffer_key(n.inputs[0], (-1,)),
-                           (k + "_uniq", k + "_nu") if k else None))
+                           (k + "_uniq", k + "_nu", k + "_xu") if k else None))
     attrs = [("name", repr(g.name)), ("input_names", repr(tuple(g.input_names))), ("output_names", repr(tuple(g.output_names))),
              ("_inputs", repr(tuple(inputs))), ("_outputs", repr(tuple(outputs))), ("_layers", repr(layers)),
              ("_inits", repr(tuple(w.init for _, w in g.params))),

@@ -223,3 +223,26 @@ def test_predict_projection_cache_follows_the_weights():
     assert m._proj[(0, 1)][0] != version
     for a, b in zip(m.predict(xs, batch_size=6), fresh.predict(xs, batch_size=6)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("gathered", [True, False], ids=["training-step", "compute-gradients"])
+def test_table_row_gradients_checked_where_they_are(gathered):
+    """A training step leaves the table rows' gradients in the fused kernel's
+    buffer (no scatter into the table's gradient); compute_gradients
+    scatters them. Either way the non-finite check reads them, and the
+    scatter-free step gives the table's gradient the scatter would."""
+    mod = generated("twitter", "model")
+    m = mod.Model(seed=0)
+    xs, ys = random_data(mod.Model, 4, np.random.default_rng(5), np.float32)
+    xs, ts, _kinds, n = m._prep(xs, ys)
+    b = m._batch(n)
+    m._gradients(b, m._forward(b.bufs, xs, True), ts, gathered=gathered)
+    rows, gr, was_gathered = m._rowgrads[0]
+    assert was_gathered == gathered and len(rows) == len(np.unique(xs[0]))
+    dense = np.zeros_like(m._w[0])
+    dense[rows] = gr[:len(rows)] if gathered else gr[rows]
+    _, grads = mod.Model(seed=0).compute_gradients(*random_data(mod.Model, 4, np.random.default_rng(5), np.float32))
+    np.testing.assert_allclose(dense, grads["embedding"][0], rtol=1e-6, atol=1e-9)
+    assert not m._grads_nonfinite()
+    (gr[1] if gathered else gr[rows[1]])[3] = np.nan
+    assert m._grads_nonfinite()

@@ -78,6 +78,8 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
     else:
         dkernel += np.dot(xu[:n].T, dzu)
     np.dot(dzu, kernel.T, xu[:n])
+    if dtable.shape[0] == 0:
+        return  # the caller reads the rows' gradients from xu[:n] (rows uniq[:n])
     if n * I >= _LSTM_PARALLEL_MIN:
         _lstm_copy_rows(dtable, xu, uniq[:n], True)
     else:
@@ -145,8 +147,10 @@ def lstm_embedded_backward(dtable, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
 
     pu becomes dzu, the gate gradients summed per distinct id; xu (after
     its use for dkernel) becomes the table gradient of the distinct rows.
-    dtable accumulates; wmode applies to dkernel, drkernel and dbias. The
-    other arguments as in lstm_backward and lstm_embedded_forward.
+    dtable accumulates; or, when it is (0, 0), xu[:nu] is left holding the
+    gradients of the rows uniq[:nu] (each id's whole gradient: the ids are
+    distinct). wmode applies to dkernel, drkernel and dbias. The other
+    arguments as in lstm_backward and lstm_embedded_forward.
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)

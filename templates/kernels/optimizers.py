@@ -177,37 +177,50 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
 
 
 @njit
-def sgd_update_rows(w, g, rows, lr):
-    """w (V, D) -= lr g (V, D) on the given (distinct) rows only, and those
-    rows of g are zeroed while they are in cache: the next backward pass
-    adds into a zero gradient without a separate pass to clear it."""
+def sgd_update_rows(w, g, rows, gathered, lr):
+    """w (V, D) -= lr * gradient on the given (distinct) rows only.
+    gathered False: row r's gradient is g[r] (g (V, D)), and it is zeroed
+    while in cache, so the next backward pass adds into a zero gradient
+    without a separate pass to clear it. gathered True: the gradient of
+    rows[k] is g[k] (g (n, D), a kernel's scratch, left as it is)."""
     lr_ = w.dtype.type(lr)
     zero = w.dtype.type(0.0)
-    for r in rows:
-        wr, gr = w[r], g[r]
-        for j in range(wr.shape[0]):
-            wr[j] = wr[j] - lr_ * gr[j]
-            gr[j] = zero
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        wr = w[r]
+        if gathered:
+            gr = g[k]
+            for j in range(wr.shape[0]):
+                wr[j] = wr[j] - lr_ * gr[j]
+        else:
+            gr = g[r]
+            for j in range(wr.shape[0]):
+                wr[j] = wr[j] - lr_ * gr[j]
+                gr[j] = zero
 
 
 @njit
-def rmsprop_update_rows(w, g, v, last, rows, step, lr, rho, epsilon):
-    """RMSprop (momentum 0, not centered) on the given (distinct) rows of w,
-    g, v (V, D), zeroing those rows of g as sgd_update_rows does;
-    last (V,) int64; step = iterations before this update."""
+def rmsprop_update_rows(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
+    """RMSprop (momentum 0, not centered) on the given (distinct) rows of w
+    and v (V, D); g and gathered as in sgd_update_rows; last (V,) int64;
+    step = iterations before this update."""
     dt = w.dtype.type
     lr_, rho_, one_m_rho, eps = dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon)
     zero = dt(0.0)
-    for r in rows:
+    for k in range(rows.shape[0]):
+        r = rows[k]
         decay = rho_ ** dt(step - last[r])
         last[r] = step + 1
-        wr, gr, vr = w[r], g[r], v[r]
+        wr, vr = w[r], v[r]
+        gr = g[k] if gathered else g[r]
         for j in range(wr.shape[0]):
             gk = gr[j]
-            gr[j] = zero
             vk = (vr[j] * decay) * rho_ + (gk * gk) * one_m_rho
             vr[j] = vk
             wr[j] = wr[j] - (gk * lr_) / math.sqrt(vk + eps)
+        if not gathered:
+            for j in range(gr.shape[0]):
+                gr[j] = zero
 
 
 @njit
