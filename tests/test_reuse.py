@@ -139,7 +139,7 @@ def _forward_sites(mod) -> list[str]:
     """The shared layer's call sites in the generated forward pass, named by
     what they are applied to: a, b, or h (the output of another call)."""
     src = open(mod.__file__).read()
-    fwd = src[src.index("def _forward"):src.index("def _backward")]
+    fwd = src[src.index("def _forward(self"):src.index("def _backward(self")]
     calls = re.findall(r"dense_forward\(b\['shared_call\d'\], b\['(\w+)'\]", fwd)
     return [x if x in ("a", "b") else "h" for x in calls]
 
@@ -179,7 +179,7 @@ def test_order_variants_accumulate_in_different_orders(order_modules):
     firsts = set()
     for mod, _path in order_modules.values():
         src = open(mod.__file__).read()
-        bwd = src[src.index("def _backward"):]
+        bwd = src[src.index("def _backward(self"):]
         sa = re.search(r"dense_forward\(b\['(shared_call\d)'\], b\['a'\]", src).group(1)
         # the input-gradient mode: dense_backward's next-to-last argument (wmode is last), concat's last
         writes = [(k, args.split(", ")[-2 if k == "dense_backward" else -1]) for k, args in
