@@ -28,7 +28,7 @@ Every child process gets a copy of this environment without
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (set on the project's machine; they pick a
 slower BLAS kernel).  Nothing outside the children is changed.  Each framework
 runs in its own process so that the thread pools of JAX (XLA/Eigen), torch
-(OpenMP) and numba (OpenMP/workqueue) + OpenBLAS never compete inside one
+(OpenMP) and numba (OpenMP) + OpenBLAS never compete inside one
 process, and a framework's import cost and memory are its own.
 """
 import argparse

@@ -45,11 +45,17 @@ def _cache_by_import_name():
 
 _CACHE = __name__ in sys.modules and _cache_by_import_name()
 
-# numba's default OpenMP layer spins its threads between parallel regions and
-# fights BLAS's own threads for the cores (measured: a training step 4x
-# slower on 2 cores); the workqueue layer sleeps. A user's choice wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+# numba's parallel kernels run on its OpenMP layer: it starts a parallel
+# region in ~1 us, the workqueue layer in ~80 us (twitter batch 32: 5,450
+# against 4,450 samples/s). Its threads must sleep after a region, not spin
+# (GNU OpenMP spins ~0.3 ms by default): spinning, they take the cores
+# OpenBLAS's threads need next (a training step measured 4x slower). Without
+# OpenMP numba falls back to tbb, then workqueue. A user's choice wins, and
+# the wait policy reaches only OpenMP runtimes loaded after this line.
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
+    numba.config.THREADING_LAYER = "default"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 # After a product, OpenBLAS's threads spin for 2^28 cycles (~0.1 s) by
 # default before they sleep, and take the core the next parallel kernel
 # needs (twitter batch 256: 6,100 samples/s against 7,300). Sleeping after
