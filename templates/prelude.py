@@ -65,3 +65,53 @@ def njit(*args, **kwargs):
     kwargs.setdefault("cache", _CACHE)
     kwargs.setdefault("error_model", "numpy")
     return numba.njit(*args, **kwargs)
+
+
+# BLAS threads per product. OpenBLAS splits a product over all its threads
+# from m*n*k = 2^18 on; below ~2^23 the second thread saves less than it
+# costs: it must be woken, and while it spins afterwards it slows whatever
+# runs next on the other core (mlp batch 32: a step 154 -> 102 us with such
+# products on one thread). Kernel entry points call _blas_threads_for with
+# their largest product; public calls restore the count (_blas_restore).
+# Only where numba's BLAS (scipy's) is OpenBLAS and its controls are found.
+_BLAS_SPLIT_FROM = 1 << 18  # m*n*k: OpenBLAS runs smaller products on one thread anyway
+_BLAS_ONE_THREAD_BELOW = 1 << 23
+_blas = {"set": None, "all": 0, "now": 0}  # "all" 0: not looked up yet; -1: no control
+
+
+def _blas_controls():
+    try:
+        import ctypes
+        from scipy.linalg import cython_blas  # the BLAS numba's np.dot calls
+        lib = ctypes.CDLL(cython_blas.__file__)  # symbol lookups reach its dependencies
+        for prefix in ("scipy_openblas", "openblas"):
+            set_, get = getattr(lib, prefix + "_set_num_threads", None), getattr(lib, prefix + "_get_num_threads", None)
+            if set_ is not None and get is not None:
+                set_.argtypes, set_.restype, get.restype = [ctypes.c_int], None, ctypes.c_int
+                return set_, int(get())
+    except Exception:  # no scipy BLAS, another BLAS, no ctypes: OpenBLAS's own policy stays
+        pass
+    return None, -1
+
+
+def _blas_threads_for(mnk):
+    """One BLAS thread for the products of a kernel whose largest product has
+    m*n*k between _BLAS_SPLIT_FROM and _BLAS_ONE_THREAD_BELOW, all of them
+    from there on."""
+    if mnk < _BLAS_SPLIT_FROM:
+        return
+    if _blas["all"] == 0:
+        _blas["set"], _blas["all"] = _blas_controls()
+        _blas["now"] = _blas["all"]
+    want = 1 if mnk < _BLAS_ONE_THREAD_BELOW else _blas["all"]
+    if _blas["all"] > 1 and want != _blas["now"]:
+        _blas["set"](want)
+        _blas["now"] = want
+
+
+def _blas_restore():
+    """Give BLAS back the thread count it had (end of a public call)."""
+    if _blas["now"] != _blas["all"]:
+        _blas["set"](_blas["all"])
+        _blas["now"] = _blas["all"]
+

@@ -17,16 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "templates" / "kernels"
 
-PRELUDE = '''\
-import math
-import numpy as np
-import numba
-from numba import prange
-
-def njit(*args, **kwargs):
-    kwargs.setdefault("cache", True)
-    return numba.njit(*args, **kwargs)
-'''
+PRELUDE = (ROOT / "templates" / "prelude.py").read_text()  # njit, BLAS thread controls
 
 LOSS_NAMES = ("binary_crossentropy", "categorical_crossentropy",
               "sparse_categorical_crossentropy", "mean_squared_error")
