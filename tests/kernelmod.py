@@ -20,16 +20,10 @@ KERNEL_DIR = os.environ.get("GEN_KERNEL_DIR") or os.path.join(
 KINDS = ("dense", "activation", "embedding", "lstm", "lstm_embedded", "concat", "losses",
          "metrics", "optimizers")
 
-PRELUDE = '''import math
-import numpy as np
-import numba
-from numba import prange
-
-def njit(*args, **kwargs):
-    kwargs.setdefault("cache", True)
-    kwargs.setdefault("error_model", "numpy")  # as templates/prelude.py
-    return numba.njit(*args, **kwargs)
-'''
+# the generated modules' own prelude: njit (numpy's error model, cache), the
+# threading choices, the BLAS thread controls the entry points call
+with open(os.path.join(os.path.dirname(KERNEL_DIR), "prelude.py")) as _f:
+    PRELUDE = _f.read()
 
 _loaded = {}
 
