@@ -3,7 +3,6 @@
 # included verbatim). The per-model class below supplies the metadata and
 # _alloc/_forward/_backward; everything a Keras user calls lives here.
 # ---------------------------------------------------------------------------
-import functools
 import json
 import os
 import tempfile
@@ -94,19 +93,6 @@ class _Batch:
 
 def _rt_shape(shape):
     return str((None,) + tuple(shape))
-
-
-def _rt_public(method):
-    """A public call leaves BLAS's thread count as it found it (kernels may
-    ask for one thread for small products: _blas_threads_for)."""
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            if _blas["now"] != _blas["all"]:
-                _blas_restore()
-    return call
 
 
 class _Runtime:
@@ -273,7 +259,6 @@ class _Runtime:
             return None
         if p is None:
             p = np.empty((table.shape[0], kernel.shape[1]), self.dtype)
-        _blas_threads_for(table.size * kernel.shape[1])
         lstm_project_table(p, table, kernel)
         self._proj[(ti, ki)] = (self._wversion, p)
         return p
@@ -625,13 +610,6 @@ class _Runtime:
 
     def predict(self, x, batch_size=None, verbose=0):
         """Outputs for x: one array, or a list in output order."""
-        try:  # as _rt_public, inline: a wrapper is a tenth of predict's latency at batch 1
-            return self._predict(x, batch_size)
-        finally:
-            if _blas["now"] != _blas["all"]:
-                _blas_restore()
-
-    def _predict(self, x, batch_size):
         xs = self._prep_inputs(x)
         n = self._cardinality(xs, names=self.input_names)
         bs = self._batch_size(batch_size, 32)
@@ -646,7 +624,6 @@ class _Runtime:
                 r[s:e] = o
         return res[0] if len(res) == 1 else res
 
-    @_rt_public
     def fit(self, x, y, epochs=None, batch_size=None, shuffle=None, validation_split=None,
             validation_data=None, verbose=1, checkpoint=None, resume=False):
         """Train; returns the history: a dict of per-epoch lists.
@@ -707,20 +684,17 @@ class _Runtime:
         print(f"Epoch {epoch}/{epochs} - {steps} steps - {seconds:.2f}s - " + " - ".join(parts),
               flush=True)
 
-    @_rt_public
     def evaluate(self, x, y, batch_size=None, verbose=0):
         """Metrics over all of x, y (batch-size-weighted mean of batches)."""
         xs, ts, kinds, n = self._prep(x, y)
         return self._run(xs, ts, kinds, n, self._batch_size(batch_size, 32))
 
-    @_rt_public
     def train_on_batch(self, x, y):
         """One optimizer step on the whole of x, y; metrics before the step."""
         xs, ts, kinds, n = self._prep(x, y)
         logs = self._train_step(self._batch(n), xs, ts, kinds)
         return {k: logs[k] for k in sorted(logs)}
 
-    @_rt_public
     def compute_gradients(self, x, y):
         """(metrics, {layer: [gradients]}) of the weighted total loss; no update."""
         xs, ts, kinds, n = self._prep(x, y)
@@ -873,7 +847,6 @@ class _Runtime:
                 ys.append(rng.integers(0, 2, (n, *shape)).astype(self.dtype))
         return xs, ys
 
-    @_rt_public
     def benchmark(self, batch_size=32, steps=20, warmup=3, seed=0):
         """Time training steps on random data: samples/s, the median time of
         each phase and of each kernel per step (in ms). Changes the weights."""

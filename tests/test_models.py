@@ -246,25 +246,3 @@ def test_table_row_gradients_checked_where_they_are(gathered):
     assert not m._grads_nonfinite()
     (gr[1] if gathered else gr[rows[1]])[3] = np.nan
     assert m._grads_nonfinite()
-
-
-def test_small_products_run_on_one_blas_thread_and_calls_restore_the_count():
-    """Kernels whose products are small ask BLAS for one thread (m*n*k below
-    _BLAS_ONE_THREAD_BELOW, from where OpenBLAS would split them); every
-    public call ends with BLAS's own thread count again."""
-    mod = generated("mlp", "model")
-    m = mod.Model(seed=0)
-    xs, ys = random_data(mod.Model, 32, np.random.default_rng(0), np.float32)
-    m.predict(xs)  # looks the controls up on the first product big enough
-    if mod._blas["all"] < 2:
-        pytest.skip("no OpenBLAS thread control, or one thread only, on this machine")
-    calls, real = [], mod._blas["set"]
-    mod._blas["set"] = lambda k: (calls.append(k), real(k))
-    try:
-        m.train_on_batch(xs, ys)  # 32 x 784 x 64: one thread, then restored
-        assert calls == [1, mod._blas["all"]] and mod._blas["now"] == mod._blas["all"]
-        calls.clear()
-        m.predict(xs[0][:1])  # 1 x 784 x 64: OpenBLAS runs it on one thread by itself
-        assert calls == []
-    finally:
-        mod._blas["set"] = real

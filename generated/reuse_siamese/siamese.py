@@ -75,55 +75,6 @@ def njit(*args, **kwargs):
     return numba.njit(*args, **kwargs)
 
 
-# BLAS threads per product. OpenBLAS splits a product over all its threads
-# from m*n*k = 2^18 on; below ~2^23 the second thread saves less than it
-# costs: it must be woken, and while it spins afterwards it slows whatever
-# runs next on the other core (mlp batch 32: a step 154 -> 102 us with such
-# products on one thread). Kernel entry points call _blas_threads_for with
-# their largest product; public calls restore the count (_blas_restore).
-# Only where numba's BLAS (scipy's) is OpenBLAS and its controls are found.
-_BLAS_SPLIT_FROM = 1 << 18  # m*n*k: OpenBLAS runs smaller products on one thread anyway
-_BLAS_ONE_THREAD_BELOW = 1 << 23
-_blas = {"set": None, "all": 0, "now": 0}  # "all" 0: not looked up yet; -1: no control
-
-
-def _blas_controls():
-    try:
-        import ctypes
-        from scipy.linalg import cython_blas  # the BLAS numba's np.dot calls
-        lib = ctypes.CDLL(cython_blas.__file__)  # symbol lookups reach its dependencies
-        for prefix in ("scipy_openblas", "openblas"):
-            set_, get = getattr(lib, prefix + "_set_num_threads", None), getattr(lib, prefix + "_get_num_threads", None)
-            if set_ is not None and get is not None:
-                set_.argtypes, set_.restype, get.restype = [ctypes.c_int], None, ctypes.c_int
-                return set_, int(get())
-    except Exception:  # no scipy BLAS, another BLAS, no ctypes: OpenBLAS's own policy stays
-        pass
-    return None, -1
-
-
-def _blas_threads_for(mnk):
-    """One BLAS thread for the products of a kernel whose largest product has
-    m*n*k between _BLAS_SPLIT_FROM and _BLAS_ONE_THREAD_BELOW, all of them
-    from there on."""
-    if mnk < _BLAS_SPLIT_FROM:
-        return
-    if _blas["all"] == 0:
-        _blas["set"], _blas["all"] = _blas_controls()
-        _blas["now"] = _blas["all"]
-    want = 1 if mnk < _BLAS_ONE_THREAD_BELOW else _blas["all"]
-    if _blas["all"] > 1 and want != _blas["now"]:
-        _blas["set"](want)
-        _blas["now"] = want
-
-
-def _blas_restore():
-    """Give BLAS back the thread count it had (end of a public call)."""
-    if _blas["now"] != _blas["all"]:
-        _blas["set"](_blas["all"])
-        _blas["now"] = _blas["all"]
-
-
 # ----------------------------------------------------------- activation
 # Codes: 0 linear, 1 relu, 2 sigmoid, 3 tanh, 4 softmax (over the last axis).
 # The backward pass only needs the forward *output* y:
@@ -373,9 +324,6 @@ def dense_forward(z, x, kernel, bias, act):
     bias   (o,) or (0,) when use_bias=False
     act    activation code (0 linear)
     """
-    mnk = x.shape[0] * x.shape[1] * z.shape[1]
-    if mnk >= _BLAS_SPLIT_FROM:  # else OpenBLAS uses one thread anyway
-        _blas_threads_for(mnk)
     if act == 0 or z.size < _ACTIVATION_PARALLEL_MIN:
         _dense_forward_serial(z, x, kernel, bias, act)
     else:
@@ -394,9 +342,6 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     x       (n, i)  forward input
     kernel  (i, o)
     """
-    mnk = x.shape[0] * x.shape[1] * y.shape[1]
-    if mnk >= _BLAS_SPLIT_FROM:
-        _blas_threads_for(mnk)
     if act == 0 or y.size < _ACTIVATION_PARALLEL_MIN:
         _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
     else:
@@ -920,7 +865,6 @@ def rmsprop_flush_rows(v, last, step, rho):
 # included verbatim). The per-model class below supplies the metadata and
 # _alloc/_forward/_backward; everything a Keras user calls lives here.
 # ---------------------------------------------------------------------------
-import functools
 import json
 import os
 import tempfile
@@ -1011,19 +955,6 @@ class _Batch:
 
 def _rt_shape(shape):
     return str((None,) + tuple(shape))
-
-
-def _rt_public(method):
-    """A public call leaves BLAS's thread count as it found it (kernels may
-    ask for one thread for small products: _blas_threads_for)."""
-    @functools.wraps(method)
-    def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            if _blas["now"] != _blas["all"]:
-                _blas_restore()
-    return call
 
 
 class _Runtime:
@@ -1190,7 +1121,6 @@ class _Runtime:
             return None
         if p is None:
             p = np.empty((table.shape[0], kernel.shape[1]), self.dtype)
-        _blas_threads_for(table.size * kernel.shape[1])
         lstm_project_table(p, table, kernel)
         self._proj[(ti, ki)] = (self._wversion, p)
         return p
@@ -1542,13 +1472,6 @@ class _Runtime:
 
     def predict(self, x, batch_size=None, verbose=0):
         """Outputs for x: one array, or a list in output order."""
-        try:  # as _rt_public, inline: a wrapper is a tenth of predict's latency at batch 1
-            return self._predict(x, batch_size)
-        finally:
-            if _blas["now"] != _blas["all"]:
-                _blas_restore()
-
-    def _predict(self, x, batch_size):
         xs = self._prep_inputs(x)
         n = self._cardinality(xs, names=self.input_names)
         bs = self._batch_size(batch_size, 32)
@@ -1563,7 +1486,6 @@ class _Runtime:
                 r[s:e] = o
         return res[0] if len(res) == 1 else res
 
-    @_rt_public
     def fit(self, x, y, epochs=None, batch_size=None, shuffle=None, validation_split=None,
             validation_data=None, verbose=1, checkpoint=None, resume=False):
         """Train; returns the history: a dict of per-epoch lists.
@@ -1624,20 +1546,17 @@ class _Runtime:
         print(f"Epoch {epoch}/{epochs} - {steps} steps - {seconds:.2f}s - " + " - ".join(parts),
               flush=True)
 
-    @_rt_public
     def evaluate(self, x, y, batch_size=None, verbose=0):
         """Metrics over all of x, y (batch-size-weighted mean of batches)."""
         xs, ts, kinds, n = self._prep(x, y)
         return self._run(xs, ts, kinds, n, self._batch_size(batch_size, 32))
 
-    @_rt_public
     def train_on_batch(self, x, y):
         """One optimizer step on the whole of x, y; metrics before the step."""
         xs, ts, kinds, n = self._prep(x, y)
         logs = self._train_step(self._batch(n), xs, ts, kinds)
         return {k: logs[k] for k in sorted(logs)}
 
-    @_rt_public
     def compute_gradients(self, x, y):
         """(metrics, {layer: [gradients]}) of the weighted total loss; no update."""
         xs, ts, kinds, n = self._prep(x, y)
@@ -1790,7 +1709,6 @@ class _Runtime:
                 ys.append(rng.integers(0, 2, (n, *shape)).astype(self.dtype))
         return xs, ys
 
-    @_rt_public
     def benchmark(self, batch_size=32, steps=20, warmup=3, seed=0):
         """Time training steps on random data: samples/s, the median time of
         each phase and of each kernel per step (in ms). Changes the weights."""

@@ -87,9 +87,6 @@ def dense_forward(z, x, kernel, bias, act):
     bias   (o,) or (0,) when use_bias=False
     act    activation code (0 linear)
     """
-    mnk = x.shape[0] * x.shape[1] * z.shape[1]
-    if mnk >= _BLAS_SPLIT_FROM:  # else OpenBLAS uses one thread anyway
-        _blas_threads_for(mnk)
     if act == 0 or z.size < _ACTIVATION_PARALLEL_MIN:
         _dense_forward_serial(z, x, kernel, bias, act)
     else:
@@ -108,9 +105,6 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     x       (n, i)  forward input
     kernel  (i, o)
     """
-    mnk = x.shape[0] * x.shape[1] * y.shape[1]
-    if mnk >= _BLAS_SPLIT_FROM:
-        _blas_threads_for(mnk)
     if act == 0 or y.size < _ACTIVATION_PARALLEL_MIN:
         _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
     else:

@@ -404,7 +404,6 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
     kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
     per_step           the schedule: False rows, True steps
     """
-    _blas_threads_for(x.size * kernel.shape[1])
     _lstm_project(zs, x, kernel)
     _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
                              act, ract, return_sequences, per_step)
@@ -428,7 +427,6 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
     x, zs, hp, cp, tc     input and caches of lstm_forward
     kernel (I, G)   rkernel (U, G)
     """
-    _blas_threads_for(x.size * kernel.shape[1])
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
     _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)

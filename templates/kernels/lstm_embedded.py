@@ -134,7 +134,6 @@ def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
     ids   (B*T,) int     ids of the batch, row-major (b, t); all in [0, V)
     table (V, I)         the other arguments as in lstm_forward
     """
-    _blas_threads_for(min(ids.shape[0], table.shape[0]) * kernel.size)
     _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel)
     _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
                              act, ract, return_sequences, per_step)
@@ -153,7 +152,6 @@ def lstm_embedded_backward(dtable, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
     distinct). wmode applies to dkernel, drkernel and dbias. The other
     arguments as in lstm_backward and lstm_embedded_forward.
     """
-    _blas_threads_for(nu[0] * kernel.size)
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
     _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)
