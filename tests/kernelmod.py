@@ -20,8 +20,8 @@ KERNEL_DIR = os.environ.get("GEN_KERNEL_DIR") or os.path.join(
 KINDS = ("dense", "activation", "embedding", "lstm", "lstm_embedded", "concat", "losses",
          "metrics", "optimizers")
 
-# the generated modules' own prelude: njit (numpy's error model, cache), the
-# threading choices, the BLAS thread controls the entry points call
+# the generated modules' own prelude: njit (numpy's error model, cache) and
+# the threading choices, exactly as a generated module has them
 with open(os.path.join(os.path.dirname(KERNEL_DIR), "prelude.py")) as _f:
     PRELUDE = _f.read()
 

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "templates" / "kernels"
 
-PRELUDE = (ROOT / "templates" / "prelude.py").read_text()  # njit, BLAS thread controls
+PRELUDE = (ROOT / "templates" / "prelude.py").read_text()  # njit and threading, as generated
 
 LOSS_NAMES = ("binary_crossentropy", "categorical_crossentropy",
               "sparse_categorical_crossentropy", "mean_squared_error")
