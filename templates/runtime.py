@@ -178,7 +178,7 @@ class _Runtime:
     def _init_optimizer(self):
         if self._optimizer is None:  # the model file never compiled this model: predict only
             self._opt_kernel = None
-            self._sparse, self._dense, self._touched, self._distinct = [], [(0, self._params.size)], [], []
+            self._sparse, self._dense, self._distinct = [], [(0, self._params.size)], []
             self._rows_clean, self._gathered, self._scatter_off, self._rowgrads = True, set(), (), []
             self._zero_whole = self._accumulated_grads()
             return
@@ -225,8 +225,7 @@ class _Runtime:
             at = hi
         if at < self._params.size:
             self._dense.append((at, self._params.size))
-        self._touched = [np.empty(0, np.int64) for _ in self._sparse]  # rows with a nonzero gradient
-        self._rows_clean = True  # whether those rows are zero again
+        self._rows_clean = True  # whether the rows the last backward pass wrote into g are zero again
         # Tables behind a fused LSTM kernel skip its scatter in training steps:
         # the update reads the distinct rows' gradients where the kernel left
         # them, and the table's gradient is never written or cleared (twitter
@@ -234,7 +233,7 @@ class _Runtime:
         self._gathered = {self._sparse[k][0] for k, d in enumerate(self._distinct) if d is not None}
         self._scatter_off = ()  # the tables the current backward pass leaves unscattered
         self._no_grad = np.empty((0, 0), self.dtype)
-        self._rowgrads = []  # per table: (rows, gradients, gathered) of the last backward pass
+        self._rowgrads = []  # per table: (rows, their gradients, gathered) of the last backward pass
         rowwise = {s[0] for s in self._sparse}
         self._zero_whole = [i for i in self._accumulated_grads() if i not in rowwise]
 
@@ -270,8 +269,9 @@ class _Runtime:
         for i in self._zero_whole:
             self._g[i][...] = 0
         if not self._rows_clean:  # else the row update zeroed them
-            for (_i, _k, _w, g, _v, _l), rows in zip(self._sparse, self._touched):
-                _rt_zero_rows(g, rows)
+            for rows, g, gathered in self._rowgrads:
+                if not gathered:  # gathered rows were never written into the table's gradient
+                    _rt_zero_rows(g, rows)
 
     def _table_grad(self, i):
         """Table i's gradient for a fused kernel, or an empty array that tells
@@ -293,15 +293,13 @@ class _Runtime:
         gradients in its buffer when it did not scatter them (used before
         the next forward pass overwrites them), else the table's gradient
         on those rows (ids copied) or on the sorted unique ids."""
-        self._touched, self._rowgrads = [], []
+        self._rowgrads = []
         for (i, key, _w, g, _v, _l), d in zip(self._sparse, self._distinct):
             if d is not None and i in self._scatter_off:
                 n = bufs[d[1]][0]
-                self._touched.append(np.empty(0, np.int64))  # nothing written into g
                 self._rowgrads.append((bufs[d[0]][:n], bufs[d[2]][:n], True))
             else:
                 rows = np.unique(bufs[key]) if d is None else bufs[d[0]][:bufs[d[1]][0]].copy()
-                self._touched.append(rows)
                 self._rowgrads.append((rows, g, False))
         self._rows_clean = False
 
