@@ -876,11 +876,23 @@ def _lstm_copy_rows(dst, src, rows, add):
 
 
 @njit
+def _lstm_gather(dst, src, rows):
+    """dst[k] = src[rows[k]] for every k; in parallel over k when big."""
+    if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(dst, src, rows, False)
+    else:
+        for k in range(rows.shape[0]):
+            s = src[rows[k]]
+            d = dst[k]
+            for j in range(d.shape[0]):
+                d[j] = s[j]
+
+
+@njit
 def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
     """zs = (table[ids] @ kernel) through the distinct ids (see
     lstm_embedded_forward for the buffers)."""
     B, T, G = zs.shape
-    I = table.shape[1]
     n = 0
     for r in range(B * T):
         v = ids[r]
@@ -894,20 +906,9 @@ def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
     for k in range(n):
         slot[uniq[k]] = -1
     nu[0] = n
-    if n * I >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(xu, table, uniq[:n], False)
-    else:
-        for k in range(n):
-            for j in range(I):
-                xu[k, j] = table[uniq[k], j]
+    _lstm_gather(xu, table, uniq[:n])
     np.dot(xu[:n], kernel, pu[:n])
-    if B * T * G >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(zs.reshape(B * T, G), pu, inv, False)
-    else:
-        zf = zs.reshape(B * T, G)
-        for r in range(B * T):
-            for j in range(G):
-                zf[r, j] = pu[inv[r], j]
+    _lstm_gather(zs.reshape(B * T, G), pu, inv)
 
 
 @njit
@@ -946,27 +947,13 @@ def lstm_project_table(p, table, kernel):
     np.dot(table, kernel, p)
 
 
-@njit
-def _lstm_gather_projected(zs, ids, proj):
-    """zs[b, t] = proj[ids[b * T + t]]."""
-    B, T, G = zs.shape
-    zf = zs.reshape(B * T, G)
-    if B * T * G >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(zf, proj, ids, False)
-    else:
-        for r in range(B * T):
-            src = proj[ids[r]]
-            dst = zf[r]
-            for j in range(G):
-                dst[j] = src[j]
-
-
 def lstm_projected_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, ids, proj, rkernel, bias,
                            act, ract, return_sequences, per_step):
     """lstm_embedded_forward from proj = table @ kernel (lstm_project_table):
     a row lookup per step, no product; for forward passes without a
     backward pass (it fills no uniq/inv/xu for one)."""
-    _lstm_gather_projected(zs, ids, proj)
+    B, T, G = zs.shape
+    _lstm_gather(zs.reshape(B * T, G), proj, ids)  # zs[b, t] = proj[ids[b * T + t]]
     _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
                              act, ract, return_sequences, per_step)
 
