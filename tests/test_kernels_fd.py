@@ -146,22 +146,26 @@ def test_dense_backward_fd(use_bias, mode, wmode, act):
         assert dx.shape == (0, 0)
 
 
-@pytest.mark.parametrize("act", [RELU, SOFTMAX])
+@pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
 def test_dense_parallel_path(act):
-    """Outputs above _ACTIVATION_PARALLEL_MIN take the parallel kernels: the
-    same numbers as the serial ones."""
+    """The parallel kernels (blocks of rows, the last one partial) give the
+    same numbers as the serial ones, and the entry points take them where
+    _activation_parallel says so."""
     r = rng(44)
-    n, i, o = 300, 20, 128
-    assert n * o >= K._ACTIVATION_PARALLEL_MIN
+    n, i, o = 301, 20, 256
+    assert K._activation_parallel(n * o, act) == (act in (SIGMOID, TANH, SOFTMAX))
     x, w, b = r.standard_normal((n, i)), 0.3 * r.standard_normal((i, o)), r.standard_normal(o)
     y, y_ref = np.empty((n, o)), np.empty((n, o))
-    K.dense_forward(y, x, w, b, act)
+    K._dense_forward_parallel(y, x, w, b, act)
     K._dense_forward_serial(y_ref, x, w, b, act)
     np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-15)
+    y2 = np.empty((n, o))
+    K.dense_forward(y2, x, w, b, act)
+    np.testing.assert_allclose(y2, y_ref, rtol=1e-13, atol=1e-15)
     D = r.standard_normal((n, o))
     got = [np.empty((n, i)), np.empty((i, o)), np.empty(o)]
     want = [np.empty((n, i)), np.empty((i, o)), np.empty(o)]
-    K.dense_backward(*got, D.copy(), y, x, w, act, 1, 1)
+    K._dense_backward_parallel(*got, D.copy(), y, x, w, act, 1, 1)
     K._dense_backward_serial(*want, D.copy(), y, x, w, act, 1, 1)
     for a, e in zip(got, want):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-13)
@@ -234,11 +238,11 @@ def test_tanh_relative_accuracy(dtype):
 
 @pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
 def test_activation_parallel_path(act):
-    # n * c above the parallel threshold: same results as the formulas
+    # the parallel kernels (blocks of rows, the last one partial) against the formulas
     r = rng(40)
-    z = away_from_zero(r.standard_normal((300, 128)))
+    z = away_from_zero(r.standard_normal((301, 128)))
     y = np.empty_like(z)
-    K.activation_forward(y, z, act)
+    K._activation_forward_parallel(y, z, act)
     np.testing.assert_allclose(y, np_act(z, act), rtol=1e-12, atol=1e-14)
     dy = r.standard_normal(z.shape)
     if act == SOFTMAX:
@@ -248,9 +252,9 @@ def test_activation_parallel_path(act):
                     SIGMOID: y * (1 - y), TANH: 1 - y * y}[act]
     dz0 = r.standard_normal(z.shape)
     dz = dz0.copy()
-    K.activation_backward(dz, dy, y, act, 2)
+    K._activation_backward_parallel(dz, dy, y, act, 2)
     np.testing.assert_allclose(dz - dz0, ref, rtol=1e-9, atol=1e-12)
-    K.activation_backward(dz, dy, y, act, 1)
+    K._activation_backward_parallel(dz, dy, y, act, 1)
     np.testing.assert_allclose(dz, ref, rtol=1e-12, atol=1e-14)
 
 

@@ -7,33 +7,33 @@
 # overwrites (no beta=1), so an accumulated gradient (+=) costs a temporary
 # the size of the result; lower.py lets the first contribution to a
 # gradient overwrite it instead, so nothing zeroes it first either.
-# The epilogue (bias, activation) runs over rows in parallel only for big
-# outputs (_ACTIVATION_PARALLEL_MIN elements).
+# The epilogue (bias, activation) runs over blocks of rows in parallel only
+# where the activation would (_activation_parallel).
 
 
 @njit
-def _dense_epilogue_row(z, bias, r, act):
-    """Row r of z: += bias, then the activation, in place."""
+def _dense_epilogue_rows(z, bias, r0, r1, act):
+    """Rows r0:r1 of z: += bias, then the activation, in place."""
     if bias.shape[0] > 0:
-        row = z[r]
-        for j in range(row.shape[0]):
-            row[j] += bias[j]
+        for r in range(r0, r1):
+            for j in range(z.shape[1]):
+                z[r, j] += bias[j]
     if act != 0:
-        _activation_forward_row(z, z, r, act)
+        _activation_forward_rows(z, z, r0, r1, act)
 
 
 @njit
 def _dense_forward_serial(z, x, kernel, bias, act):
     np.dot(x, kernel, z)
-    for r in range(z.shape[0]):
-        _dense_epilogue_row(z, bias, r, act)
+    _dense_epilogue_rows(z, bias, 0, z.shape[0], act)
 
 
 @njit(parallel=True)
 def _dense_forward_parallel(z, x, kernel, bias, act):
     np.dot(x, kernel, z)
-    for r in prange(z.shape[0]):
-        _dense_epilogue_row(z, bias, r, act)
+    n, blk = z.shape[0], _ACTIVATION_BLOCK
+    for i in prange((n + blk - 1) // blk):
+        _dense_epilogue_rows(z, bias, i * blk, min(n, i * blk + blk), act)
 
 
 @njit
@@ -63,8 +63,7 @@ def _dense_input_grad(dx, dz, kernel, mode):
 @njit
 def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        for r in range(dz.shape[0]):
-            _activation_backward_row(dz, dz, y, r, act, 1)
+        _activation_grad_rows(dz, dz, y, 0, dz.shape[0], act)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -72,8 +71,9 @@ def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmod
 @njit(parallel=True)
 def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        for r in prange(dz.shape[0]):
-            _activation_backward_row(dz, dz, y, r, act, 1)
+        n, blk = dz.shape[0], _ACTIVATION_BLOCK
+        for i in prange((n + blk - 1) // blk):
+            _activation_grad_rows(dz, dz, y, i * blk, min(n, i * blk + blk), act)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -87,7 +87,7 @@ def dense_forward(z, x, kernel, bias, act):
     bias   (o,) or (0,) when use_bias=False
     act    activation code (0 linear)
     """
-    if act == 0 or z.size < _ACTIVATION_PARALLEL_MIN:
+    if not _activation_parallel(z.size, act):
         _dense_forward_serial(z, x, kernel, bias, act)
     else:
         _dense_forward_parallel(z, x, kernel, bias, act)
@@ -105,7 +105,7 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     x       (n, i)  forward input
     kernel  (i, o)
     """
-    if act == 0 or y.size < _ACTIVATION_PARALLEL_MIN:
+    if not _activation_parallel(y.size, act):
         _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
     else:
         _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
