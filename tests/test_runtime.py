@@ -438,6 +438,23 @@ def test_non_finite_inputs(mod):
     assert np.isfinite(mod.Model(check_finite=False).predict(data()[0])).all()
 
 
+def test_non_finite_inputs_big(mod):
+    """From _RT_CHECK_PARALLEL_MIN values the check runs on every thread: it
+    still finds a NaN or Inf anywhere, and reports the first."""
+    m = mod.Model(seed=0)
+    n = mod._RT_CHECK_PARALLEL_MIN // 4 + 3
+    x = np.zeros((n, 4), np.float32)
+    assert x.size >= mod._RT_CHECK_PARALLEL_MIN
+    assert not mod._rt_has_nonfinite(x.reshape(-1))
+    for at, v in (((n - 1, 3), np.inf), ((n // 2, 0), np.nan)):
+        x[at] = v
+        with pytest.raises(ValueError, match=rf"'x'.*{v}.*\({at[0]}, {at[1]}\)"):
+            m.predict(x, batch_size=n)
+    x[7, 2] = -np.inf
+    with pytest.raises(ValueError, match=r"-inf.*\(7, 2\)"):  # the first of three
+        m.predict(x, batch_size=n)
+
+
 # -- targets, losses, metrics ---------------------------------------------
 
 def test_metric_keys_single_and_multi(mod):

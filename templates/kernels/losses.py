@@ -73,7 +73,10 @@ def categorical_crossentropy_forward(out, y, t):
         acc = zero
         for j in range(c):
             p = min(max(y[k, j] / s, lo), hi)
-            acc -= t[k, j] * math.log(p)
+            # a zero target adds exactly 0 unless p is NaN: skip its log
+            # (one-hot targets: one log per row instead of c)
+            if t[k, j] != zero or p != p:
+                acc -= t[k, j] * math.log(p)
         out[k] = acc
 
 
