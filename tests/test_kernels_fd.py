@@ -339,9 +339,8 @@ def lstm_run(x, W, Rk, b, act, ract, rs, per_step=False):
     nan = lambda *shape: np.full(shape, np.nan, dt)
     y = nan(B, T if rs else 1, U)
     zs, hp, cp, tc = nan(B, T, 4 * U), nan(B, T, U), nan(B, T, U), nan(B, T, U)
-    rec = nan(B, 4 * U) if per_step else np.zeros((0, 0), dt)
     rkt = np.zeros((0, 0), dt) if per_step else nan(4 * U, U)
-    K.lstm_forward(y, zs, hp, cp, tc, nan(B, U), nan(B, U), rec, rkt, x, W, Rk, b, act, ract, rs, per_step)
+    K.lstm_forward(y, zs, hp, cp, tc, nan(B, U), nan(B, U), nan(B, 4 * U), rkt, x, W, Rk, b, act, ract, rs, per_step)
     return y, (zs, hp, cp, tc)
 
 
@@ -367,7 +366,9 @@ ACT_PAIRS = [(TANH, SIGMOID), (RELU, TANH), (SIGMOID, SIGMOID), (LINEAR, TANH)]
 @pytest.mark.parametrize("act,ract", ACT_PAIRS)
 @pytest.mark.parametrize("rs", [True, False])
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_lstm_forward(act, ract, rs, use_bias, per_step):
+def test_lstm_forward(act, ract, rs, use_bias, per_step, monkeypatch):
+    # per_step False: the rows schedule, which otherwise runs only for big batches
+    monkeypatch.setattr(K, "_LSTM_ROWS_FORWARD_MIN", 0)
     r = rng(8)
     B, T, I, U = 4, 6, 5, 3
     x = r.standard_normal((B, T, I)).astype(F32)
@@ -385,9 +386,10 @@ def test_lstm_forward(act, ract, rs, use_bias, per_step):
 
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("rs", [True, False])
-def test_lstm_forward_without_caches(rs, per_step):
+def test_lstm_forward_without_caches(rs, per_step, monkeypatch):
     """Without a backward pass, hp, cp and tc may be (B, 1, U) scratch: the
     output is bit-for-bit that of the run with whole caches."""
+    monkeypatch.setattr(K, "_LSTM_ROWS_FORWARD_MIN", 0)  # per_step False: rows forward
     r = rng(11)
     B, T, I, U = 4, 6, 5, 3
     x = r.standard_normal((B, T, I)).astype(F32)
@@ -396,7 +398,7 @@ def test_lstm_forward_without_caches(rs, per_step):
     y_full, _ = lstm_run(x, W, Rk, b, TANH, SIGMOID, rs, per_step)
     nan = lambda *shape: np.full(shape, np.nan, F32)
     y = nan(B, T if rs else 1, U)
-    rec = nan(B, 4 * U) if per_step else np.zeros((0, 0), F32)
+    rec = nan(B, 4 * U)
     rkt = np.zeros((0, 0), F32) if per_step else nan(4 * U, U)
     K.lstm_forward(y, nan(B, T, 4 * U), nan(B, 1, U), nan(B, 1, U), nan(B, 1, U), nan(B, U), nan(B, U),
                    rec, rkt, x, W, Rk, b, TANH, SIGMOID, rs, per_step)
@@ -467,12 +469,13 @@ def test_lstm_backward_fd_no_bias(per_step):
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("rs", [True, False])
 def test_lstm_parallel_path(rs, per_step):
-    """B * T * 4U above _LSTM_PARALLEL_MIN (the rows schedule splits the batch
-    over threads): forward vs numpy, spot FD of the backward."""
+    """B * T * 4U above _LSTM_ROWS_FORWARD_MIN and _LSTM_PARALLEL_MIN (the
+    rows schedule splits the batch over threads, forward and backward):
+    forward vs numpy, spot FD of the backward."""
     r = rng(41)
-    B, T, I, U = 130, 3, 4, 128
+    B, T, I, U = 130, 8, 4, 128
     G = 4 * U
-    assert B * T * G >= K._LSTM_PARALLEL_MIN
+    assert B * T * G >= max(K._LSTM_PARALLEL_MIN, K._LSTM_ROWS_FORWARD_MIN)
     x = r.standard_normal((B, T, I))
     W = 0.3 * r.standard_normal((I, G))
     Rk = 0.1 * r.standard_normal((U, G))
@@ -500,7 +503,7 @@ def embedded_run(ids, table, W, Rk, b, act, ract, rs, per_step):
     nan = lambda *shape: np.full(shape, np.nan, dt)
     y = nan(B, T if rs else 1, U)
     zs, hp, cp, tc = nan(B, T, 4 * U), nan(B, T, U), nan(B, T, U), nan(B, T, U)
-    rec = nan(B, 4 * U) if per_step else np.zeros((0, 0), dt)
+    rec = nan(B, 4 * U)
     R = min(B * T, V)
     uniq, inv, nu = np.full(B * T, -7), np.full(B * T, -7), np.zeros(1, np.int64)
     slot = np.full(V, -1, np.int64)
@@ -516,10 +519,11 @@ def embedded_run(ids, table, W, Rk, b, act, ract, rs, per_step):
 @pytest.mark.parametrize("rs", [True, False])
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("wmode", [1, 2])
-def test_lstm_embedded_fd(rs, per_step, use_bias, wmode):
+def test_lstm_embedded_fd(rs, per_step, use_bias, wmode, monkeypatch):
     """Embedding -> LSTM fused: the same function as lstm_forward(table[ids])
     and the float64 finite-difference gradient of the table, kernel,
     recurrent kernel and bias, with ids repeated inside and across rows."""
+    monkeypatch.setattr(K, "_LSTM_ROWS_FORWARD_MIN", 0)  # per_step False: rows forward too
     r = rng(42)
     B, T, V, I, U = 3, 4, 6, 5, 3
     G = 4 * U

@@ -407,13 +407,18 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
 # projection and the weight gradients are single (B*T, .) matrix products
 # with no transposed copy, and the row of cache hp for (b, t) holds the
 # h_{t-1} that drkernel pairs with dz_t.
-# The recurrence is independent per batch row. Two schedules (lower.py
-# picks one by U):
-#   rows  (small U): each row runs all T steps on its own, h @ rkernel inline
-#         (rkernel stays in cache); one parallel region over the rows for the
-#         whole sequence, so there is no thread hand-off per step.
-#   steps (large U): each step is one (B, U) @ (U, 4U) BLAS product over the
-#         whole batch, then the cells of every row, serially.
+# The recurrence is independent per batch row. Two schedules:
+#   steps: each step is one (B, U) @ (U, 4U) BLAS product over the whole
+#         batch, then the cells of every row, serially.
+#   rows:  each row runs all T steps on its own, h @ rkernel inline (rkernel
+#         stays in cache); one parallel region over the rows for the whole
+#         sequence, so there is no thread hand-off per step.
+# lower.py allows rows up to LSTM_ROWS_MAX_UNITS units (per_step False):
+# above, the inline products cost more than BLAS's. The backward pass then
+# always takes rows; the forward pass takes rows only for big batches
+# (B T 4U >= _LSTM_ROWS_FORWARD_MIN), where walking the batch-major caches
+# one step at a time falls out of cache (B 256, T 100, U 32: 5.1 ms rows,
+# 8.4 ms steps; B 32: 1.1 ms rows, 0.8 ms steps).
 # act / ract codes: 0 linear, 1 relu, 2 sigmoid, 3 tanh.  Derivatives are
 # taken from the cached outputs (gate values and tc = act(c)).
 # float32 gates use Eigen's rational tanh (|error| < 4e-7, what XLA runs
@@ -422,6 +427,7 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
 # 0.19 against 2.3 ns per value).  float64 keeps libm accuracy.
 
 _LSTM_PARALLEL_MIN = 1 << 17  # B * T * G gate values below which rows run serially
+_LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes rows
 
 
 @njit(inline="always")
@@ -718,13 +724,11 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
                              act, ract, return_sequences, per_step):
     """The recurrence of lstm_forward, once zs holds x @ kernel."""
     B, T, G = zs.shape
-    if per_step:
+    if per_step or B * T * G < _LSTM_ROWS_FORWARD_MIN:
         _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias, act, ract, return_sequences)
         return
     rkt[...] = rkernel.T
-    rows = _lstm_rows_forward_parallel if B > 1 and B * T * G >= _LSTM_PARALLEL_MIN else _lstm_rows_forward
-    args = (y, zs, hp, cp, tc, hc, cc, rkt, bias, act, ract, return_sequences)
-    rows(*args) if rows is _lstm_rows_forward_parallel else rows(0, B, *args)
+    _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkt, bias, act, ract, return_sequences)
 
 
 def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
@@ -796,12 +800,12 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
                        hp, cp, tc may be (B, 1, U) scratch when no backward
                        pass follows (predict: 3 B T U values less memory)
     hc, cc  (B, U)     scratch: the current h and c
-    rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel;
-                       (0, 0) for the rows schedule
-    rkt     (G, U)     scratch for the rows schedule: rkernel.T; (0, 0) else
+    rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel
+    rkt     (G, U)     scratch for the rows schedule: rkernel.T; (0, 0) when
+                       per_step
     x       (B, T, I)  input
     kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
-    per_step           the schedule: False rows, True steps
+    per_step           True: steps only; False: rows for big batches
     """
     _lstm_project(zs, x, kernel)
     _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
@@ -2370,6 +2374,7 @@ class Model(_Runtime):
         b['lstm_tc'] = np.empty((n, 1, 6), dt)  # scratch, the cache without a backward pass (n, 1, u)
         b['lstm_hc'] = np.empty((n, 6), dt)  # current h (n, u)
         b['lstm_cc'] = np.empty((n, 6), dt)  # current c (n, u)
+        b['lstm_rec'] = np.empty((n, 24), dt)  # h_{t-1} @ recurrent_kernel (n, 4u)
         b['lstm_rkt'] = np.empty((24, 6), dt)  # recurrent_kernel transposed (4u, u)
         b['concatenate_1'] = np.empty((n, 5, 6), dt)  # concatenate_1 (n, 5, 6)
         b['concatenate_1_nx6'] = b['concatenate_1'].reshape(-1, 6)  # view (n, 6)
@@ -2383,6 +2388,7 @@ class Model(_Runtime):
         b['lstm_1_tc'] = np.empty((n, 1, 5), dt)  # scratch, the cache without a backward pass (n, 1, u)
         b['lstm_1_hc'] = np.empty((n, 5), dt)  # current h (n, u)
         b['lstm_1_cc'] = np.empty((n, 5), dt)  # current c (n, u)
+        b['lstm_1_rec'] = np.empty((n, 20), dt)  # h_{t-1} @ recurrent_kernel (n, 4u)
         b['lstm_1_rkt'] = np.empty((20, 5), dt)  # recurrent_kernel transposed (4u, u)
         b['concatenate_2'] = np.empty((n, 11), dt)  # concatenate_2 (n, 11)
         b['topic'] = np.empty((n, 4), dt)  # topic (n, 4)
@@ -2426,7 +2432,7 @@ class Model(_Runtime):
         concat_forward(b['concatenate_nx32'], b['left_nx20'], 0)
         concat_forward(b['concatenate_nx32'], b['right_nx12'], 20)
         # two_heads.py:13  summary = layers.LSTM(6)(joined_time)
-        lstm_forward(b['lstm_nx1x6'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'], b['lstm_hc'], b['lstm_cc'], b['_e2'], b['lstm_rkt'], b['concatenate'],
+        lstm_forward(b['lstm_nx1x6'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'], b['lstm_hc'], b['lstm_cc'], b['lstm_rec'], b['lstm_rkt'], b['concatenate'],
                      w[2], w[3], w[4], 3, 2, False, False)
         # two_heads.py:12  joined_feat = layers.Concatenate()([left, extra])                  # (5, 6)
         concat_forward(b['concatenate_1_nx6'], b['left_nx4'], 0)
@@ -2434,7 +2440,7 @@ class Model(_Runtime):
         # two_heads.py:14  per_step = layers.Dense(3, activation='relu')(joined_feat)        # (5, 3)
         dense_forward(b['dense_nx3'], b['concatenate_1_nx6'], w[0], w[1], 1)  # relu
         # two_heads.py:15  flat = layers.LSTM(5, activation='tanh')(per_step)
-        lstm_forward(b['lstm_1_nx1x5'], b['lstm_1_zs'], b['lstm_1_hp'], b['lstm_1_cp'], b['lstm_1_tc'], b['lstm_1_hc'], b['lstm_1_cc'], b['_e2'], b['lstm_1_rkt'], b['dense'],
+        lstm_forward(b['lstm_1_nx1x5'], b['lstm_1_zs'], b['lstm_1_hp'], b['lstm_1_cp'], b['lstm_1_tc'], b['lstm_1_hc'], b['lstm_1_cc'], b['lstm_1_rec'], b['lstm_1_rkt'], b['dense'],
                      w[5], w[6], w[7], 3, 2, False, False)
         # two_heads.py:16  both = layers.concatenate([summary, flat], axis=-1)
         concat_forward(b['concatenate_2'], b['lstm'], 0)
