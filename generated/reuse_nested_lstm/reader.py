@@ -673,15 +673,72 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
                 dtable[row, j] += xu[k, j]
 
 
+# Predict reads each step's projection from p = table @ kernel, computed a
+# row at a time as ids first need it: a row's sums are always the same
+# (k in order, no BLAS blocking), so predict gives the same bits whatever
+# else the batch or the cache holds. (BLAS rounds a row of a product
+# differently depending on the matrix around it: 1st and 2nd predicts of
+# one batch differed in the last bit when the cache held BLAS products.)
+
+
 @njit
-def lstm_project_table(p, table, kernel):
-    """p (V, G) = table (V, I) @ kernel (I, G): every row's projection."""
-    np.dot(table, kernel, p)
+def _lstm_project_row(p, r, table, kernel):
+    """p[r] = table[r] @ kernel, summed over k in order (vectorized across
+    the 4U outputs, no reduction reordered)."""
+    out = p[r]
+    x = table[r]
+    zero = out.dtype.type(0.0)
+    for j in range(out.shape[0]):
+        out[j] = zero
+    for k in range(x.shape[0]):
+        xk = x[k]
+        kr = kernel[k]
+        for j in range(out.shape[0]):
+            out[j] += xk * kr[j]
+
+
+@njit
+def _lstm_missing_rows(done, ids):
+    """The distinct ids whose row is not computed yet, marked done."""
+    rows = np.empty(ids.shape[0], np.int64)
+    n = 0
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if not done[r]:
+            done[r] = True
+            rows[n] = r
+            n += 1
+    return rows[:n]
+
+
+@njit
+def _lstm_project_rows_serial(p, rows, table, kernel):
+    for i in range(rows.shape[0]):
+        _lstm_project_row(p, rows[i], table, kernel)
+
+
+@njit(parallel=True)
+def _lstm_project_rows_parallel(p, rows, table, kernel):
+    for i in prange(rows.shape[0]):
+        _lstm_project_row(p, rows[i], table, kernel)
+
+
+def lstm_project_rows(p, done, ids, table, kernel):
+    """p[r] = table[r] @ kernel for every id r whose done[r] is False.
+
+    p    (V, G)  the projection cache     done (V,) bool: rows of p computed
+    ids  (n,)    ids in [0, V)            table (V, I)   kernel (I, G)
+    """
+    rows = _lstm_missing_rows(done, ids)
+    if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 64 * _LSTM_PARALLEL_MIN:
+        _lstm_project_rows_parallel(p, rows, table, kernel)
+    elif rows.shape[0]:
+        _lstm_project_rows_serial(p, rows, table, kernel)
 
 
 def lstm_projected_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, ids, proj, rkernel, bias,
                            act, ract, return_sequences, per_step):
-    """lstm_embedded_forward from proj = table @ kernel (lstm_project_table):
+    """lstm_embedded_forward from proj = table @ kernel (lstm_project_rows):
     a row lookup per step, no product; for forward passes without a
     backward pass (it fills no uniq/inv/xu for one)."""
     B, T, G = zs.shape
@@ -878,8 +935,7 @@ class _Runtime:
         self._init_optimizer()
         self.iterations = 0
         self._cache = {}
-        self._proj = {}  # (table, kernel) weight indices -> (weights version, table @ kernel)
-        self._proj_seen = {}  # (table, kernel) -> the weights version a forward pass last used
+        self._proj = {}  # (table, kernel) weight indices -> (weights version, table @ kernel, rows done)
         self._wversion = 0  # bumped by every write of the weights through the API
 
     # -- construction -------------------------------------------------------
@@ -992,26 +1048,24 @@ class _Runtime:
     def _accumulated_grads(self):
         return list(range(len(self._w)) if self._grads_zeroed is None else self._grads_zeroed)
 
-    def _projected(self, ti, ki, steps):
+    def _projected(self, ti, ki, ids):
         """table @ kernel of a fused Embedding -> LSTM, for a forward pass
         with no backward pass: each step's projection is then a row lookup
-        (predict at batch 1: 0.13 -> 0.05 ms on twitter.py). Kept until a
-        weight changes through this API (training, set_weights,
-        load_weights, ...). None, for the kernel that multiplies only the
-        batch's rows, while that is cheaper: fewer steps than table rows,
-        and the first forward pass since the weights changed (a predict
-        after every training step must not cost a whole-table product)."""
-        version, p = self._proj.get((ti, ki), (-1, None))
-        if version == self._wversion:
-            return p
+        (predict at batch 1: 0.13 -> 0.05 ms on twitter.py). Rows are
+        computed as ids first need them (lstm_project_rows: the same bits
+        whichever rows come with them) and kept until a weight changes
+        through this API (training, set_weights, load_weights, ...)."""
         table, kernel = self._w[ti], self._w[ki]
-        if steps < table.shape[0] and self._proj_seen.get((ti, ki)) != self._wversion:
-            self._proj_seen[(ti, ki)] = self._wversion
-            return None
-        if p is None:
-            p = np.empty((table.shape[0], kernel.shape[1]), self.dtype)
-        lstm_project_table(p, table, kernel)
-        self._proj[(ti, ki)] = (self._wversion, p)
+        entry = self._proj.get((ti, ki))
+        if entry is None:
+            entry = (-1, np.empty((table.shape[0], kernel.shape[1]), self.dtype),
+                     np.zeros(table.shape[0], np.bool_))
+        if entry[0] != self._wversion:
+            entry[2][:] = False
+            entry = (self._wversion, entry[1], entry[2])
+            self._proj[(ti, ki)] = entry
+        _version, p, done = entry
+        lstm_project_rows(p, done, ids, table, kernel)
         return p
 
     def _zero_grads(self):
@@ -1774,8 +1828,8 @@ class Model(_Runtime):
         b['input_layer_m'] = b['input_layer'].reshape(-1)  # view (-1,)
         # reuse_nested_lstm.py:12  t = Embedding(vocab, 3)(tokens)
         # reuse_nested_lstm.py:13  t = LSTM(3, return_sequences=True)(t)
-        proj = None if training else self._projected(0, 1, b['input_layer_m'].shape[0])
-        if proj is not None:
+        if not training:
+            proj = self._projected(0, 1, b['input_layer_m'])
             lstm_projected_forward(b['lstm'], b['lstm_zs'], b['lstm_hp'], b['lstm_cp'], b['lstm_tc'], b['lstm_hc'], b['lstm_cc'], b['lstm_rec'], b['lstm_rkt'],
                                    b['input_layer_m'], proj, w[2], w[3], 3, 2, True, False)
         else:

@@ -1463,8 +1463,7 @@ class _Runtime:
         self._init_optimizer()
         self.iterations = 0
         self._cache = {}
-        self._proj = {}  # (table, kernel) weight indices -> (weights version, table @ kernel)
-        self._proj_seen = {}  # (table, kernel) -> the weights version a forward pass last used
+        self._proj = {}  # (table, kernel) weight indices -> (weights version, table @ kernel, rows done)
         self._wversion = 0  # bumped by every write of the weights through the API
 
     # -- construction -------------------------------------------------------
@@ -1577,26 +1576,24 @@ class _Runtime:
     def _accumulated_grads(self):
         return list(range(len(self._w)) if self._grads_zeroed is None else self._grads_zeroed)
 
-    def _projected(self, ti, ki, steps):
+    def _projected(self, ti, ki, ids):
         """table @ kernel of a fused Embedding -> LSTM, for a forward pass
         with no backward pass: each step's projection is then a row lookup
-        (predict at batch 1: 0.13 -> 0.05 ms on twitter.py). Kept until a
-        weight changes through this API (training, set_weights,
-        load_weights, ...). None, for the kernel that multiplies only the
-        batch's rows, while that is cheaper: fewer steps than table rows,
-        and the first forward pass since the weights changed (a predict
-        after every training step must not cost a whole-table product)."""
-        version, p = self._proj.get((ti, ki), (-1, None))
-        if version == self._wversion:
-            return p
+        (predict at batch 1: 0.13 -> 0.05 ms on twitter.py). Rows are
+        computed as ids first need them (lstm_project_rows: the same bits
+        whichever rows come with them) and kept until a weight changes
+        through this API (training, set_weights, load_weights, ...)."""
         table, kernel = self._w[ti], self._w[ki]
-        if steps < table.shape[0] and self._proj_seen.get((ti, ki)) != self._wversion:
-            self._proj_seen[(ti, ki)] = self._wversion
-            return None
-        if p is None:
-            p = np.empty((table.shape[0], kernel.shape[1]), self.dtype)
-        lstm_project_table(p, table, kernel)
-        self._proj[(ti, ki)] = (self._wversion, p)
+        entry = self._proj.get((ti, ki))
+        if entry is None:
+            entry = (-1, np.empty((table.shape[0], kernel.shape[1]), self.dtype),
+                     np.zeros(table.shape[0], np.bool_))
+        if entry[0] != self._wversion:
+            entry[2][:] = False
+            entry = (self._wversion, entry[1], entry[2])
+            self._proj[(ti, ki)] = entry
+        _version, p, done = entry
+        lstm_project_rows(p, done, ids, table, kernel)
         return p
 
     def _zero_grads(self):

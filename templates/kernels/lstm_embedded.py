@@ -90,15 +90,72 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
                 dtable[row, j] += xu[k, j]
 
 
+# Predict reads each step's projection from p = table @ kernel, computed a
+# row at a time as ids first need it: a row's sums are always the same
+# (k in order, no BLAS blocking), so predict gives the same bits whatever
+# else the batch or the cache holds. (BLAS rounds a row of a product
+# differently depending on the matrix around it: 1st and 2nd predicts of
+# one batch differed in the last bit when the cache held BLAS products.)
+
+
 @njit
-def lstm_project_table(p, table, kernel):
-    """p (V, G) = table (V, I) @ kernel (I, G): every row's projection."""
-    np.dot(table, kernel, p)
+def _lstm_project_row(p, r, table, kernel):
+    """p[r] = table[r] @ kernel, summed over k in order (vectorized across
+    the 4U outputs, no reduction reordered)."""
+    out = p[r]
+    x = table[r]
+    zero = out.dtype.type(0.0)
+    for j in range(out.shape[0]):
+        out[j] = zero
+    for k in range(x.shape[0]):
+        xk = x[k]
+        kr = kernel[k]
+        for j in range(out.shape[0]):
+            out[j] += xk * kr[j]
+
+
+@njit
+def _lstm_missing_rows(done, ids):
+    """The distinct ids whose row is not computed yet, marked done."""
+    rows = np.empty(ids.shape[0], np.int64)
+    n = 0
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if not done[r]:
+            done[r] = True
+            rows[n] = r
+            n += 1
+    return rows[:n]
+
+
+@njit
+def _lstm_project_rows_serial(p, rows, table, kernel):
+    for i in range(rows.shape[0]):
+        _lstm_project_row(p, rows[i], table, kernel)
+
+
+@njit(parallel=True)
+def _lstm_project_rows_parallel(p, rows, table, kernel):
+    for i in prange(rows.shape[0]):
+        _lstm_project_row(p, rows[i], table, kernel)
+
+
+def lstm_project_rows(p, done, ids, table, kernel):
+    """p[r] = table[r] @ kernel for every id r whose done[r] is False.
+
+    p    (V, G)  the projection cache     done (V,) bool: rows of p computed
+    ids  (n,)    ids in [0, V)            table (V, I)   kernel (I, G)
+    """
+    rows = _lstm_missing_rows(done, ids)
+    if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 64 * _LSTM_PARALLEL_MIN:
+        _lstm_project_rows_parallel(p, rows, table, kernel)
+    elif rows.shape[0]:
+        _lstm_project_rows_serial(p, rows, table, kernel)
 
 
 def lstm_projected_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, ids, proj, rkernel, bias,
                            act, ract, return_sequences, per_step):
-    """lstm_embedded_forward from proj = table @ kernel (lstm_project_table):
+    """lstm_embedded_forward from proj = table @ kernel (lstm_project_rows):
     a row lookup per step, no product; for forward passes without a
     backward pass (it fills no uniq/inv/xu for one)."""
     B, T, G = zs.shape
