@@ -2132,7 +2132,7 @@ class _Runtime:
         for k, (name, shape, loss, weight, _acc) in enumerate(self._outputs):
             y2, t2 = self._flat2(outs[k], ts[k])
             _LOSS_KERNELS[loss][0](b.loss[k], y2, t2)
-            value = float(b.loss[k].mean())
+            value = float(b.loss[k].sum()) / b.loss[k].size  # ndarray.mean costs 3 us, sum 1 us
             total += weight * value
             if not single:
                 logs[f"{name}_loss"] = value
@@ -2153,7 +2153,7 @@ class _Runtime:
         if kind == "binary" and t2.ndim == 1:  # int targets on a 1-unit output
             return float(np.mean((y2[:, 0] > 0.5) == (t2 == 1)))
         _ACCURACY_KERNELS[kind](buf, y2, t2)
-        return float(buf.mean())
+        return float(buf.sum()) / buf.size
 
     def _gradients(self, b, outs, ts, gathered=False):
         """d total / d outputs into b.douts, then the model's backward pass
