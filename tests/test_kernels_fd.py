@@ -147,21 +147,27 @@ def test_dense_backward_fd(use_bias, mode, wmode, act):
 
 
 @pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
-def test_dense_parallel_path(act):
+def test_dense_parallel_path(act, monkeypatch):
     """The parallel kernels (blocks of rows, the last one partial) give the
-    same numbers as the serial ones, and the entry points take them where
-    _activation_parallel says so."""
+    same numbers as the serial ones; the entry points take them only for
+    the exp-based activations of big outputs."""
     r = rng(44)
     n, i, o = 301, 20, 256
-    assert K._activation_parallel(n * o, act) == (act in (SIGMOID, TANH, SOFTMAX))
+    assert n * o >= K._ACTIVATION_PARALLEL_MIN
     x, w, b = r.standard_normal((n, i)), 0.3 * r.standard_normal((i, o)), r.standard_normal(o)
     y, y_ref = np.empty((n, o)), np.empty((n, o))
-    K._dense_forward_parallel(y, x, w, b, act)
+    par = K._dense_forward_parallel
+    par(y, x, w, b, act)
     K._dense_forward_serial(y_ref, x, w, b, act)
     np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-15)
     y2 = np.empty((n, o))
+    calls = []
+    monkeypatch.setattr(K, "_dense_forward_parallel", lambda *a: calls.append(a) or par(*a))
     K.dense_forward(y2, x, w, b, act)
+    assert len(calls) == (act in (SIGMOID, TANH, SOFTMAX))
     np.testing.assert_allclose(y2, y_ref, rtol=1e-13, atol=1e-15)
+    K.dense_forward(y2[:8], x[:8], w, b, act)  # small: serial
+    assert len(calls) == (act in (SIGMOID, TANH, SOFTMAX))
     D = r.standard_normal((n, o))
     got = [np.empty((n, i)), np.empty((i, o)), np.empty(o)]
     want = [np.empty((n, i)), np.empty((i, o)), np.empty(o)]

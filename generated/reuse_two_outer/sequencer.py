@@ -249,14 +249,10 @@ def _activation_backward_parallel(dz, dy, y, act, mode):
         _activation_backward_rows(dz, dy, y, i * blk, min(n, i * blk + blk), act, mode)
 
 
-def _activation_parallel(size, act):
-    """Whether an activation over `size` elements is worth waking threads."""
-    return 2 <= act <= 4 and size >= _ACTIVATION_PARALLEL_MIN
-
-
 # The entry points choose serial or parallel in Python, so a model whose
 # arrays are all small never compiles the parallel kernels (each costs
-# about a second of numba compilation on the first run).
+# about a second of numba compilation on the first run). The test is
+# inline, not a helper call: predict at batch 1 is mostly calls.
 
 def activation_forward(y, z, act):
     """y = act(z).
@@ -264,7 +260,7 @@ def activation_forward(y, z, act):
     y (n, c)  output (may alias z)
     z (n, c)  pre-activation
     """
-    if not _activation_parallel(z.size, act):
+    if z.size < _ACTIVATION_PARALLEL_MIN or not 2 <= act <= 4:
         _activation_forward_serial(y, z, act)
     else:
         _activation_forward_parallel(y, z, act)
@@ -280,7 +276,7 @@ def activation_backward(dz, dy, y, act, mode):
     """
     if mode == 0:
         return
-    if not _activation_parallel(y.size, act):
+    if y.size < _ACTIVATION_PARALLEL_MIN or not 2 <= act <= 4:
         _activation_backward_serial(dz, dy, y, act, mode)
     else:
         _activation_backward_parallel(dz, dy, y, act, mode)
@@ -295,7 +291,7 @@ def activation_backward(dz, dy, y, act, mode):
 # the size of the result; lower.py lets the first contribution to a
 # gradient overwrite it instead, so nothing zeroes it first either.
 # The epilogue (bias, activation) runs over blocks of rows in parallel only
-# where the activation would (_activation_parallel).
+# where the activation would (activation_forward).
 
 
 @njit
@@ -374,7 +370,7 @@ def dense_forward(z, x, kernel, bias, act):
     bias   (o,) or (0,) when use_bias=False
     act    activation code (0 linear)
     """
-    if not _activation_parallel(z.size, act):
+    if z.size < _ACTIVATION_PARALLEL_MIN or not 2 <= act <= 4:
         _dense_forward_serial(z, x, kernel, bias, act)
     else:
         _dense_forward_parallel(z, x, kernel, bias, act)
@@ -392,7 +388,7 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     x       (n, i)  forward input
     kernel  (i, o)
     """
-    if not _activation_parallel(y.size, act):
+    if y.size < _ACTIVATION_PARALLEL_MIN or not 2 <= act <= 4:
         _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
     else:
         _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)

@@ -172,14 +172,10 @@ def _activation_backward_parallel(dz, dy, y, act, mode):
         _activation_backward_rows(dz, dy, y, i * blk, min(n, i * blk + blk), act, mode)
 
 
-def _activation_parallel(size, act):
-    """Whether an activation over `size` elements is worth waking threads."""
-    return 2 <= act <= 4 and size >= _ACTIVATION_PARALLEL_MIN
-
-
 # The entry points choose serial or parallel in Python, so a model whose
 # arrays are all small never compiles the parallel kernels (each costs
-# about a second of numba compilation on the first run).
+# about a second of numba compilation on the first run). The test is
+# inline, not a helper call: predict at batch 1 is mostly calls.
 
 def activation_forward(y, z, act):
     """y = act(z).
@@ -187,7 +183,7 @@ def activation_forward(y, z, act):
     y (n, c)  output (may alias z)
     z (n, c)  pre-activation
     """
-    if not _activation_parallel(z.size, act):
+    if z.size < _ACTIVATION_PARALLEL_MIN or not 2 <= act <= 4:
         _activation_forward_serial(y, z, act)
     else:
         _activation_forward_parallel(y, z, act)
@@ -203,7 +199,7 @@ def activation_backward(dz, dy, y, act, mode):
     """
     if mode == 0:
         return
-    if not _activation_parallel(y.size, act):
+    if y.size < _ACTIVATION_PARALLEL_MIN or not 2 <= act <= 4:
         _activation_backward_serial(dz, dy, y, act, mode)
     else:
         _activation_backward_parallel(dz, dy, y, act, mode)

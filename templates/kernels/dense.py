@@ -8,7 +8,7 @@
 # the size of the result; lower.py lets the first contribution to a
 # gradient overwrite it instead, so nothing zeroes it first either.
 # The epilogue (bias, activation) runs over blocks of rows in parallel only
-# where the activation would (_activation_parallel).
+# where the activation would (activation_forward).
 
 
 @njit
@@ -87,7 +87,7 @@ def dense_forward(z, x, kernel, bias, act):
     bias   (o,) or (0,) when use_bias=False
     act    activation code (0 linear)
     """
-    if not _activation_parallel(z.size, act):
+    if z.size < _ACTIVATION_PARALLEL_MIN or not 2 <= act <= 4:
         _dense_forward_serial(z, x, kernel, bias, act)
     else:
         _dense_forward_parallel(z, x, kernel, bias, act)
@@ -105,7 +105,7 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     x       (n, i)  forward input
     kernel  (i, o)
     """
-    if not _activation_parallel(y.size, act):
+    if y.size < _ACTIVATION_PARALLEL_MIN or not 2 <= act <= 4:
         _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
     else:
         _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
