@@ -153,76 +153,53 @@ def _activation_forward_rows(y, z, r0, r1, act):
 
 
 @njit
-def _activation_grad_rows(dz, dy, y, r0, r1, act):
-    """Rows r0:r1 of dz = dy * act'(z), from the output y; dz may alias dy.
-    act' through y: relu (y > 0), sigmoid y (1 - y), tanh 1 - y^2; softmax
-    y * (dy - <dy, y>), the dot taken before the row is written."""
-    c = y.shape[1]
-    one = y.dtype.type(1.0)
-    zero = one - one
-    if act == 1:
-        for r in range(r0, r1):
-            for j in range(c):
-                dz[r, j] = dy[r, j] if y[r, j] > zero else zero
-    elif act == 2:
-        for r in range(r0, r1):
-            for j in range(c):
-                dz[r, j] = dy[r, j] * (y[r, j] * (one - y[r, j]))
-    elif act == 3:
-        for r in range(r0, r1):
-            for j in range(c):
-                dz[r, j] = dy[r, j] * (one - y[r, j] * y[r, j])
-    elif act == 4:
-        for r in range(r0, r1):
-            s = zero
-            for j in range(c):
-                s += dy[r, j] * y[r, j]
-            for j in range(c):
-                dz[r, j] = y[r, j] * (dy[r, j] - s)
-    else:
-        for r in range(r0, r1):
-            for j in range(c):
-                dz[r, j] = dy[r, j]
-
-
-@njit
-def _activation_grad_add_rows(dz, dy, y, r0, r1, act):
-    """Rows r0:r1 of dz += dy * act'(z) (see _activation_grad_rows)."""
-    c = y.shape[1]
-    one = y.dtype.type(1.0)
-    zero = one - one
-    if act == 1:
-        for r in range(r0, r1):
-            for j in range(c):
-                dz[r, j] += dy[r, j] if y[r, j] > zero else zero
-    elif act == 2:
-        for r in range(r0, r1):
-            for j in range(c):
-                dz[r, j] += dy[r, j] * (y[r, j] * (one - y[r, j]))
-    elif act == 3:
-        for r in range(r0, r1):
-            for j in range(c):
-                dz[r, j] += dy[r, j] * (one - y[r, j] * y[r, j])
-    elif act == 4:
-        for r in range(r0, r1):
-            s = zero
-            for j in range(c):
-                s += dy[r, j] * y[r, j]
-            for j in range(c):
-                dz[r, j] += y[r, j] * (dy[r, j] - s)
-    else:
-        for r in range(r0, r1):
-            for j in range(c):
-                dz[r, j] += dy[r, j]
-
-
-@njit
 def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
-    """Rows r0:r1 of activation_backward (mode 1 overwrite, 2 accumulate)."""
-    if mode == 1:
-        _activation_grad_rows(dz, dy, y, r0, r1, act)
-    else:
-        _activation_grad_add_rows(dz, dy, y, r0, r1, act)
+    """Rows r0:r1 of dz (mode 1 =, 2 +=) dy * act'(z), from the output y; dz
+    may alias dy in mode 1 (softmax takes its row's dot product before it
+    writes the row). The mode test in the loops is loop-invariant: the
+    compiler moves it out (measured as fast as one loop per mode)."""
+    c = y.shape[1]
+    one = y.dtype.type(1.0)
+    zero = one - one
+    for r in range(r0, r1):
+        s = zero
+        if act == 4:
+            for j in range(c):
+                s += dy[r, j] * y[r, j]
+        if act == 1:
+            for j in range(c):
+                g = dy[r, j] if y[r, j] > zero else zero
+                if mode == 1:
+                    dz[r, j] = g
+                else:
+                    dz[r, j] += g
+        elif act == 2:
+            for j in range(c):
+                g = dy[r, j] * (y[r, j] * (one - y[r, j]))
+                if mode == 1:
+                    dz[r, j] = g
+                else:
+                    dz[r, j] += g
+        elif act == 3:
+            for j in range(c):
+                g = dy[r, j] * (one - y[r, j] * y[r, j])
+                if mode == 1:
+                    dz[r, j] = g
+                else:
+                    dz[r, j] += g
+        elif act == 4:
+            for j in range(c):
+                g = y[r, j] * (dy[r, j] - s)
+                if mode == 1:
+                    dz[r, j] = g
+                else:
+                    dz[r, j] += g
+        else:
+            for j in range(c):
+                if mode == 1:
+                    dz[r, j] = dy[r, j]
+                else:
+                    dz[r, j] += dy[r, j]
 
 
 @njit
@@ -346,7 +323,7 @@ def _dense_input_grad(dx, dz, kernel, mode):
 @njit
 def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        _activation_grad_rows(dz, dz, y, 0, dz.shape[0], act)
+        _activation_backward_rows(dz, dz, y, 0, dz.shape[0], act, 1)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -356,7 +333,7 @@ def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wm
     if act != 0:
         n, blk = dz.shape[0], _ACTIVATION_BLOCK
         for i in prange((n + blk - 1) // blk):
-            _activation_grad_rows(dz, dz, y, i * blk, min(n, i * blk + blk), act)
+            _activation_backward_rows(dz, dz, y, i * blk, min(n, i * blk + blk), act, 1)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -1048,7 +1025,9 @@ def lstm_project_rows(p, done, ids, table, kernel):
     ids  (n,)    ids in [0, V)            table (V, I)   kernel (I, G)
     """
     rows = _lstm_missing_rows(done, ids)
-    if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 64 * _LSTM_PARALLEL_MIN:
+    # threads from 2^23 multiply-adds (128 of twitter's rows, ~150 us on one
+    # core): below, waking them (~40 us) costs more than it saves
+    if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23:
         _lstm_project_rows_parallel(p, rows, table, kernel)
     elif rows.shape[0]:
         _lstm_project_rows_serial(p, rows, table, kernel)

@@ -63,7 +63,7 @@ def _dense_input_grad(dx, dz, kernel, mode):
 @njit
 def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        _activation_grad_rows(dz, dz, y, 0, dz.shape[0], act)
+        _activation_backward_rows(dz, dz, y, 0, dz.shape[0], act, 1)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -73,7 +73,7 @@ def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wm
     if act != 0:
         n, blk = dz.shape[0], _ACTIVATION_BLOCK
         for i in prange((n + blk - 1) // blk):
-            _activation_grad_rows(dz, dz, y, i * blk, min(n, i * blk + blk), act)
+            _activation_backward_rows(dz, dz, y, i * blk, min(n, i * blk + blk), act, 1)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 

@@ -147,7 +147,9 @@ def lstm_project_rows(p, done, ids, table, kernel):
     ids  (n,)    ids in [0, V)            table (V, I)   kernel (I, G)
     """
     rows = _lstm_missing_rows(done, ids)
-    if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 64 * _LSTM_PARALLEL_MIN:
+    # threads from 2^23 multiply-adds (128 of twitter's rows, ~150 us on one
+    # core): below, waking them (~40 us) costs more than it saves
+    if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23:
         _lstm_project_rows_parallel(p, rows, table, kernel)
     elif rows.shape[0]:
         _lstm_project_rows_serial(p, rows, table, kernel)
