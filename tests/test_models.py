@@ -228,6 +228,26 @@ def test_predict_projection_cache_follows_the_weights():
         np.testing.assert_allclose(a, o, rtol=1e-6, atol=1e-7)
 
 
+def test_predict_projection_cache_survives_an_interrupt(monkeypatch):
+    """Rows are marked computed before the kernel fills them: an interrupt
+    in between must unmark them, or later predicts read garbage."""
+    mod = generated("twitter", "model")
+    xs, _ = random_data(mod.Model, 4, np.random.default_rng(5), np.float32)
+    want = mod.Model(seed=0).predict(xs)
+    m = mod.Model(seed=0)
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(mod, "_lstm_project_rows_serial", interrupted)
+        mp.setattr(mod, "_lstm_project_rows_parallel", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            m.predict(xs)
+    for a, b in zip(m.predict(xs), want):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("gathered", [True, False], ids=["training-step", "compute-gradients"])
 def test_table_row_gradients_checked_where_they_are(gathered):
     """A training step leaves the table rows' gradients in the fused kernel's

@@ -1025,12 +1025,18 @@ def lstm_project_rows(p, done, ids, table, kernel):
     ids  (n,)    ids in [0, V)            table (V, I)   kernel (I, G)
     """
     rows = _lstm_missing_rows(done, ids)
-    # threads from 2^23 multiply-adds (128 of twitter's rows, ~150 us on one
-    # core): below, waking them (~40 us) costs more than it saves
-    if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23:
-        _lstm_project_rows_parallel(p, rows, table, kernel)
-    elif rows.shape[0]:
-        _lstm_project_rows_serial(p, rows, table, kernel)
+    if not rows.shape[0]:
+        return
+    try:
+        # threads from 2^23 multiply-adds (128 of twitter's rows, ~150 us on
+        # one core): below, waking them (~40 us) costs more than it saves
+        if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23:
+            _lstm_project_rows_parallel(p, rows, table, kernel)
+        else:
+            _lstm_project_rows_serial(p, rows, table, kernel)
+    except BaseException:  # interrupted: these rows were marked done but not computed
+        done[rows] = False
+        raise
 
 
 def lstm_projected_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, ids, proj, rkernel, bias,
