@@ -1753,7 +1753,7 @@ class _Runtime:
         self._init_optimizer()
         self.iterations = 0
         self._cache = {}
-        self._proj = {}  # (table, kernel) weight indices -> (weights version, table @ kernel, rows done)
+        self._proj = {}  # (table, kernel) weight indices -> [weights version, table @ kernel, rows done]
         self._wversion = 0  # bumped by every write of the weights through the API
 
     # -- construction -------------------------------------------------------
@@ -1876,15 +1876,13 @@ class _Runtime:
         table, kernel = self._w[ti], self._w[ki]
         entry = self._proj.get((ti, ki))
         if entry is None:
-            entry = (-1, np.empty((table.shape[0], kernel.shape[1]), self.dtype),
-                     np.zeros(table.shape[0], np.bool_))
-        if entry[0] != self._wversion:
+            entry = self._proj[(ti, ki)] = [-1, np.empty((table.shape[0], kernel.shape[1]), self.dtype),
+                                            np.zeros(table.shape[0], np.bool_)]
+        if entry[0] != self._wversion:  # rows of older weights: none counts as computed
+            entry[0] = self._wversion
             entry[2][:] = False
-            entry = (self._wversion, entry[1], entry[2])
-            self._proj[(ti, ki)] = entry
-        _version, p, done = entry
-        lstm_project_rows(p, done, ids, table, kernel)
-        return p
+        lstm_project_rows(entry[1], entry[2], ids, table, kernel)
+        return entry[1]
 
     def _zero_grads(self):
         """Zero the gradients the backward pass adds to rather than overwrites
