@@ -243,7 +243,7 @@ def test_tanh_relative_accuracy(dtype):
 
 
 @pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
-def test_activation_parallel_path(act):
+def test_activation_parallel_path(act, monkeypatch):
     # the parallel kernels (blocks of rows, the last one partial) against the formulas
     r = rng(40)
     z = away_from_zero(r.standard_normal((301, 128)))
@@ -262,6 +262,18 @@ def test_activation_parallel_path(act):
     np.testing.assert_allclose(dz - dz0, ref, rtol=1e-9, atol=1e-12)
     K._activation_backward_parallel(dz, dy, y, act, 1)
     np.testing.assert_allclose(dz, ref, rtol=1e-12, atol=1e-14)
+    # the entry points take these kernels only for exp-based codes of big arrays
+    z2 = away_from_zero(r.standard_normal((512, 128)))
+    assert z2.size >= K._ACTIVATION_PARALLEL_MIN
+    calls = []
+    for name in ("_activation_forward_parallel", "_activation_backward_parallel"):
+        kern = getattr(K, name)
+        monkeypatch.setattr(K, name, lambda *a, kern=kern: calls.append(a) or kern(*a))
+    y2 = np.empty_like(z2)
+    K.activation_forward(y2, z2, act)
+    K.activation_backward(np.empty_like(z2), z2, y2, act, 1)
+    K.activation_forward(y2[:8], z2[:8], act)  # small: serial
+    assert len(calls) == (2 if act in (SIGMOID, TANH, SOFTMAX) else 0)
 
 
 # -------------------------------------------------------------- embedding
