@@ -124,6 +124,34 @@ def test_generated_module_needs_only_numpy_numba_scipy(tmp_path):
     assert third == "-", f"the generated module imported more than numpy + numba + scipy: {third}"
 
 
+LEAN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    import model
+    m = model.Model(seed=0)
+    x = np.random.default_rng(0).normal(size=(8, 784)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[np.arange(8) % 10]
+    m.train_on_batch(x, y)
+    p = m.predict(x)
+    print("scipy.linalg" in sys.modules, type(sys.modules["scipy.linalg.cython_blas"].__pyx_capi__).__name__)
+    import scipy.linalg
+    from scipy.linalg import cython_blas
+    print(cython_blas is sys.modules["scipy.linalg.cython_blas"], scipy.linalg.solve(np.eye(2), np.ones(2)).tolist(),
+          np.allclose(p, m.predict(x)))
+""")
+
+
+def test_generated_module_loads_blas_without_scipy_linalg(tmp_path):
+    """numba's BLAS comes from scipy.linalg.cython_blas alone (scipy.linalg
+    would add 14 MB of resident memory); scipy.linalg imports normally later."""
+    shutil.copy(GENERATED / "mlp" / "model.py", tmp_path / "model.py")
+    r = subprocess.run([sys.executable, "-c", LEAN, str(tmp_path)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["False dict", "True [1.0, 1.0] True"]
+
+
 @pytest.mark.parametrize("optimizer", [None, ("sgd", {"learning_rate": 0.05})], ids=["rmsprop", "sgd"])
 def test_sparse_embedding_update_equals_dense(optimizer, monkeypatch):
     """twitter (RMSprop) updates only the embedding rows a batch used, with
