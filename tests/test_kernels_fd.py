@@ -402,6 +402,49 @@ def test_lstm_forward(act, ract, rs, use_bias, per_step, monkeypatch):
     np.testing.assert_allclose(hp[:, -1], ref_seq[:, -2], rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("U", [3, 37])
+def test_lstm_cell_forward_default_activations_bit_equal(U):
+    """The float32 cell for Keras's default (tanh, sigmoid) is a shortcut
+    through fewer passes; it gives the bits of the general passes, done here
+    one by one with their own kernels and numpy's float32 arithmetic."""
+    r = rng(12)
+    z = (3 * r.standard_normal(4 * U)).astype(F32)
+    h0, c0 = r.standard_normal(U).astype(F32), (2 * r.standard_normal(U)).astype(F32)
+    ref = z.copy()
+    K._lstm_act(ref, 0, 2 * U, SIGMOID)
+    K._lstm_act(ref, 2 * U, 3 * U, TANH)
+    K._lstm_act(ref, 3 * U, 4 * U, SIGMOID)
+    c_ref = ref[U:2 * U] * c0 + ref[:U] * ref[2 * U:3 * U]
+    a_ref = c_ref.copy()
+    K._lstm_act(a_ref, 0, U, TANH)
+    h, c, hp, cp, a = h0.copy(), c0.copy(), np.full(U, np.nan, F32), np.full(U, np.nan, F32), np.full(U, np.nan, F32)
+    K._lstm_cell_forward(z, h, c, hp, cp, a, TANH, SIGMOID)
+    for got, want in ((z, ref), (c, c_ref), (a, a_ref), (h, ref[3 * U:] * a_ref), (hp, h0), (cp, c0)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("U", [3, 37])
+def test_lstm_cell_backward_default_activations_bit_equal(U, dtype):
+    """The one-pass backward cell for (tanh, sigmoid) gives the bits of the
+    general passes: the derivative kernels, then the chain rule as written."""
+    r = rng(13)
+    z = np.concatenate([r.uniform(0, 1, 2 * U), r.uniform(-1, 1, U), r.uniform(0, 1, U)]).astype(dtype)
+    a, cp = r.uniform(-1, 1, U).astype(dtype), r.standard_normal(U).astype(dtype)
+    gh0, gc0 = r.standard_normal(U).astype(dtype), r.standard_normal(U).astype(dtype)
+    d, da = np.empty(4 * U, dtype), np.empty(U, dtype)
+    for j0, j1, code in ((0, 2 * U, SIGMOID), (2 * U, 3 * U, TANH), (3 * U, 4 * U, SIGMOID)):
+        K._lstm_deriv_segment(d, z, j0, j1, code)
+    K._lstm_deriv_segment(da, a, 0, U, TANH)
+    g = gc0 + gh0 * z[3 * U:] * da
+    want = np.concatenate([d[:U] * (g * z[2 * U:3 * U]), d[U:2 * U] * (g * cp),
+                           d[2 * U:3 * U] * (g * z[:U]), d[3 * U:] * (gh0 * a)])
+    dz, gc = np.full(4 * U, np.nan, dtype), gc0.copy()
+    K._lstm_cell_backward(dz, gh0.copy(), gc, np.empty(U, dtype), z, cp, a, TANH, SIGMOID)
+    np.testing.assert_array_equal(dz, want)
+    np.testing.assert_array_equal(gc, g * z[U:2 * U])
+
+
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("rs", [True, False])
 def test_lstm_forward_without_caches(rs, per_step, monkeypatch):
