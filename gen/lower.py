@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 
 from . import __version__, catalog
@@ -23,6 +24,9 @@ LSTM_ROWS_MAX_UNITS = 64
 # Layers whose backward kernel can overwrite its weights' gradients (wmode 1)
 # rather than add to them; the others' gradients are zeroed before each pass.
 _OVERWRITES_GRADS = {"Dense", "LSTM"}
+# Forward kernels callable one after another from one compiled function: a
+# model made only of these layers gets _forward_small (see SmallForward).
+_SMALL_KINDS = {"Dense", "Activation", "Embedding", "Concatenate"}
 _KIND_KERNELS = {"Dense": ("activation", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
                  "LSTM": ("lstm",), "Concatenate": ("concat",)}
 
@@ -42,6 +46,20 @@ class Step:
 
 
 @dataclass
+class SmallForward:
+    """The whole forward pass as one compiled function of the layers' serial
+    kernels, for batches too small for any parallel kernel: one numba
+    dispatch instead of one per layer (mlp predict at batch 1: ~5.6 -> 4.8 us).
+    Bit-identical to the per-layer path, whose entry points pick the same
+    serial kernels at these sizes."""
+    params: list[str]   # the function's parameters, e.g. "b_dense", "w0"
+    args: list[str]     # what the call passes for each, e.g. "b['dense']", "w[0]"
+    steps: list[Step]   # kind "SmallCall": f["calls"] = [(kernel, args, comment)]
+    test: str           # when the call site takes it: n times the largest Dense /
+                        # Activation output per sample below the parallel size; "" always
+
+
+@dataclass
 class ModulePlan:
     module: str
     header: str
@@ -55,6 +73,7 @@ class ModulePlan:
     bind_inputs: list[Buffer]           # forward prologue: inputs and their views
     bind_outputs: list[Buffer]          # backward prologue: output gradients and their views
     returns: list[str]
+    small: SmallForward | None
 
 
 def comment_text(text: str) -> str:
@@ -227,14 +246,47 @@ class _Lowering:
         self.grads_zeroed = tuple(i for i in range(len(self.g.params)) if i not in written)
         return fwd, bwd
 
+    def small_forward(self, fwd: list[Step]) -> SmallForward | None:
+        """_forward_small for a model whose every forward step has a serial kernel."""
+        if not fwd or any(s.kind not in _SMALL_KINDS for s in fwd):
+            return None
+        names: dict[str, str] = {}
+
+        def param(expr: str) -> str:
+            if expr not in names:
+                m = re.fullmatch(r"b\['(\w+)'\]|w\[(\d+)\]", expr)
+                names[expr] = f"b_{m.group(1)}" if m.group(1) else f"w{m.group(2)}"
+            return names[expr]
+
+        steps, width = [], 0
+        for s in fwd:
+            f = s.f
+            if s.kind == "Dense":
+                calls = [("_dense_forward_serial", [f["y"], f["x"], f["kernel"], f["bias"]], f["act"], f["act_name"])]
+            elif s.kind == "Activation":
+                calls = [("_activation_forward_serial", [f["y"], f["x"]], f["act"], f["act_name"])]
+            elif s.kind == "Embedding":
+                calls = [("embedding_forward", [f["y"], f["ids"], f["table"]], None, "")]
+            else:
+                calls = [("concat_forward", [f["y"], x], off, "") for x, off in f["parts"]]
+            if s.kind in ("Dense", "Activation"):
+                width = max(width, f["size"])
+            steps.append(Step("SmallCall", s.where, {"calls": [
+                (k, ", ".join([param(a) for a in args] + ([] if c is None else [str(c)])), note)
+                for k, args, c, note in calls]}))
+        test = f"xs[0].shape[0] * {width} < _ACTIVATION_PARALLEL_MIN" if width else ""
+        return SmallForward(list(names.values()), list(names), steps, test)
+
     def forward(self, node: Node) -> Step:
         cls, cfg, t = node.layer.cls, node.layer.kind.cfg, node.outputs[0]
         f: dict = {"layer": node.layer.name}
         if cls == "Dense":
             f.update(y=self.flat(t), x=self.flat(node.inputs[0]), kernel=self.weight(node, "kernel"),
-                     bias=self.weight(node, "bias"), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"])
+                     bias=self.weight(node, "bias"), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"],
+                     size=t.bmul * math.prod(t.shape[1:]))
         elif cls == "Activation":
-            f.update(y=self.flat(t), x=self.flat(node.inputs[0]), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"])
+            f.update(y=self.flat(t), x=self.flat(node.inputs[0]), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"],
+                     size=t.bmul * math.prod(t.shape[1:]))
         elif cls == "Embedding":
             x = node.inputs[0]
             f.update(y=self.value(t, (None, t.shape[-1])), ids=self.value(x, (-1,)), table=self.weight(node, "embeddings"))
@@ -414,4 +466,4 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     nf = low.n_forward_buffers
     return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables,
                       low.buffers[:nf], low.buffers[nf:], fwd, bwd,
-                      low.bind_inputs, low.bind_outputs, low.returns)
+                      low.bind_inputs, low.bind_outputs, low.returns, low.small_forward(fwd))

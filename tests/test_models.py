@@ -1,6 +1,8 @@
 """Whole generated models: float64 finite differences of the full backward
 pass, training that learns, and a module that runs with numpy + numba only."""
+import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,6 +124,51 @@ def test_generated_module_needs_only_numpy_numba_scipy(tmp_path):
     ok, third = r.stdout.strip().splitlines()
     assert ok == "True (8, 10)"
     assert third == "-", f"the generated module imported more than numpy + numba + scipy: {third}"
+
+
+SMALL = [(e, m) for e, m in all_generated() if "\ndef _forward_small(" in (GENERATED / e / f"{m}.py").read_text()]
+
+
+def test_small_forward_only_where_every_layer_has_a_serial_kernel():
+    with_lstm = {(e, m) for e, m in all_generated() if "lstm_forward(" in (GENERATED / e / f"{m}.py").read_text()}
+    assert ("mlp", "model") in SMALL and len(SMALL) >= 10
+    assert with_lstm and not with_lstm & set(SMALL)
+
+
+@pytest.mark.parametrize("example,model", SMALL)
+def test_small_forward_is_the_per_layer_forward(example, model, monkeypatch):
+    """Small batches run the forward pass as one compiled call; it gives the
+    bits of the per-layer path (predict and training), and batches big enough
+    for a parallel kernel take the per-layer path."""
+    mod = generated(example, model)
+    calls = []
+    fused = mod._forward_small
+    monkeypatch.setattr(mod, "_forward_small", lambda *a: calls.append(1) or fused(*a))
+    one, per_layer = mod.Model(seed=3), mod.Model(seed=3)
+    per_layer._fuse_small = False
+    rng = np.random.default_rng(0)
+    for n in (1, 7):
+        xs, ys = random_data(mod.Model, n, rng)
+        got = one.predict(xs)
+        assert len(calls) == 1
+        calls.clear()
+        for a, b in zip(*(([o] if isinstance(o, np.ndarray) else o) for o in (got, per_layer.predict(xs)))):
+            np.testing.assert_array_equal(a, b)
+        if one._opt_kernel is not None:
+            one.train_on_batch(xs, ys)
+            per_layer.train_on_batch(xs, ys)
+            assert calls
+            calls.clear()
+            for a, b in zip(one.get_weights(), per_layer.get_weights()):
+                np.testing.assert_array_equal(a, b)
+    width = int(re.search(r"xs\[0\]\.shape\[0\] \* (\d+) < _ACTIVATION_PARALLEL_MIN", inspect.getsource(mod.Model._forward)).group(1))
+    big = -(-mod._ACTIVATION_PARALLEL_MIN // width)  # the first batch size with a parallel-sized output
+    xs, _ = random_data(mod.Model, big, rng)
+    one.predict(xs, batch_size=big)
+    assert not calls
+    xs, _ = random_data(mod.Model, big - 1, rng)
+    one.predict(xs, batch_size=big)
+    assert calls
 
 
 LEAN = textwrap.dedent("""

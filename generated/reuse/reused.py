@@ -535,6 +535,9 @@ class _Runtime:
     _optimizer = ("rmsprop", {})
     _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
+    # small batches of a model with _forward_small run its forward pass as one
+    # compiled call; benchmark() turns it off to time each layer's kernel
+    _fuse_small = True
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
         self.dtype = np.dtype(dtype)
@@ -1291,6 +1294,7 @@ class _Runtime:
         per_kernel = {}
         module = globals()
         try:
+            self._fuse_small = False
             module.update({k: timed(k, v) for k, v in kernels.items()})
             for i in range(warmup + steps):
                 spent.clear()
@@ -1313,6 +1317,7 @@ class _Runtime:
                         per_kernel.setdefault(name, []).append(v)
         finally:
             module.update(kernels)
+            del self._fuse_small
         ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
                 "kernels_ms": {k: 1e3 * float(np.median(v))
@@ -1389,6 +1394,18 @@ _LOSS_KERNELS = {}
 _OPTIMIZER_KERNELS = {}
 
 
+@njit
+def _forward_small(b_dense, b_input_layer_1, w0, w1, b_dense_1, w2, w3, b_dense_2, w4, w5):
+    """The forward pass as one compiled call of every layer's serial kernel,
+    for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    # reuse.py:7  x = Dense(64, activation='relu')(inputs)  (via reuse.py:14  y = model(x))
+    _dense_forward_serial(b_dense, b_input_layer_1, w0, w1, 1)  # relu
+    # reuse.py:8  x = Dense(64, activation='relu')(x)  (via reuse.py:14  y = model(x))
+    _dense_forward_serial(b_dense_1, b_dense, w2, w3, 1)  # relu
+    # reuse.py:9  predictions = Dense(10, activation='softmax')(x)  (via reuse.py:14  y = model(x))
+    _dense_forward_serial(b_dense_2, b_dense_1, w4, w5, 4)  # softmax
+
+
 class Model(_Runtime):
     """reused: the layers of the model file, in Keras order."""
 
@@ -1427,6 +1444,9 @@ class Model(_Runtime):
         """The forward pass, one block per layer call; returns the outputs."""
         w = self._w
         b['input_layer_1'] = xs[0]  # input (n, 784)
+        if self._fuse_small and xs[0].shape[0] * 64 < _ACTIVATION_PARALLEL_MIN:
+            _forward_small(b['dense'], b['input_layer_1'], w[0], w[1], b['dense_1'], w[2], w[3], b['dense_2'], w[4], w[5])
+            return [b['dense_2']]
         # reuse.py:7  x = Dense(64, activation='relu')(inputs)  (via reuse.py:14  y = model(x))
         dense_forward(b['dense'], b['input_layer_1'], w[0], w[1], 1)  # relu
         # reuse.py:8  x = Dense(64, activation='relu')(x)  (via reuse.py:14  y = model(x))

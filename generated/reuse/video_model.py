@@ -1012,6 +1012,9 @@ class _Runtime:
     _optimizer = ("rmsprop", {})
     _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
+    # small batches of a model with _forward_small run its forward pass as one
+    # compiled call; benchmark() turns it off to time each layer's kernel
+    _fuse_small = True
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
         self.dtype = np.dtype(dtype)
@@ -1768,6 +1771,7 @@ class _Runtime:
         per_kernel = {}
         module = globals()
         try:
+            self._fuse_small = False
             module.update({k: timed(k, v) for k, v in kernels.items()})
             for i in range(warmup + steps):
                 spent.clear()
@@ -1790,6 +1794,7 @@ class _Runtime:
                         per_kernel.setdefault(name, []).append(v)
         finally:
             module.update(kernels)
+            del self._fuse_small
         ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
                 "kernels_ms": {k: 1e3 * float(np.median(v))
@@ -1867,6 +1872,18 @@ _OPTIMIZER_KERNELS = {'rmsprop': rmsprop_update}
 _ACCURACY_KERNELS = {'binary': binary_accuracy, 'categorical': categorical_accuracy, 'sparse_categorical': sparse_categorical_accuracy}
 
 
+@njit
+def _forward_small(b_dense, b_input_layer_2_nx784, w0, w1, b_dense_1, w2, w3, b_dense_2, w4, w5):
+    """The forward pass as one compiled call of every layer's serial kernel,
+    for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    # reuse.py:7  x = Dense(64, activation='relu')(inputs)  (via reuse.py:23  processed_sequences = TimeDistributed(model)(input_sequences))
+    _dense_forward_serial(b_dense, b_input_layer_2_nx784, w0, w1, 1)  # relu
+    # reuse.py:8  x = Dense(64, activation='relu')(x)  (via reuse.py:23  processed_sequences = TimeDistributed(model)(input_sequences))
+    _dense_forward_serial(b_dense_1, b_dense, w2, w3, 1)  # relu
+    # reuse.py:9  predictions = Dense(10, activation='softmax')(x)  (via reuse.py:23  processed_sequences = TimeDistributed(model)(input_sequences))
+    _dense_forward_serial(b_dense_2, b_dense_1, w4, w5, 4)  # softmax
+
+
 class Model(_Runtime):
     """video_model: the layers of the model file, in Keras order."""
 
@@ -1907,6 +1924,9 @@ class Model(_Runtime):
         w = self._w
         b['input_layer_2'] = xs[0]  # input (n, 20, 784)
         b['input_layer_2_nx784'] = b['input_layer_2'].reshape(-1, 784)  # view (n, 784)
+        if self._fuse_small and xs[0].shape[0] * 1280 < _ACTIVATION_PARALLEL_MIN:
+            _forward_small(b['dense'], b['input_layer_2_nx784'], w[0], w[1], b['dense_1'], w[2], w[3], b['dense_2'], w[4], w[5])
+            return [b['dense_2_nx20x10']]
         # reuse.py:7  x = Dense(64, activation='relu')(inputs)  (via reuse.py:23  processed_sequences = TimeDistributed(model)(input_sequences))
         dense_forward(b['dense'], b['input_layer_2_nx784'], w[0], w[1], 1)  # relu
         # reuse.py:8  x = Dense(64, activation='relu')(x)  (via reuse.py:23  processed_sequences = TimeDistributed(model)(input_sequences))

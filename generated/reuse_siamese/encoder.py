@@ -535,6 +535,9 @@ class _Runtime:
     _optimizer = ("rmsprop", {})
     _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
+    # small batches of a model with _forward_small run its forward pass as one
+    # compiled call; benchmark() turns it off to time each layer's kernel
+    _fuse_small = True
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
         self.dtype = np.dtype(dtype)
@@ -1291,6 +1294,7 @@ class _Runtime:
         per_kernel = {}
         module = globals()
         try:
+            self._fuse_small = False
             module.update({k: timed(k, v) for k, v in kernels.items()})
             for i in range(warmup + steps):
                 spent.clear()
@@ -1313,6 +1317,7 @@ class _Runtime:
                         per_kernel.setdefault(name, []).append(v)
         finally:
             module.update(kernels)
+            del self._fuse_small
         ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
                 "kernels_ms": {k: 1e3 * float(np.median(v))
@@ -1389,6 +1394,16 @@ _LOSS_KERNELS = {}
 _OPTIMIZER_KERNELS = {}
 
 
+@njit
+def _forward_small(b_dense, b_item, w0, w1, b_dense_1, w2, w3):
+    """The forward pass as one compiled call of every layer's serial kernel,
+    for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    # reuse_siamese.py:9  e = layers.Dense(6, activation='tanh')(pair_in)
+    _dense_forward_serial(b_dense, b_item, w0, w1, 3)  # tanh
+    # reuse_siamese.py:10  e = layers.Dense(3)(e)
+    _dense_forward_serial(b_dense_1, b_dense, w2, w3, 0)  # linear
+
+
 class Model(_Runtime):
     """encoder: the layers of the model file, in Keras order."""
 
@@ -1425,6 +1440,9 @@ class Model(_Runtime):
         """The forward pass, one block per layer call; returns the outputs."""
         w = self._w
         b['item'] = xs[0]  # input (n, 4)
+        if self._fuse_small and xs[0].shape[0] * 6 < _ACTIVATION_PARALLEL_MIN:
+            _forward_small(b['dense'], b['item'], w[0], w[1], b['dense_1'], w[2], w[3])
+            return [b['dense_1']]
         # reuse_siamese.py:9  e = layers.Dense(6, activation='tanh')(pair_in)
         dense_forward(b['dense'], b['item'], w[0], w[1], 3)  # tanh
         # reuse_siamese.py:10  e = layers.Dense(3)(e)

@@ -1758,6 +1758,9 @@ class _Runtime:
     _optimizer = ("rmsprop", {})
     _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
+    # small batches of a model with _forward_small run its forward pass as one
+    # compiled call; benchmark() turns it off to time each layer's kernel
+    _fuse_small = True
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
         self.dtype = np.dtype(dtype)
@@ -2514,6 +2517,7 @@ class _Runtime:
         per_kernel = {}
         module = globals()
         try:
+            self._fuse_small = False
             module.update({k: timed(k, v) for k, v in kernels.items()})
             for i in range(warmup + steps):
                 spent.clear()
@@ -2536,6 +2540,7 @@ class _Runtime:
                         per_kernel.setdefault(name, []).append(v)
         finally:
             module.update(kernels)
+            del self._fuse_small
         ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
                 "kernels_ms": {k: 1e3 * float(np.median(v))
