@@ -226,6 +226,33 @@ def test_activation_backward_fd(act, mode):
         assert_grad(dz - dz0, g)
 
 
+def test_exp32_accuracy_and_edges():
+    """float32 sigmoid and softmax take exp from _activation_exp32: within
+    0.6 ulp of exp on [-85.9, 0] (every 2^-10 step there, and its ends), 0
+    below, NaN through; and a NaN or Inf logit still reaches the outputs."""
+    @K.njit(cache=False)  # it inlines the kernel: a cached copy would outlive a change to it
+    def exp32_all(out, x):
+        for i in range(x.shape[0]):
+            out[i] = K._activation_exp32(x[i])
+
+    x = np.concatenate([np.arange(-85.9, 0, 2.0 ** -10), [-85.9, -1e-30, -0.0, 0.0]]).astype(F32)
+    got = np.empty_like(x)
+    exp32_all(got, x)
+    ref = np.exp(x.astype(F64))
+    assert np.max(np.abs(got - ref) / np.spacing(ref.astype(F32))) < 0.6
+    edge = np.array([-86.0, -103.0, -np.inf, np.nan], F32)
+    got = np.empty_like(edge)
+    exp32_all(got, edge)
+    np.testing.assert_array_equal(got, [0, 0, 0, np.nan])
+    z = np.array([[1.0, np.nan, 2.0], [np.inf, 1.0, 0.0], [-np.inf, 0.0, 1.0]], F32)
+    y = np.empty_like(z)
+    K.activation_forward(y, z, SOFTMAX)
+    assert np.isnan(y[:2]).all() and np.allclose(y[2], np_act(z[2:3].astype(F64), SOFTMAX)[0])
+    z = np.array([[np.nan, np.inf, -np.inf, 90.0, -90.0, 0.0]], F32)
+    K.activation_forward(y := np.empty_like(z), z, SIGMOID)
+    np.testing.assert_array_equal(y, [[np.nan, 1, 0, 1, 0, 0.5]])
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_tanh_relative_accuracy(dtype):
     """The exp-based tanh keeps full relative precision near 0 (expm1 branch)."""

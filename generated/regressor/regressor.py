@@ -127,6 +127,9 @@ def njit(*args, **kwargs):
 
 _ACTIVATION_PARALLEL_MIN = 1 << 16  # elements; below this, run serially
 _ACTIVATION_BLOCK = 16  # rows per parallel task
+# float32 sigmoid and softmax take exp from _activation_exp32: plain
+# arithmetic that vectorizes, where libm's exp is a call per value (softmax
+# over 1024 x 10: 31 -> 12 us). float64 keeps libm's exp.
 
 
 @njit
@@ -146,6 +149,31 @@ def _activation_tanh(v, one):
     return r if v >= 0 else -r
 
 
+@njit(inline="always")
+def _activation_exp32(x):
+    """exp(x) for float32 x <= 0: Cephes's expf (within 0.54 ulp of exp on
+    [-85.9, 0]; 0 below, where exp(x) < 4.8e-38; NaN stays NaN). 2^n comes
+    from integer shifts, not from the float's bits, which numba cannot
+    reinterpret."""
+    lo = np.float32(-85.9)
+    xc = max(x, lo)
+    fx = math.floor(xc * np.float32(1.44269504088896341) + np.float32(0.5))
+    r = xc - fx * np.float32(0.693359375)  # x - n ln2 in two parts (Cody-Waite)
+    r = r - fx * np.float32(-2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    e = p * (r * r) + r + np.float32(1.0)
+    k = np.int64(-fx)  # 0 <= k <= 124: 2^k = 2^a 2^b with a, b <= 62
+    a = min(k, 62)
+    scale = np.float32(np.int64(1) << a) * np.float32(np.int64(1) << (k - a))
+    v = e / scale
+    return v if x >= lo else (np.float32(0.0) if x < lo else x)
+
+
 @njit
 def _activation_forward_rows(y, z, r0, r1, act):
     """Rows r0:r1 of y = act(z); y may alias z."""
@@ -158,25 +186,43 @@ def _activation_forward_rows(y, z, r0, r1, act):
                 v = z[r, j]
                 y[r, j] = v if v > zero else zero
     elif act == 2:
-        for r in range(r0, r1):
-            for j in range(c):
-                y[r, j] = one / (one + math.exp(-z[r, j]))
+        if z.itemsize == 4:
+            for r in range(r0, r1):
+                for j in range(c):
+                    v = z[r, j]
+                    e = _activation_exp32(-abs(v))  # exp(-|v|) never overflows
+                    y[r, j] = one / (one + e) if v >= zero else e / (one + e)
+        else:
+            for r in range(r0, r1):
+                for j in range(c):
+                    y[r, j] = one / (one + math.exp(-z[r, j]))
     elif act == 3:
         for r in range(r0, r1):
             for j in range(c):
                 y[r, j] = _activation_tanh(z[r, j], one)
     elif act == 4:
+        # subtract the row max so exp never overflows
         for r in range(r0, r1):
-            # subtract the row max so exp never overflows
             m = z[r, 0]
             for j in range(1, c):
                 if z[r, j] > m:
                     m = z[r, j]
+            for j in range(c):
+                y[r, j] = z[r, j] - m
+        if z.itemsize == 4:
+            # one loop over the whole block: rows of a few classes are too
+            # short to vectorize on their own (1024 x 10: 35 against 12 us)
+            yf = y[r0:r1].reshape(-1)
+            for i in range(yf.shape[0]):
+                yf[i] = _activation_exp32(yf[i])
+        else:
+            for r in range(r0, r1):
+                for j in range(c):
+                    y[r, j] = math.exp(y[r, j])
+        for r in range(r0, r1):
             s = zero
             for j in range(c):
-                e = math.exp(z[r, j] - m)
-                y[r, j] = e
-                s += e
+                s += y[r, j]
             inv = one / s
             for j in range(c):
                 y[r, j] *= inv
