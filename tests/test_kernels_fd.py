@@ -429,6 +429,36 @@ def test_lstm_forward(act, ract, rs, use_bias, per_step, monkeypatch):
     np.testing.assert_allclose(hp[:, -1], ref_seq[:, -2], rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("U", [9, 40])
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+def test_lstm_rows_schedule_same_bits_for_a_row_anywhere(parallel, U, monkeypatch):
+    """The rows schedule runs rows in pairs that share their weight reads; a
+    row without a partner runs with itself. Either way a row's outputs and
+    gate gradients are the bits it gets alone (a batch of one)."""
+    monkeypatch.setattr(K, "_LSTM_ROWS_FORWARD_MIN", 0)
+    monkeypatch.setattr(K, "_LSTM_PARALLEL_MIN", 0 if parallel else 1 << 40)
+    r = rng(14)
+    B, T, I = 5, 7, 4
+    x = r.standard_normal((B, T, I)).astype(F32)
+    W, Rk = (0.5 * r.standard_normal((I, 4 * U))).astype(F32), (0.5 * r.standard_normal((U, 4 * U))).astype(F32)
+    b = (0.5 * r.standard_normal(4 * U)).astype(F32)
+    dy = r.standard_normal((B, T, U)).astype(F32)
+
+    def run(rows):
+        y, (zs, hp, cp, tc) = lstm_run(x[rows], W, Rk, b, TANH, SIGMOID, True, False)
+        n = len(rows)
+        dzs = np.full((n, T, 4 * U), np.nan, F32)
+        K._lstm_recurrence_backward(dzs, np.full((n, U), np.nan, F32), np.full((n, U), np.nan, F32),
+                                    np.zeros((0, 0), F32), dy[rows], zs, cp, tc, Rk, TANH, SIGMOID, True, False)
+        return y, dzs
+
+    y, dzs = run(list(range(B)))
+    for i in range(B):
+        y1, dzs1 = run([i])
+        np.testing.assert_array_equal(y[i], y1[0])
+        np.testing.assert_array_equal(dzs[i], dzs1[0])
+
+
 @pytest.mark.parametrize("U", [3, 37])
 def test_lstm_cell_forward_default_activations_bit_equal(U):
     """The float32 cell for Keras's default (tanh, sigmoid) is a shortcut
