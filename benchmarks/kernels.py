@@ -78,7 +78,8 @@ class Recorder:
             caller = f.f_code.co_name
             if caller in ("_forward", "_backward") and f.f_code.co_filename == rec.file:
                 phase = "forward" if caller == "_forward" else "backward"
-                site = rec.sites.get(f.f_lineno) or "(input views)"
+                site = ("every layer, one call" if name == "_forward_small"
+                        else rec.sites.get(f.f_lineno) or "(input views)")
             else:
                 phase, site = _runtime_phase(caller, name), caller
             t = time.perf_counter()
@@ -111,8 +112,10 @@ def instrument(mod, rec):
     """Replace the kernels the Python side calls by timing wrappers."""
     wrapped = {}
     for name, obj in list(vars(mod).items()):
-        # the module's own test: numba kernels and its Python entry points
-        if mod._rt_is_kernel(obj) and (not name.startswith("_") or name == "_rt_first_nonfinite"):
+        # the module's own test: numba kernels and its Python entry points;
+        # _forward_small is a whole forward pass (small batches of models
+        # without LSTM), timed as one kernel
+        if mod._rt_is_kernel(obj) and (not name.startswith("_") or name in ("_rt_first_nonfinite", "_forward_small")):
             w = rec.wrap(name, obj)
             setattr(mod, name, w)
             wrapped[obj] = w
