@@ -1886,7 +1886,7 @@ class _Runtime:
                                                  self._inputs):
             a = np.asarray(a)
             if (kind != "int" and a.dtype == self.dtype and a.shape[1:] == shape and a.flags.c_contiguous
-                    and not (self.check_finite and _rt_has_nonfinite(a.reshape(-1)))):
+                    and not (self.check_finite and _rt_has_nonfinite(a.ravel()))):
                 xs.append(a)  # the common case, checked in full: nothing to convert or report
                 continue
             label = f"Input '{name}'"
@@ -2095,8 +2095,9 @@ class _Runtime:
     def predict(self, x, batch_size=None, verbose=0):
         """Outputs for x: one array, or a list in output order."""
         xs = self._prep_inputs(x)
-        n = self._cardinality(xs, names=self.input_names)
-        bs = self._batch_size(batch_size, 32)
+        # the common case without method calls (each costs ~0.1 us of a 5 us batch-1 predict)
+        n = xs[0].shape[0] if len(xs) == 1 else self._cardinality(xs, names=self.input_names)
+        bs = 32 if batch_size is None else self._batch_size(batch_size, 32)
         if n <= bs:  # one batch: its outputs, copied (latency at batch 1 is mostly this path)
             outs = self._forward(self._batch(n, grads=False).bufs, xs, False)
             return outs[0].copy() if len(outs) == 1 else [o.copy() for o in outs]
