@@ -135,39 +135,58 @@ def test_small_forward_only_where_every_layer_has_a_serial_kernel():
     assert with_lstm and not with_lstm & set(SMALL)
 
 
-@pytest.mark.parametrize("example,model", SMALL)
-def test_small_forward_is_the_per_layer_forward(example, model, monkeypatch):
-    """Small batches run the forward pass as one compiled call; it gives the
-    bits of the per-layer path (predict and training), and batches big enough
-    for a parallel kernel take the per-layer path."""
-    mod = generated(example, model)
+def _count_small_calls(mod, monkeypatch):
     calls = []
     fused = mod._forward_small
     monkeypatch.setattr(mod, "_forward_small", lambda *a: calls.append(1) or fused(*a))
+    return calls
+
+
+@pytest.mark.parametrize("example,model", SMALL)
+def test_small_forward_is_the_per_layer_forward(example, model, monkeypatch):
+    """Small batches run the forward pass as one compiled call; it gives the
+    bits of the per-layer path."""
+    mod = generated(example, model)
+    calls = _count_small_calls(mod, monkeypatch)
     one, per_layer = mod.Model(seed=3), mod.Model(seed=3)
     per_layer._fuse_small = False
     rng = np.random.default_rng(0)
     for n in (1, 7):
-        xs, ys = random_data(mod.Model, n, rng)
+        xs, _ = random_data(mod.Model, n, rng)
         got = one.predict(xs)
         assert len(calls) == 1
         calls.clear()
         for a, b in zip(*(([o] if isinstance(o, np.ndarray) else o) for o in (got, per_layer.predict(xs)))):
             np.testing.assert_array_equal(a, b)
-        if one._opt_kernel is not None:
-            one.train_on_batch(xs, ys)
-            per_layer.train_on_batch(xs, ys)
-            assert calls
-            calls.clear()
-            for a, b in zip(one.get_weights(), per_layer.get_weights()):
-                np.testing.assert_array_equal(a, b)
-    width = int(re.search(r"xs\[0\]\.shape\[0\] \* (\d+) < _ACTIVATION_PARALLEL_MIN", inspect.getsource(mod.Model._forward)).group(1))
+
+
+def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
+    """Training takes the one-call forward pass too, with the same bits; from
+    the first batch size at which a Dense output reaches the parallel
+    kernels' size, the forward pass takes the per-layer path (mlp: one
+    module is enough, the test is the same line in every module)."""
+    mod = generated("mlp", "model")
+    calls = _count_small_calls(mod, monkeypatch)
+    one, per_layer = mod.Model(seed=3), mod.Model(seed=3)
+    per_layer._fuse_small = False
+    xs, ys = random_data(mod.Model, 32, np.random.default_rng(1))
+    for _ in range(3):
+        one.train_on_batch(xs, ys)
+        per_layer.train_on_batch(xs, ys)
+    assert len(calls) == 3
+    calls.clear()
+    for a, b in zip(one.get_weights(), per_layer.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    width = int(re.search(r"xs\[0\]\.shape\[0\] \* (\d+) < _ACTIVATION_PARALLEL_MIN",
+                          inspect.getsource(mod.Model._forward)).group(1))
+    assert width == 64
     big = -(-mod._ACTIVATION_PARALLEL_MIN // width)  # the first batch size with a parallel-sized output
+    m, rng = mod.Model(seed=0), np.random.default_rng(0)
     xs, _ = random_data(mod.Model, big, rng)
-    one.predict(xs, batch_size=big)
+    m.predict(xs, batch_size=big)
     assert not calls
     xs, _ = random_data(mod.Model, big - 1, rng)
-    one.predict(xs, batch_size=big)
+    m.predict(xs, batch_size=big)
     assert calls
 
 
