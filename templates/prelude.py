@@ -61,8 +61,8 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 def _load_cython_blas_alone():
     """numba calls BLAS through the function table of scipy.linalg.cython_blas,
     and a plain import of that runs all of scipy.linalg first: 14 MB more
-    resident memory and ~90 ms for code this module never calls (mlp peak
-    RSS 183 -> 172 MB). Load the one extension module by itself under its own
+    resident memory and ~90 ms for code this module never calls (mlp's
+    steady-run peak RSS 188 -> 177 MB). Load the one extension module by itself under its own
     name, where numba's import finds it. A later `import scipy.linalg` works
     as before, `from scipy.linalg import cython_blas` too; only the attribute
     scipy.linalg.cython_blas stays unset. Anything unexpected: leave the

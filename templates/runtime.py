@@ -887,6 +887,7 @@ class _Runtime:
         phases = {"forward": [], "loss": [], "backward": [], "optimizer": [], "step": []}
         per_kernel = {}
         module = globals()
+        fuse = self._fuse_small
         try:
             self._fuse_small = False
             module.update({k: timed(k, v) for k, v in kernels.items()})
@@ -911,7 +912,7 @@ class _Runtime:
                         per_kernel.setdefault(name, []).append(v)
         finally:
             module.update(kernels)
-            del self._fuse_small
+            self._fuse_small = fuse
         ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
                 "kernels_ms": {k: 1e3 * float(np.median(v))

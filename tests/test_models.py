@@ -286,6 +286,18 @@ def test_benchmark_reports_every_kernel_and_restores_the_module():
     assert all(getattr(mod, k) is f for k, f in before.items())
 
 
+@pytest.mark.parametrize("fuse", [True, False])
+def test_benchmark_times_each_layer_of_a_one_call_forward(fuse):
+    """A model whose small batches run the forward pass as one call is timed
+    layer by layer; the model's own setting is back afterwards."""
+    mod = generated("mlp", "model")
+    m = mod.Model(seed=0)
+    m._fuse_small = fuse
+    res = m.benchmark(batch_size=4, steps=2, warmup=1)
+    assert "dense_forward" in res["kernels_ms"], sorted(res["kernels_ms"])
+    assert m._fuse_small is fuse
+
+
 def test_predict_projection_cache_follows_the_weights():
     """A fused Embedding -> LSTM predicts from rows of table @ kernel,
     computed as ids first need them; every API write of the weights drops

@@ -69,8 +69,8 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 def _load_cython_blas_alone():
     """numba calls BLAS through the function table of scipy.linalg.cython_blas,
     and a plain import of that runs all of scipy.linalg first: 14 MB more
-    resident memory and ~90 ms for code this module never calls (mlp peak
-    RSS 183 -> 172 MB). Load the one extension module by itself under its own
+    resident memory and ~90 ms for code this module never calls (mlp's
+    steady-run peak RSS 188 -> 177 MB). Load the one extension module by itself under its own
     name, where numba's import finds it. A later `import scipy.linalg` works
     as before, `from scipy.linalg import cython_blas` too; only the attribute
     scipy.linalg.cython_blas stays unset. Anything unexpected: leave the
@@ -176,7 +176,9 @@ def _activation_exp32(x):
 
 @njit
 def _activation_forward_rows(y, z, r0, r1, act):
-    """Rows r0:r1 of y = act(z); y may alias z."""
+    """Rows r0:r1 of y = act(z); y may alias z. y is C-contiguous (every
+    buffer and view the module passes is): float32 softmax takes exp over
+    the block's rows as one flat loop."""
     c = z.shape[1]
     one = z.dtype.type(1.0)
     zero = one - one
@@ -1340,6 +1342,7 @@ class _Runtime:
         phases = {"forward": [], "loss": [], "backward": [], "optimizer": [], "step": []}
         per_kernel = {}
         module = globals()
+        fuse = self._fuse_small
         try:
             self._fuse_small = False
             module.update({k: timed(k, v) for k, v in kernels.items()})
@@ -1364,7 +1367,7 @@ class _Runtime:
                         per_kernel.setdefault(name, []).append(v)
         finally:
             module.update(kernels)
-            del self._fuse_small
+            self._fuse_small = fuse
         ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
                 "kernels_ms": {k: 1e3 * float(np.median(v))
