@@ -235,6 +235,22 @@ def _activation_forward_rows(y, z, r0, r1, act):
 
 
 @njit
+def _activation_backward_rows_inplace(dz, y, r0, r1, act):
+    """_activation_backward_rows with dz as dy, mode 1. For relu the
+    element loop names one array: two names for one buffer make the
+    compiler's runtime overlap check fail, and it runs the scalar loop
+    (relu over 1024 x 64: 20 -> 4.5 us)."""
+    if act == 1:
+        zero = y.dtype.type(0.0)
+        for r in range(r0, r1):
+            for j in range(y.shape[1]):
+                d = dz[r, j]
+                dz[r, j] = d if y[r, j] > zero else zero
+    else:
+        _activation_backward_rows(dz, dz, y, r0, r1, act, 1)
+
+
+@njit
 def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
     """Rows r0:r1 of dz (mode 1 =, 2 +=) dy * act'(z), from the output y; dz
     may alias dy in mode 1 (softmax takes its row's dot product before it
@@ -359,7 +375,18 @@ def activation_backward(dz, dy, y, act, mode):
 
 @njit
 def _dense_epilogue_rows(z, bias, r0, r1, act):
-    """Rows r0:r1 of z: += bias, then the activation, in place."""
+    """Rows r0:r1 of z: += bias, then the activation, in place. relu is
+    one pass here, through one name for z: passed as both y and z to
+    _activation_forward_rows, z fails the compiler's runtime overlap check
+    and the loop runs scalar (1024 x 64: 12 -> 3 us)."""
+    if act == 1:
+        zero = z.dtype.type(0.0)
+        nb = bias.shape[0]
+        for r in range(r0, r1):
+            for j in range(z.shape[1]):
+                v = z[r, j] + bias[j] if nb > 0 else z[r, j]
+                z[r, j] = v if v > zero else zero
+        return
     if bias.shape[0] > 0:
         for r in range(r0, r1):
             for j in range(z.shape[1]):
@@ -409,7 +436,7 @@ def _dense_input_grad(dx, dz, kernel, mode):
 @njit
 def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        _activation_backward_rows(dz, dz, y, 0, dz.shape[0], act, 1)
+        _activation_backward_rows_inplace(dz, y, 0, dz.shape[0], act)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -419,7 +446,7 @@ def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wm
     if act != 0:
         n, blk = dz.shape[0], _ACTIVATION_BLOCK
         for i in prange((n + blk - 1) // blk):
-            _activation_backward_rows(dz, dz, y, i * blk, min(n, i * blk + blk), act, 1)
+            _activation_backward_rows_inplace(dz, y, i * blk, min(n, i * blk + blk), act)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
