@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,13 +206,16 @@ LEAN = textwrap.dedent("""
     from scipy.linalg import cython_blas
     print(cython_blas is sys.modules["scipy.linalg.cython_blas"], scipy.linalg.solve(np.eye(2), np.ones(2)).tolist(),
           np.allclose(p, m.predict(x)))
-    refreshed = "numba.np.arraymath" in sys.modules  # numba's compiler context loads it
+    from numba.core.runtime import rtsys
+    def set_up():  # numba's compiler context loads arraymath; rtsys._init: its runtime's LLVM code compiled
+        return f'{"numba.np.arraymath" in sys.modules}/{rtsys._init}'
+    before = set_up()
     if sys.argv[2] == "miss":  # a kernel signature not in the cache compiles, as before
         m64 = model.Model(seed=0, dtype=np.float64)
         m64.train_on_batch(x.astype(np.float64), y.astype(np.float64))
-        print(refreshed, "numba.np.arraymath" in sys.modules, m64.predict(x.astype(np.float64)).dtype)
+        print(before, set_up(), m64.predict(x.astype(np.float64)).dtype)
     else:
-        print(refreshed)
+        print(before)
     np.save("p.npy", p) if sys.argv[2] == "first" else print(np.array_equal(np.load("p.npy"), p))
 """)
 
@@ -219,9 +223,9 @@ LEAN = textwrap.dedent("""
 def test_generated_module_loads_blas_without_scipy_linalg(tmp_path):
     """numba's BLAS comes from scipy.linalg.cython_blas alone (scipy.linalg
     would add 14 MB of resident memory); scipy.linalg imports normally later.
-    A second process loads the kernels from the cache without refreshing
-    numba's compiler context (9 MB), gets the same bits, and still compiles
-    what the cache does not hold."""
+    A second process loads the kernels from the cache without setting up
+    numba's compiler (its context and runtime functions: 30 MB), gets the
+    same bits, and still compiles what the cache does not hold."""
     shutil.copy(GENERATED / "mlp" / "model.py", tmp_path / "model.py")
     out = []
     for run in ("first", "miss"):
@@ -229,8 +233,46 @@ def test_generated_module_loads_blas_without_scipy_linalg(tmp_path):
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         out.append(r.stdout.split("\n"))
-    assert out[0][:3] == ["False dict", "True [1.0, 1.0] True", "True"]  # compiled
-    assert out[1][:4] == ["False dict", "True [1.0, 1.0] True", "False True float64", "True"]
+    assert out[0][:3] == ["False dict", "True [1.0, 1.0] True", "True/True"]  # compiled
+    assert out[1][:4] == ["False dict", "True [1.0, 1.0] True", "False/False True/True float64", "True"]
+
+
+WARM = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    import numpy as np
+    import model
+    from genmods import random_data
+    from numba.core.runtime import rtsys
+    m = model.Model(seed=0)
+    rng = np.random.default_rng(0)
+    for n in (3, 300):  # serial and parallel kernels
+        xs, ys = random_data(model.Model, n, rng)
+        m.train_on_batch(xs, ys)
+    got = m.predict(xs, batch_size=n)
+    got = [got] if isinstance(got, np.ndarray) else got
+    print("numba.np.arraymath" in sys.modules, rtsys._init)
+    np.savez(sys.argv[3], *got, *m.get_weights())
+""")
+
+
+def test_warm_process_loads_lstm_embedding_parallel_kernels_without_compiler_setup(tmp_path):
+    """twitter (Embedding, LSTM, the parallel kernels, the sparse update) in
+    a second process: loaded without numba's compiler set-up, the same bits.
+    A kernel whose object code needed that set-up would stop the process
+    (LLVM cannot resolve a symbol), so this covers every kernel kind."""
+    shutil.copy(GENERATED / "twitter" / "model.py", tmp_path / "model.py")
+    runs = []
+    for k in range(2):
+        r = subprocess.run([sys.executable, "-c", WARM, str(tmp_path), str(Path(__file__).parent),
+                            str(tmp_path / f"run{k}.npz")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        runs.append(r.stdout.strip())
+    assert runs == ["True True", "False False"]
+    first, second = np.load(tmp_path / "run0.npz"), np.load(tmp_path / "run1.npz")
+    assert len(first.files) == 16  # 2 outputs, 14 weights
+    for k in first.files:
+        np.testing.assert_array_equal(first[k], second[k])
 
 
 @pytest.mark.parametrize("optimizer", [None, ("sgd", {"learning_rate": 0.05})], ids=["rmsprop", "sgd"])
