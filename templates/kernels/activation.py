@@ -63,6 +63,14 @@ def _activation_exp32(x):
     return v if x >= lo else (np.float32(0.0) if x < lo else x)
 
 
+@njit(inline="always")
+def _activation_sigmoid32(v):
+    """sigmoid(v) for float32 v, from exp(-|v|), which never overflows."""
+    one = np.float32(1.0)
+    e = _activation_exp32(-abs(v))
+    return one / (one + e) if v >= np.float32(0.0) else e / (one + e)
+
+
 @njit
 def _activation_forward_rows(y, z, r0, r1, act):
     """Rows r0:r1 of y = act(z); y may alias z. y is C-contiguous (every
@@ -80,9 +88,7 @@ def _activation_forward_rows(y, z, r0, r1, act):
         if z.itemsize == 4:
             for r in range(r0, r1):
                 for j in range(c):
-                    v = z[r, j]
-                    e = _activation_exp32(-abs(v))  # exp(-|v|) never overflows
-                    y[r, j] = one / (one + e) if v >= zero else e / (one + e)
+                    y[r, j] = _activation_sigmoid32(z[r, j])
         else:
             for r in range(r0, r1):
                 for j in range(c):
