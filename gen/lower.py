@@ -28,7 +28,7 @@ _OVERWRITES_GRADS = {"Dense", "LSTM"}
 # model made only of these layers gets _forward_small (see SmallForward).
 _SMALL_KINDS = {"Dense", "Activation", "Embedding", "Concatenate"}
 _KIND_KERNELS = {"Dense": ("activation", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
-                 "LSTM": ("lstm",), "Concatenate": ("concat",)}
+                 "LSTM": ("activation", "lstm"), "Concatenate": ("concat",)}
 
 
 @dataclass

@@ -198,6 +198,27 @@ def _activation_tanh(v, one):
 
 
 @njit(inline="always")
+def _activation_tanh32(v):
+    """Eigen's float32 rational tanh (what XLA runs for Keras on JAX):
+    |error| < 4e-7, branch-free, so loops of it vectorize (libm's tanh is a
+    call per value: Dense(64, tanh) over 1024 rows 290 -> 25 us)."""
+    x = min(max(v, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
+    x2 = x * x
+    p = np.float32(-2.76076847742355e-16)
+    p = p * x2 + np.float32(2.00018790482477e-13)
+    p = p * x2 + np.float32(-8.60467152213735e-11)
+    p = p * x2 + np.float32(5.12229709037114e-08)
+    p = p * x2 + np.float32(1.48572235717979e-05)
+    p = p * x2 + np.float32(6.37261928875436e-04)
+    p = p * x2 + np.float32(4.89352455891786e-03)
+    q = np.float32(1.19825839466702e-06)
+    q = q * x2 + np.float32(1.18534705686654e-04)
+    q = q * x2 + np.float32(2.26843463243900e-03)
+    q = q * x2 + np.float32(4.89352518554385e-03)
+    return (p * x) / q
+
+
+@njit(inline="always")
 def _activation_exp32(x):
     """exp(x) for float32 x <= 0: Cephes's expf (within 0.54 ulp of exp on
     [-85.9, 0]; 0 below, where exp(x) < 4.8e-38; NaN stays NaN). 2^n comes
@@ -253,9 +274,14 @@ def _activation_forward_rows(y, z, r0, r1, act):
                 for j in range(c):
                     y[r, j] = one / (one + math.exp(-z[r, j]))
     elif act == 3:
-        for r in range(r0, r1):
-            for j in range(c):
-                y[r, j] = _activation_tanh(z[r, j], one)
+        if z.itemsize == 4:
+            for r in range(r0, r1):
+                for j in range(c):
+                    y[r, j] = _activation_tanh32(z[r, j])
+        else:
+            for r in range(r0, r1):
+                for j in range(c):
+                    y[r, j] = _activation_tanh(z[r, j], one)
     elif act == 4:
         # subtract the row max so exp never overflows
         for r in range(r0, r1):
@@ -290,16 +316,26 @@ def _activation_forward_rows(y, z, r0, r1, act):
 
 @njit
 def _activation_backward_rows_inplace(dz, y, r0, r1, act):
-    """_activation_backward_rows with dz as dy, mode 1. For relu the
-    element loop names one array: two names for one buffer make the
-    compiler's runtime overlap check fail, and it runs the scalar loop
-    (relu over 1024 x 64: 20 -> 4.5 us)."""
+    """_activation_backward_rows with dz as dy, mode 1. For relu, sigmoid
+    and tanh the element loop names one array: two names for one buffer
+    make the compiler's runtime overlap check fail, and it runs the scalar
+    loop (relu over 1024 x 64: 20 -> 4.5 us). Same operations, same bits."""
+    one = y.dtype.type(1.0)
+    zero = one - one
+    c = y.shape[1]
     if act == 1:
-        zero = y.dtype.type(0.0)
         for r in range(r0, r1):
-            for j in range(y.shape[1]):
+            for j in range(c):
                 d = dz[r, j]
                 dz[r, j] = d if y[r, j] > zero else zero
+    elif act == 2:
+        for r in range(r0, r1):
+            for j in range(c):
+                dz[r, j] = dz[r, j] * (y[r, j] * (one - y[r, j]))
+    elif act == 3:
+        for r in range(r0, r1):
+            for j in range(c):
+                dz[r, j] = dz[r, j] * (one - y[r, j] * y[r, j])
     else:
         _activation_backward_rows(dz, dz, y, r0, r1, act, 1)
 
@@ -430,10 +466,10 @@ def activation_backward(dz, dy, y, act, mode):
 @njit
 def _dense_epilogue_rows(z, bias, r0, r1, act):
     """Rows r0:r1 of z: += bias, then the activation, in place. relu and
-    float32 sigmoid are one pass here, through one name for z: passed as
-    both y and z to _activation_forward_rows, z fails the compiler's
-    runtime overlap check and the loop runs scalar (1024 x 64: relu 12 ->
-    3 us, sigmoid 500 -> 50 us)."""
+    float32 sigmoid and tanh are one pass here, through one name for z:
+    passed as both y and z to _activation_forward_rows, z fails the
+    compiler's runtime overlap check and the loop runs scalar (1024 x 64:
+    relu 12 -> 3 us, sigmoid 500 -> 50 us)."""
     nb = bias.shape[0]
     if act == 1:
         zero = z.dtype.type(0.0)
@@ -447,6 +483,12 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
             for j in range(z.shape[1]):
                 v = z[r, j] + bias[j] if nb > 0 else z[r, j]
                 z[r, j] = _activation_sigmoid32(v)
+        return
+    if act == 3 and z.itemsize == 4:
+        for r in range(r0, r1):
+            for j in range(z.shape[1]):
+                v = z[r, j] + bias[j] if nb > 0 else z[r, j]
+                z[r, j] = _activation_tanh32(v)
         return
     if bias.shape[0] > 0:
         for r in range(r0, r1):
@@ -569,49 +611,14 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
 # 8.4 ms steps; B 32: 1.1 ms rows, 0.8 ms steps).
 # act / ract codes: 0 linear, 1 relu, 2 sigmoid, 3 tanh.  Derivatives are
 # taken from the cached outputs (gate values and tc = act(c)).
-# float32 gates use Eigen's rational tanh (|error| < 4e-7, what XLA runs
-# for Keras on JAX) and sigmoid(v) = (1 + tanh(v / 2)) / 2: plain arithmetic
-# that vectorizes, where libm's exp is a scalar call per value (measured
-# 0.19 against 2.3 ns per value).  float64 keeps libm accuracy.
+# float32 gates use Eigen's rational tanh (_activation_tanh32, |error| <
+# 4e-7, what XLA runs for Keras on JAX) and sigmoid(v) = (1 + tanh(v / 2))
+# / 2: plain arithmetic that vectorizes, where libm's exp is a scalar call
+# per value (measured 0.19 against 2.3 ns per value).  float64 keeps libm
+# accuracy (_activation_tanh).
 
 _LSTM_PARALLEL_MIN = 1 << 17  # B * T * G gate values below which rows run serially
 _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes rows
-
-
-@njit(inline="always")
-def _lstm_tanh32(v):
-    """Eigen's float32 rational tanh: |error| < 4e-7, branch-free."""
-    x = min(max(v, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
-    x2 = x * x
-    p = np.float32(-2.76076847742355e-16)
-    p = p * x2 + np.float32(2.00018790482477e-13)
-    p = p * x2 + np.float32(-8.60467152213735e-11)
-    p = p * x2 + np.float32(5.12229709037114e-08)
-    p = p * x2 + np.float32(1.48572235717979e-05)
-    p = p * x2 + np.float32(6.37261928875436e-04)
-    p = p * x2 + np.float32(4.89352455891786e-03)
-    q = np.float32(1.19825839466702e-06)
-    q = q * x2 + np.float32(1.18534705686654e-04)
-    q = q * x2 + np.float32(2.26843463243900e-03)
-    q = q * x2 + np.float32(4.89352518554385e-03)
-    return (p * x) / q
-
-
-@njit
-def _lstm_tanh(v, one):
-    """tanh(v) as accurate as libm tanh and 1.3-2.7x faster.
-
-    1 - exp(-2|v|) cancels near 0, so small |v| goes through expm1.
-    """
-    two = one + one
-    a = abs(v)
-    if a < 0.625:
-        e = math.expm1(-two * a)
-        r = -e / (e + two)
-    else:
-        e = math.exp(-two * a)
-        r = (one - e) / (one + e)
-    return r if v >= 0 else -r
 
 
 @njit
@@ -627,17 +634,17 @@ def _lstm_act(row, j0, j1, code):
     if code == 2:
         if fast:
             for j in range(a.shape[0]):
-                a[j] = half + half * _lstm_tanh32(half * a[j])
+                a[j] = half + half * _activation_tanh32(half * a[j])
         else:
             for j in range(a.shape[0]):
                 a[j] = one / (one + math.exp(-a[j]))
     elif code == 3:
         if fast:
             for j in range(a.shape[0]):
-                a[j] = _lstm_tanh32(a[j])
+                a[j] = _activation_tanh32(a[j])
         else:
             for j in range(a.shape[0]):
-                a[j] = _lstm_tanh(a[j], one)
+                a[j] = _activation_tanh(a[j], one)
     elif code == 1:
         for j in range(a.shape[0]):
             a[j] = a[j] if a[j] > 0 else one - one
@@ -681,17 +688,17 @@ def _lstm_cell_forward(z, h, c, hp, cp, a, act, ract):
         # same operations in the same order as the general passes: same bits
         half = z.dtype.type(0.5)
         for u in range(U):
-            z[u] = half + half * _lstm_tanh32(half * z[u])
-            z[U + u] = half + half * _lstm_tanh32(half * z[U + u])
-            z[2 * U + u] = _lstm_tanh32(z[2 * U + u])
-            z[3 * U + u] = half + half * _lstm_tanh32(half * z[3 * U + u])
+            z[u] = half + half * _activation_tanh32(half * z[u])
+            z[U + u] = half + half * _activation_tanh32(half * z[U + u])
+            z[2 * U + u] = _activation_tanh32(z[2 * U + u])
+            z[3 * U + u] = half + half * _activation_tanh32(half * z[3 * U + u])
         for u in range(U):
             hp[u] = h[u]
             cp[u] = c[u]
         for u in range(U):
             cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
             c[u] = cn
-            t = _lstm_tanh32(cn)
+            t = _activation_tanh32(cn)
             a[u] = t
             h[u] = z[3 * U + u] * t
         return

@@ -23,49 +23,14 @@
 # 8.4 ms steps; B 32: 1.1 ms rows, 0.8 ms steps).
 # act / ract codes: 0 linear, 1 relu, 2 sigmoid, 3 tanh.  Derivatives are
 # taken from the cached outputs (gate values and tc = act(c)).
-# float32 gates use Eigen's rational tanh (|error| < 4e-7, what XLA runs
-# for Keras on JAX) and sigmoid(v) = (1 + tanh(v / 2)) / 2: plain arithmetic
-# that vectorizes, where libm's exp is a scalar call per value (measured
-# 0.19 against 2.3 ns per value).  float64 keeps libm accuracy.
+# float32 gates use Eigen's rational tanh (_activation_tanh32, |error| <
+# 4e-7, what XLA runs for Keras on JAX) and sigmoid(v) = (1 + tanh(v / 2))
+# / 2: plain arithmetic that vectorizes, where libm's exp is a scalar call
+# per value (measured 0.19 against 2.3 ns per value).  float64 keeps libm
+# accuracy (_activation_tanh).
 
 _LSTM_PARALLEL_MIN = 1 << 17  # B * T * G gate values below which rows run serially
 _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes rows
-
-
-@njit(inline="always")
-def _lstm_tanh32(v):
-    """Eigen's float32 rational tanh: |error| < 4e-7, branch-free."""
-    x = min(max(v, np.float32(-7.90531110763549805)), np.float32(7.90531110763549805))
-    x2 = x * x
-    p = np.float32(-2.76076847742355e-16)
-    p = p * x2 + np.float32(2.00018790482477e-13)
-    p = p * x2 + np.float32(-8.60467152213735e-11)
-    p = p * x2 + np.float32(5.12229709037114e-08)
-    p = p * x2 + np.float32(1.48572235717979e-05)
-    p = p * x2 + np.float32(6.37261928875436e-04)
-    p = p * x2 + np.float32(4.89352455891786e-03)
-    q = np.float32(1.19825839466702e-06)
-    q = q * x2 + np.float32(1.18534705686654e-04)
-    q = q * x2 + np.float32(2.26843463243900e-03)
-    q = q * x2 + np.float32(4.89352518554385e-03)
-    return (p * x) / q
-
-
-@njit
-def _lstm_tanh(v, one):
-    """tanh(v) as accurate as libm tanh and 1.3-2.7x faster.
-
-    1 - exp(-2|v|) cancels near 0, so small |v| goes through expm1.
-    """
-    two = one + one
-    a = abs(v)
-    if a < 0.625:
-        e = math.expm1(-two * a)
-        r = -e / (e + two)
-    else:
-        e = math.exp(-two * a)
-        r = (one - e) / (one + e)
-    return r if v >= 0 else -r
 
 
 @njit
@@ -81,17 +46,17 @@ def _lstm_act(row, j0, j1, code):
     if code == 2:
         if fast:
             for j in range(a.shape[0]):
-                a[j] = half + half * _lstm_tanh32(half * a[j])
+                a[j] = half + half * _activation_tanh32(half * a[j])
         else:
             for j in range(a.shape[0]):
                 a[j] = one / (one + math.exp(-a[j]))
     elif code == 3:
         if fast:
             for j in range(a.shape[0]):
-                a[j] = _lstm_tanh32(a[j])
+                a[j] = _activation_tanh32(a[j])
         else:
             for j in range(a.shape[0]):
-                a[j] = _lstm_tanh(a[j], one)
+                a[j] = _activation_tanh(a[j], one)
     elif code == 1:
         for j in range(a.shape[0]):
             a[j] = a[j] if a[j] > 0 else one - one
@@ -135,17 +100,17 @@ def _lstm_cell_forward(z, h, c, hp, cp, a, act, ract):
         # same operations in the same order as the general passes: same bits
         half = z.dtype.type(0.5)
         for u in range(U):
-            z[u] = half + half * _lstm_tanh32(half * z[u])
-            z[U + u] = half + half * _lstm_tanh32(half * z[U + u])
-            z[2 * U + u] = _lstm_tanh32(z[2 * U + u])
-            z[3 * U + u] = half + half * _lstm_tanh32(half * z[3 * U + u])
+            z[u] = half + half * _activation_tanh32(half * z[u])
+            z[U + u] = half + half * _activation_tanh32(half * z[U + u])
+            z[2 * U + u] = _activation_tanh32(z[2 * U + u])
+            z[3 * U + u] = half + half * _activation_tanh32(half * z[3 * U + u])
         for u in range(U):
             hp[u] = h[u]
             cp[u] = c[u]
         for u in range(U):
             cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
             c[u] = cn
-            t = _lstm_tanh32(cn)
+            t = _activation_tanh32(cn)
             a[u] = t
             h[u] = z[3 * U + u] * t
         return
