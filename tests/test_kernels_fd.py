@@ -530,12 +530,15 @@ def test_lstm_forward_without_caches(rs, per_step, monkeypatch):
     np.testing.assert_array_equal(y, y_full)
 
 
-@pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
+@pytest.mark.parametrize("per_step,transposed", [(False, False), (True, False), (True, True)],
+                         ids=["rows", "steps", "steps-transposed"])
 @pytest.mark.parametrize("act,ract", ACT_PAIRS)
 @pytest.mark.parametrize("rs", [True, False])
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("wmode", [1, 2])
-def test_lstm_backward_fd(act, ract, rs, mode, per_step, wmode):
+def test_lstm_backward_fd(act, ract, rs, mode, per_step, transposed, wmode, monkeypatch):
+    # steps-transposed: dh_{t-1}.T = rkernel @ dz_t.T, otherwise only for wide layers
+    monkeypatch.setattr(K, "_LSTM_STEPS_TRANSPOSED_MIN_UNITS", 0 if transposed else 1 << 30)
     r = rng(9)
     B, T, I, U = 3, 4, 5, 3
     G = 4 * U
