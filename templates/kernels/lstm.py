@@ -31,12 +31,15 @@
 
 _LSTM_PARALLEL_MIN = 1 << 17  # B * T * G gate values below which rows run serially
 _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes rows
-# units from which the backward steps take dh_{t-1}.T = rkernel @ dz_t.T:
-# OpenBLAS runs (U, 4U) x (4U, B) faster than (B, 4U) x (4U, U) for wide
-# layers (B 32, a step with both transposes: U 512 420 -> 278 us, U 256
-# 120 -> 92 us; U 128 no gain). The forward product has no such form: its
-# result would have to be scattered into the (B, T, 4U) caches.
+# from these units, up to this batch, the backward steps take dh_{t-1}.T =
+# rkernel @ dz_t.T: OpenBLAS runs (U, 4U) x (4U, B) faster than
+# (B, 4U) x (4U, U) for wide layers and small batches (a step with both
+# transposes, U 512: B 8 244 -> 140 us, B 32 423 -> 282 us, B 64 564 -> 520
+# us, but B 128 972 -> 1585 us; U 256, B 32: 117 -> 91 us; U 128: no gain).
+# The forward product has no such form: its result would have to be
+# scattered into the (B, T, 4U) caches.
 _LSTM_STEPS_TRANSPOSED_MIN_UNITS = 256
+_LSTM_STEPS_TRANSPOSED_MAX_BATCH = 48
 
 
 @njit
@@ -385,7 +388,8 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
     da = np.empty_like(dh)  # scratch: act'(c_t) of a row
     if per_step:
         U = dh.shape[1]
-        dht = np.empty((U, B) if U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS else (0, 0), dh.dtype)
+        transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
+        dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)
         _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
     elif B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
         _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
