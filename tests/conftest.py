@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import importlib.util  # noqa: E402
+import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -28,9 +29,33 @@ def pytest_configure(config):
     )
 
 
+# Under pytest-xdist (CI runs `-n 2`), the worker's id ("gw0"), else "".
+# Modules imported from shared files (generated/, the kernel modules) get it
+# in their import name, which keys numba's on-disk cache: numba's cache is
+# not safe for two processes writing one index at once.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
 # Filled by the conformance tests: {what is compared: (max abs error,
 # max error / tolerance)}, printed at the end of the run.
 CONFORMANCE_ERRORS: dict[str, tuple[float, float]] = {}
+
+
+def _merge_errors(items):
+    for what, (err, ratio) in items:
+        old = CONFORMANCE_ERRORS.get(what)
+        if old is None or ratio > old[1]:
+            CONFORMANCE_ERRORS[what] = (err, ratio)
+
+
+def pytest_sessionfinish(session):
+    out = getattr(session.config, "workeroutput", None)  # an xdist worker: send them to the controller
+    if out is not None:
+        out["conformance_errors"] = json.dumps(sorted(CONFORMANCE_ERRORS.items()))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _merge_errors(json.loads(getattr(node, "workeroutput", {}).get("conformance_errors", "[]")))
 
 
 def pytest_terminal_summary(terminalreporter):

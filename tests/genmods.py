@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import import_module_from_path
+from conftest import WORKER, import_module_from_path
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "generated"
 
 
 def generated(example: str, model: str):
-    name = f"generated_{example}_{model}"
+    name = f"generated_{example}_{model}{WORKER}"
     if name in sys.modules:
         return sys.modules[name]
     return import_module_from_path(GENERATED / example / f"{model}.py", name)

@@ -42,7 +42,9 @@ def load_kernels(*kinds):
         return _loaded[digest]
     cache_dir = os.path.join(tempfile.gettempdir(), "gen_kernelmod")
     os.makedirs(cache_dir, exist_ok=True)
-    name = "gen_kernels_" + digest
+    # the xdist worker's id: numba's cache (keyed by this name) is not safe
+    # for two processes writing one index at once
+    name = "gen_kernels_" + digest + os.environ.get("PYTEST_XDIST_WORKER", "")
     path = os.path.join(cache_dir, name + ".py")
     old = None
     if os.path.exists(path):
