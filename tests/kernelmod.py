@@ -13,6 +13,8 @@ import sys
 import tempfile
 import types
 
+from conftest import WORKER
+
 # GEN_KERNEL_DIR lets a mutation check point the tests at an edited copy.
 KERNEL_DIR = os.environ.get("GEN_KERNEL_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates", "kernels")
@@ -42,9 +44,7 @@ def load_kernels(*kinds):
         return _loaded[digest]
     cache_dir = os.path.join(tempfile.gettempdir(), "gen_kernelmod")
     os.makedirs(cache_dir, exist_ok=True)
-    # the xdist worker's id: numba's cache (keyed by this name) is not safe
-    # for two processes writing one index at once
-    name = "gen_kernels_" + digest + os.environ.get("PYTEST_XDIST_WORKER", "")
+    name = "gen_kernels_" + digest + WORKER  # see conftest.WORKER
     path = os.path.join(cache_dir, name + ".py")
     old = None
     if os.path.exists(path):

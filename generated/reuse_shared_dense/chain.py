@@ -490,7 +490,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
                 v = z[r, j] + bias[j] if nb > 0 else z[r, j]
                 z[r, j] = _activation_tanh32(v)
         return
-    if bias.shape[0] > 0:
+    if nb > 0:
         for r in range(r0, r1):
             for j in range(z.shape[1]):
                 z[r, j] += bias[j]

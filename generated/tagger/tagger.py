@@ -490,7 +490,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
                 v = z[r, j] + bias[j] if nb > 0 else z[r, j]
                 z[r, j] = _activation_tanh32(v)
         return
-    if bias.shape[0] > 0:
+    if nb > 0:
         for r in range(r0, r1):
             for j in range(z.shape[1]):
                 z[r, j] += bias[j]
@@ -1003,12 +1003,13 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
                     dh[b, u] += dy[b, 0, u]
             _lstm_cell_backward(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t],
                                 tc[b, t], act, ract)
-            if t > 0 and transposed:  # the row just written, while it is in cache
-                for j in range(G):
-                    dztt[j, b] = dzs[b, t, j]
-            elif t > 0:
-                for j in range(G):
-                    dzt[b, j] = dzs[b, t, j]
+            if t > 0:  # the row just written, copied for the product while it is in cache
+                if transposed:
+                    for j in range(G):
+                        dztt[j, b] = dzs[b, t, j]
+                else:
+                    for j in range(G):
+                        dzt[b, j] = dzs[b, t, j]
         if t == 0:
             break
         if transposed:
