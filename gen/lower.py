@@ -57,6 +57,7 @@ class SmallForward:
     steps: list[Step]   # kind "SmallCall": f["calls"] = [(kernel, args, comment)]
     test: str           # when the call site takes it: n times the largest Dense /
                         # Activation output per sample below the parallel size; "" always
+    counts: bool        # returns the sum of what the Dense calls that read an input return
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ModulePlan:
     bind_outputs: list[Buffer]          # backward prologue: output gradients and their views
     returns: list[str]
     small: SmallForward | None
+    counts_nonfinite: bool              # _forward sums what the Dense steps of checked_inputs return
 
 
 def comment_text(text: str) -> str:
@@ -110,6 +112,7 @@ class _Lowering:
             self.weight_index[(id(layer), w.name)] = i
         self.needs_grad = self._needs_grad()
         self.fused = self._embedded_lstms()
+        self.checked_inputs = self._checked_by_dense()
 
     # -- names and buffers ------------------------------------------------
     def _needs_grad(self) -> set[int]:
@@ -118,6 +121,19 @@ class _Lowering:
             if node.layer.weights or any(t.base().id in need for t in node.inputs):
                 need.update(t.id for t in node.outputs)
         return need
+
+    def _checked_by_dense(self) -> dict[int, tuple[int, ...]]:
+        """Input index -> weight indices of the Dense kernels of every layer
+        call that reads it, for float inputs that only Dense calls read (and
+        that are not outputs): predict may check such an input for NaN/Inf
+        through the count those calls return (runtime: _defers_check)."""
+        checked = {}
+        for i, t in enumerate(self.g.inputs):
+            readers = [n for n in self.g.nodes if any(x.base().id == t.id for x in n.inputs)]
+            if (t.dtype == "float" and t.id not in self.output_pos and readers
+                    and all(n.layer.cls == "Dense" for n in readers)):
+                checked[i] = tuple(sorted({self.weight_index[(id(n.layer), "kernel")] for n in readers}))
+        return checked
 
     def _embedded_lstms(self) -> dict[int, Node]:
         """LSTM node id -> the Embedding node whose output is its input and is
@@ -262,7 +278,7 @@ class _Lowering:
         for s in fwd:
             f = s.f
             if s.kind == "Dense":
-                calls = [("_dense_forward_serial", [f["y"], f["x"], f["kernel"], f["bias"]], f["act"], f["act_name"])]
+                calls = [(f["into"] + "_dense_forward_serial", [f["y"], f["x"], f["kernel"], f["bias"]], f["act"], f["act_name"])]
             elif s.kind == "Activation":
                 calls = [("_activation_forward_serial", [f["y"], f["x"]], f["act"], f["act_name"])]
             elif s.kind == "Embedding":
@@ -275,7 +291,7 @@ class _Lowering:
                 (k, ", ".join([param(a) for a in args] + ([] if c is None else [str(c)])), note)
                 for k, args, c, note in calls]}))
         test = f"xs[0].shape[0] * {width} < _ACTIVATION_PARALLEL_MIN" if width else ""
-        return SmallForward(list(names.values()), list(names), steps, test)
+        return SmallForward(list(names.values()), list(names), steps, test, bool(self.checked_inputs))
 
     def forward(self, node: Node) -> Step:
         cls, cfg, t = node.layer.cls, node.layer.kind.cfg, node.outputs[0]
@@ -283,7 +299,8 @@ class _Lowering:
         if cls == "Dense":
             f.update(y=self.flat(t), x=self.flat(node.inputs[0]), kernel=self.weight(node, "kernel"),
                      bias=self.weight(node, "bias"), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"],
-                     size=t.bmul * math.prod(t.shape[1:]))
+                     size=t.bmul * math.prod(t.shape[1:]),
+                     into="nonfinite += " if self.input_pos.get(node.inputs[0].base().id) in self.checked_inputs else "")
         elif cls == "Activation":
             f.update(y=self.flat(t), x=self.flat(node.inputs[0]), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"],
                      size=t.bmul * math.prod(t.shape[1:]))
@@ -452,6 +469,7 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
              ("_optimizer", repr((c.optimizer, c.optimizer_args) if c else None)),
              ("_fit_defaults", repr(g.fit.defaults)),
              ("_sparse_tables", repr(tuple(sparse))),
+             ("_checked_inputs", repr(low.checked_inputs)),
              ("_grads_zeroed", repr(low.grads_zeroed))]
     tables = []
     if c is not None:
@@ -466,4 +484,4 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     nf = low.n_forward_buffers
     return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables,
                       low.buffers[:nf], low.buffers[nf:], fwd, bwd,
-                      low.bind_inputs, low.bind_outputs, low.returns, low.small_forward(fwd))
+                      low.bind_inputs, low.bind_outputs, low.returns, low.small_forward(fwd), bool(low.checked_inputs))

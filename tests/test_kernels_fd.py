@@ -106,6 +106,31 @@ def test_dense_forward(use_bias, dtype, act):
 
 
 @pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("n", [7, 301])
+def test_dense_forward_reports_non_finite_pre_activations(n, dtype, act):
+    """dense_forward returns 0 when every value of x @ kernel + bias is finite
+    and nonzero otherwise, whatever the activation makes of it (relu maps
+    NaN and -inf to 0): predict checks big inputs through it. n 301 with
+    256 units runs the parallel kernel for sigmoid, tanh and softmax."""
+    r = rng(45)
+    o = 256 if n > 8 else 4
+    x, w, b = r.standard_normal((n, 5)).astype(dtype), r.standard_normal((5, o)).astype(dtype), r.standard_normal(o).astype(dtype)
+    z = np.empty((n, o), dtype)
+    assert K.dense_forward(z, x, w, b, act) == 0
+    for at, v in (((0, 0), np.nan), ((n - 1, 4), -np.inf), ((n // 2, 2), np.inf)):
+        xb = x.copy()
+        xb[at] = v
+        assert K.dense_forward(z, xb, w, b, act) != 0, (at, v)
+        assert K.dense_forward(z, xb, w, np.zeros(0, dtype), act) != 0, (at, v)
+    bb = b.copy()
+    bb[o - 1] = np.inf
+    assert K.dense_forward(z, x, w, bb, act) != 0
+    big = np.full_like(x, np.finfo(dtype).max)  # finite input, overflowing product
+    assert K.dense_forward(z, big, np.abs(w), b, act) != 0
+
+
+@pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
 @pytest.mark.parametrize("use_bias", [True, False])
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("wmode", [1, 2])

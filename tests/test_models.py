@@ -330,6 +330,76 @@ def test_predict_allocates_no_gradient_buffers_and_cache_is_bounded():
     assert not np.array_equal(p8[0], m.predict(xs, batch_size=8)[0])  # the step changed the weights
 
 
+def _spy_input_checks(mod, monkeypatch):
+    """The sizes of the arrays the module's whole-array NaN/Inf check reads."""
+    calls, real = [], mod._rt_has_nonfinite
+    monkeypatch.setattr(mod, "_rt_has_nonfinite", lambda a: calls.append(a.size) or real(a))
+    return calls
+
+
+def test_predict_checks_a_big_input_through_its_first_layer(monkeypatch):
+    """From _RT_DEFER_CHECK_MIN values, predict reads an input that only Dense
+    layers read once, not twice: their kernels report NaN/Inf among the
+    pre-activations, and only then is the input checked, with the error the
+    check before _forward gave (relu maps NaN and -inf to 0, so the output
+    alone would not tell). It checks up front for a small input, and when
+    a kernel row has no nonzero weight (a BLAS may skip zero weights)."""
+    mod = generated("mlp", "model")
+    calls = _spy_input_checks(mod, monkeypatch)
+    m, off = mod.Model(seed=0), mod.Model(seed=0, check_finite=False)
+    n = 1200
+    x = np.random.default_rng(3).random((n, 784), dtype=np.float32)
+    assert 100 * 784 >= mod._RT_DEFER_CHECK_MIN and 100 * 64 < mod._ACTIVATION_PARALLEL_MIN <= 1024 * 64
+    for bs in (n, 1024, 100, 32):  # one batch; batches (parallel path, small path _forward_small)
+        np.testing.assert_array_equal(m.predict(x, batch_size=bs), off.predict(x, batch_size=bs))
+    assert calls == []  # all counted by the first layer's kernel: read once
+    for at, v in (((0, 0), np.nan), ((n - 1, 783), -np.inf), ((700, 400), np.inf), ((1100, 5), -np.inf)):
+        xb = x.copy()
+        xb[at] = v
+        xb[at[0] + 1:, 0] = np.nan  # a later NaN is not the one reported
+        msg = f"Input 'input_layer' (expected shape (None, 784)) contains {v} at index {at}; pass check_finite=False"
+        for bs in (n, 1024, 100):
+            with pytest.raises(ValueError, match=re.escape(msg)):
+                m.predict(xb, batch_size=bs)
+    calls.clear()
+    huge = np.full((1024, 784), 3e38, np.float32)  # finite, but x @ kernel overflows: checked, no error
+    np.testing.assert_array_equal(m.predict(huge, batch_size=1024), off.predict(huge, batch_size=1024))
+    assert calls == [huge.size]
+    calls.clear()
+    m.predict(x[:50], batch_size=1024)
+    assert calls == [50 * 784]  # small: checked up front
+    w = m.get_weights()
+    w[0][5] = np.finfo(np.float32).tiny / 2  # a row of subnormals counts as zero
+    m.set_weights(w)
+    calls.clear()
+    m.predict(x, batch_size=1024)
+    assert calls == [x.size]  # a row without weights: checked up front
+    xb = x.copy()
+    xb[9, 5] = np.nan
+    with pytest.raises(ValueError, match=re.escape("contains nan at index (9, 5)")):
+        m.predict(xb, batch_size=1024)
+
+
+def test_predict_checks_each_input_through_a_shared_layer(monkeypatch):
+    """Two inputs read by the calls of one shared encoder: each is checked
+    through them, and the error names the input that holds the NaN."""
+    mod = generated("reuse_siamese", "siamese")
+    assert mod.Model._checked_inputs == {0: (0,), 1: (0,)}
+    assert generated("twitter", "model").Model._checked_inputs == {}  # ids, and an input read by a concat
+    calls = _spy_input_checks(mod, monkeypatch)
+    m = mod.Model(seed=0)
+    n = mod._RT_DEFER_CHECK_MIN // 4
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((n, 4)).astype(np.float32) for _ in range(2)]
+    m.predict(xs, batch_size=n)
+    assert calls == []
+    for k, name in enumerate(("left", "right")):
+        bad = [a.copy() for a in xs]
+        bad[k][n - 2, 3] = np.nan
+        with pytest.raises(ValueError, match=re.escape(f"Input '{name}' (expected shape (None, 4)) contains nan at index ({n - 2}, 3)")):
+            m.predict(bad, batch_size=n)
+
+
 def test_benchmark_reports_every_kernel_and_restores_the_module():
     """Model.benchmark() times each kernel entry point, numba kernels and the
     Python ones that pick serial or parallel kernels (the fused LSTM, the
