@@ -126,7 +126,8 @@ class _Lowering:
         """Input index -> weight indices of the Dense kernels of every layer
         call that reads it, for float inputs that only Dense calls read (and
         that are not outputs): predict may check such an input for NaN/Inf
-        through the count those calls return (runtime: _defers_check)."""
+        through those calls, which return nonzero when a pre-activation is
+        NaN/Inf (runtime: _defers_check)."""
         checked = {}
         for i, t in enumerate(self.g.inputs):
             readers = [n for n in self.g.nodes if any(x.base().id == t.id for x in n.inputs)]

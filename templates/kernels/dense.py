@@ -17,9 +17,9 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     one of those pre-activations is NaN/Inf, else 0. That lets predict
     check a big input through its first layer instead of reading it twice
     (runtime: _defers_check). An or of `not abs(v) < inf` costs 1024 x 64
-    relu 3.1 -> 4.7 us (a count of them, 8.9). relu and
-    float32 sigmoid and tanh are one pass here, through one name for z:
-    passed as both y and z to _activation_forward_rows, z fails the
+    relu 3.1 -> 4.7 us (a count of them, 8.9).
+    relu and float32 sigmoid and tanh are one pass here, through one name
+    for z: passed as both y and z to _activation_forward_rows, z fails the
     compiler's runtime overlap check and the loop runs scalar (1024 x 64:
     relu 12 -> 3 us, sigmoid 500 -> 50 us)."""
     nb = bias.shape[0]
