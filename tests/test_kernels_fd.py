@@ -500,12 +500,12 @@ def test_lstm_cell_forward_default_activations_bit_equal(U):
     z = (3 * r.standard_normal(4 * U)).astype(F32)
     h0, c0 = r.standard_normal(U).astype(F32), (2 * r.standard_normal(U)).astype(F32)
     ref = z.copy()
-    K._lstm_act(ref, 0, 2 * U, SIGMOID)
-    K._lstm_act(ref, 2 * U, 3 * U, TANH)
-    K._lstm_act(ref, 3 * U, 4 * U, SIGMOID)
+    K._lstm_act(ref[:2 * U], SIGMOID)
+    K._lstm_act(ref[2 * U:3 * U], TANH)
+    K._lstm_act(ref[3 * U:], SIGMOID)
     c_ref = ref[U:2 * U] * c0 + ref[:U] * ref[2 * U:3 * U]
     a_ref = c_ref.copy()
-    K._lstm_act(a_ref, 0, U, TANH)
+    K._lstm_act(a_ref, TANH)
     h, c, hp, cp, a = h0.copy(), c0.copy(), np.full(U, np.nan, F32), np.full(U, np.nan, F32), np.full(U, np.nan, F32)
     K._lstm_cell_forward(z, h, c, hp, cp, a, TANH, SIGMOID)
     for got, want in ((z, ref), (c, c_ref), (a, a_ref), (h, ref[3 * U:] * a_ref), (hp, h0), (cp, c0)):
@@ -523,8 +523,8 @@ def test_lstm_cell_backward_default_activations_bit_equal(U, dtype):
     gh0, gc0 = r.standard_normal(U).astype(dtype), r.standard_normal(U).astype(dtype)
     d, da = np.empty(4 * U, dtype), np.empty(U, dtype)
     for j0, j1, code in ((0, 2 * U, SIGMOID), (2 * U, 3 * U, TANH), (3 * U, 4 * U, SIGMOID)):
-        K._lstm_deriv_segment(d, z, j0, j1, code)
-    K._lstm_deriv_segment(da, a, 0, U, TANH)
+        K._lstm_deriv_segment(d[j0:j1], z[j0:j1], code)
+    K._lstm_deriv_segment(da, a, TANH)
     g = gc0 + gh0 * z[3 * U:] * da
     want = np.concatenate([d[:U] * (g * z[2 * U:3 * U]), d[U:2 * U] * (g * cp),
                            d[2 * U:3 * U] * (g * z[:U]), d[3 * U:] * (gh0 * a)])
@@ -748,7 +748,7 @@ def test_lstm_gate_activations_accuracy(dtype):
     v64 = v.astype(F64)
     for code, ref in ((TANH, np.tanh(v64)), (SIGMOID, 1 / (1 + np.exp(-v64)))):
         a = v.copy()
-        K._lstm_act(a, 0, a.size, code)
+        K._lstm_act(a, code)
         if dtype == F32:
             np.testing.assert_allclose(a, ref, rtol=0, atol=4e-7)
             assert np.all(np.abs(a) <= 1)

@@ -457,7 +457,9 @@ def activation_backward(dz, dy, y, act, mode):
 # kernel.T are F-ordered views of C arrays: numba passes them to gemm as
 # "transposed" without copying.  np.dot(a, b, out) writes in place but only
 # overwrites (no beta=1), so an accumulated gradient (+=) costs a temporary
-# the size of the result; lower.py lets the first contribution to a
+# the size of the result (written by the same 3-argument np.dot: each form
+# of np.dot compiles on its own, and the 2-argument one added 0.75 s to
+# twitter.py's cold start); lower.py lets the first contribution to a
 # gradient overwrite it instead, so nothing zeroes it first either.
 # The epilogue (bias, activation) runs over blocks of rows in parallel only
 # where the activation would (activation_forward).
@@ -469,9 +471,9 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     one of those pre-activations is NaN/Inf, else 0. That lets predict
     check a big input through its first layer instead of reading it twice
     (runtime: _defers_check). An or of `not abs(v) < inf` costs 1024 x 64
-    relu 3.1 -> 4.7 us (a count of them, 8.9). relu and
-    float32 sigmoid and tanh are one pass here, through one name for z:
-    passed as both y and z to _activation_forward_rows, z fails the
+    relu 3.1 -> 4.7 us (a count of them, 8.9).
+    relu and float32 sigmoid and tanh are one pass here, through one name
+    for z: passed as both y and z to _activation_forward_rows, z fails the
     compiler's runtime overlap check and the loop runs scalar (1024 x 64:
     relu 12 -> 3 us, sigmoid 500 -> 50 us)."""
     nb = bias.shape[0]
@@ -535,7 +537,9 @@ def _dense_param_grads(dkernel, dbias, dz, x, wmode):
         np.dot(x.T, dz, dkernel)
         dbias[:] = 0
     else:
-        dkernel += np.dot(x.T, dz)
+        tmp = np.empty_like(dkernel)
+        np.dot(x.T, dz, tmp)
+        dkernel += tmp
     if dbias.shape[0] > 0:
         for r in range(dz.shape[0]):  # row-major walk: contiguous reads of dz
             row = dz[r]
@@ -548,7 +552,9 @@ def _dense_input_grad(dx, dz, kernel, mode):
     if mode == 1:
         np.dot(dz, kernel.T, dx)
     elif mode == 2:
-        dx += np.dot(dz, kernel.T)
+        tmp = np.empty_like(dx)
+        np.dot(dz, kernel.T, tmp)
+        dx += tmp
 
 
 @njit

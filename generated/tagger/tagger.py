@@ -457,7 +457,9 @@ def activation_backward(dz, dy, y, act, mode):
 # kernel.T are F-ordered views of C arrays: numba passes them to gemm as
 # "transposed" without copying.  np.dot(a, b, out) writes in place but only
 # overwrites (no beta=1), so an accumulated gradient (+=) costs a temporary
-# the size of the result; lower.py lets the first contribution to a
+# the size of the result (written by the same 3-argument np.dot: each form
+# of np.dot compiles on its own, and the 2-argument one added 0.75 s to
+# twitter.py's cold start); lower.py lets the first contribution to a
 # gradient overwrite it instead, so nothing zeroes it first either.
 # The epilogue (bias, activation) runs over blocks of rows in parallel only
 # where the activation would (activation_forward).
@@ -469,9 +471,9 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     one of those pre-activations is NaN/Inf, else 0. That lets predict
     check a big input through its first layer instead of reading it twice
     (runtime: _defers_check). An or of `not abs(v) < inf` costs 1024 x 64
-    relu 3.1 -> 4.7 us (a count of them, 8.9). relu and
-    float32 sigmoid and tanh are one pass here, through one name for z:
-    passed as both y and z to _activation_forward_rows, z fails the
+    relu 3.1 -> 4.7 us (a count of them, 8.9).
+    relu and float32 sigmoid and tanh are one pass here, through one name
+    for z: passed as both y and z to _activation_forward_rows, z fails the
     compiler's runtime overlap check and the loop runs scalar (1024 x 64:
     relu 12 -> 3 us, sigmoid 500 -> 50 us)."""
     nb = bias.shape[0]
@@ -535,7 +537,9 @@ def _dense_param_grads(dkernel, dbias, dz, x, wmode):
         np.dot(x.T, dz, dkernel)
         dbias[:] = 0
     else:
-        dkernel += np.dot(x.T, dz)
+        tmp = np.empty_like(dkernel)
+        np.dot(x.T, dz, tmp)
+        dkernel += tmp
     if dbias.shape[0] > 0:
         for r in range(dz.shape[0]):  # row-major walk: contiguous reads of dz
             row = dz[r]
@@ -548,7 +552,9 @@ def _dense_input_grad(dx, dz, kernel, mode):
     if mode == 1:
         np.dot(dz, kernel.T, dx)
     elif mode == 2:
-        dx += np.dot(dz, kernel.T)
+        tmp = np.empty_like(dx)
+        np.dot(dz, kernel.T, tmp)
+        dx += tmp
 
 
 @njit
@@ -714,12 +720,12 @@ _LSTM_STEPS_TRANSPOSED_MAX_BATCH = 48
 
 
 @njit
-def _lstm_act(row, j0, j1, code):
-    """row[j0:j1] = act(row[j0:j1]) in place (a 1-D row); the code and dtype
+def _lstm_act(a, code):
+    """a = act(a) in place (a 1-D slice of a row); the code and dtype
     branches sit outside the loops so each loop is a plain element-wise pass.
-    Loops run over a slice from 0: numba vectorizes range(n) loops, not
-    range(j0, j1) ones (measured 13x on a sqrt-and-divide loop)."""
-    a = row[j0:j1]
+    Callers pass slices, so loops run from 0: numba vectorizes range(n)
+    loops, not range(j0, j1) ones (measured 13x on a sqrt-and-divide loop),
+    and no literal bound (0) makes numba compile a second copy."""
     one = a.dtype.type(1.0)
     half = a.dtype.type(0.5)
     fast = a.itemsize == 4  # float32: the vectorizing rational forms
@@ -794,26 +800,24 @@ def _lstm_cell_forward(z, h, c, hp, cp, a, act, ract):
             a[u] = t
             h[u] = z[3 * U + u] * t
         return
-    _lstm_act(z, 0, 2 * U, ract)       # i, f
-    _lstm_act(z, 2 * U, 3 * U, act)    # g
-    _lstm_act(z, 3 * U, 4 * U, ract)   # o
+    _lstm_act(z[:2 * U], ract)          # i, f
+    _lstm_act(z[2 * U:3 * U], act)      # g
+    _lstm_act(z[3 * U:], ract)          # o
     for u in range(U):
         hp[u] = h[u]
         cp[u] = c[u]
         cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
         c[u] = cn
         a[u] = cn
-    _lstm_act(a, 0, U, act)
+    _lstm_act(a, act)
     for u in range(U):
         h[u] = z[3 * U + u] * a[u]
 
 
 @njit
-def _lstm_deriv_segment(dst, out, j0, j1, code):
-    """dst[j] = act'(z_j) from the outputs out[j] = act(z_j), for j0 <= j < j1;
-    code branch outside the loops, so each one vectorizes."""
-    d = dst[j0:j1]
-    y = out[j0:j1]
+def _lstm_deriv_segment(d, y, code):
+    """d[j] = act'(z_j) from the outputs y[j] = act(z_j) (slices, as for
+    _lstm_act); code branch outside the loops, so each one vectorizes."""
     one = y.dtype.type(1.0)
     zero = y.dtype.type(0.0)
     if code == 2:
@@ -861,10 +865,10 @@ def _lstm_cell_backward(dz, gh, gc, da, z, cp, a, act, ract):
             gc[u] = gg * f
         return
     # the activations' derivatives first, each segment a plain loop
-    _lstm_deriv_segment(dz, z, 0, 2 * U, ract)
-    _lstm_deriv_segment(dz, z, 2 * U, 3 * U, act)
-    _lstm_deriv_segment(dz, z, 3 * U, 4 * U, ract)
-    _lstm_deriv_segment(da, a, 0, U, act)
+    _lstm_deriv_segment(dz[:2 * U], z[:2 * U], ract)
+    _lstm_deriv_segment(dz[2 * U:3 * U], z[2 * U:3 * U], act)
+    _lstm_deriv_segment(dz[3 * U:], z[3 * U:], ract)
+    _lstm_deriv_segment(da, a, act)
     for u in range(U):
         # h = o * act(c): dc is the path through act(c) plus the carry
         g = gc[u] + gh[u] * z[3 * U + u] * da[u]
@@ -1080,7 +1084,9 @@ def _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode):
         np.dot(hp.reshape(B * T, U).T, dzf, drkernel)
         dbias[:] = 0
     else:
-        drkernel += np.dot(hp.reshape(B * T, U).T, dzf)
+        tmp = np.empty_like(drkernel)
+        np.dot(hp.reshape(B * T, U).T, dzf, tmp)
+        drkernel += tmp
     if dbias.shape[0] > 0:
         for r in range(B * T):
             row = dzf[r]
@@ -1105,12 +1111,16 @@ def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode):
     if wmode == 1:
         np.dot(x.reshape(B * T, I).T, dzf, dkernel)
     else:
-        dkernel += np.dot(x.reshape(B * T, I).T, dzf)
+        tmp = np.empty_like(dkernel)
+        np.dot(x.reshape(B * T, I).T, dzf, tmp)
+        dkernel += tmp
     if mode == 1:
         np.dot(dzf, kernel.T, dx.reshape(B * T, I))
     elif mode == 2:
         dxf = dx.reshape(B * T, I)
-        dxf += np.dot(dzf, kernel.T)
+        tmp = np.empty_like(dxf)
+        np.dot(dzf, kernel.T, tmp)
+        dxf += tmp
 
 
 def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
@@ -1174,7 +1184,9 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
 @njit(parallel=True)
 def _lstm_copy_rows(dst, src, rows, add):
     """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
-    src[k] (scatter, rows distinct, so the tasks touch disjoint rows)."""
+    src[k] (scatter, rows distinct, so the tasks touch disjoint rows).
+    Callers pass a computed flag: a literal True / False would make numba
+    compile this parallel kernel once for each (0.3 s of a cold start)."""
     n, d = rows.shape[0], src.shape[1]
     for k in prange(n):
         r = rows[k]
@@ -1190,7 +1202,7 @@ def _lstm_copy_rows(dst, src, rows, add):
 def _lstm_gather(dst, src, rows):
     """dst[k] = src[rows[k]] for every k; in parallel over k when big."""
     if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dst, src, rows, False)
+        _lstm_copy_rows(dst, src, rows, rows.shape[0] < 0)  # False
     else:
         for k in range(rows.shape[0]):
             s = src[rows[k]]
@@ -1239,12 +1251,14 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
     if wmode == 1:
         np.dot(xu[:n].T, dzu, dkernel)
     else:
-        dkernel += np.dot(xu[:n].T, dzu)
+        tmp = np.empty_like(dkernel)
+        np.dot(xu[:n].T, dzu, tmp)
+        dkernel += tmp
     np.dot(dzu, kernel.T, xu[:n])
     if dtable.shape[0] == 0:
         return  # the caller reads the rows' gradients from xu[:n] (rows uniq[:n])
     if n * I >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dtable, xu, uniq[:n], True)
+        _lstm_copy_rows(dtable, xu, uniq[:n], n >= 0)  # True
     else:
         for k in range(n):
             row = uniq[k]

@@ -12,7 +12,9 @@
 @njit(parallel=True)
 def _lstm_copy_rows(dst, src, rows, add):
     """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
-    src[k] (scatter, rows distinct, so the tasks touch disjoint rows)."""
+    src[k] (scatter, rows distinct, so the tasks touch disjoint rows).
+    Callers pass a computed flag: a literal True / False would make numba
+    compile this parallel kernel once for each (0.3 s of a cold start)."""
     n, d = rows.shape[0], src.shape[1]
     for k in prange(n):
         r = rows[k]
@@ -28,7 +30,7 @@ def _lstm_copy_rows(dst, src, rows, add):
 def _lstm_gather(dst, src, rows):
     """dst[k] = src[rows[k]] for every k; in parallel over k when big."""
     if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dst, src, rows, False)
+        _lstm_copy_rows(dst, src, rows, rows.shape[0] < 0)  # False
     else:
         for k in range(rows.shape[0]):
             s = src[rows[k]]
@@ -77,12 +79,14 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
     if wmode == 1:
         np.dot(xu[:n].T, dzu, dkernel)
     else:
-        dkernel += np.dot(xu[:n].T, dzu)
+        tmp = np.empty_like(dkernel)
+        np.dot(xu[:n].T, dzu, tmp)
+        dkernel += tmp
     np.dot(dzu, kernel.T, xu[:n])
     if dtable.shape[0] == 0:
         return  # the caller reads the rows' gradients from xu[:n] (rows uniq[:n])
     if n * I >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dtable, xu, uniq[:n], True)
+        _lstm_copy_rows(dtable, xu, uniq[:n], n >= 0)  # True
     else:
         for k in range(n):
             row = uniq[k]
