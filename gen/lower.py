@@ -264,7 +264,10 @@ class _Lowering:
         return fwd, bwd
 
     def small_forward(self, fwd: list[Step]) -> SmallForward | None:
-        """_forward_small for a model whose every forward step has a serial kernel."""
+        """_forward_small for a model whose every forward step has a serial kernel.
+        Activation codes and offsets go in as np.int64(...): as literals, numba
+        would compile each kernel once per value (mlp: the Dense kernels
+        twice more, for relu and softmax)."""
         if not fwd or any(s.kind not in _SMALL_KINDS for s in fwd):
             return None
         names: dict[str, str] = {}
@@ -289,7 +292,7 @@ class _Lowering:
             if s.kind in ("Dense", "Activation"):
                 width = max(width, f["size"])
             steps.append(Step("SmallCall", s.where, {"calls": [
-                (k, ", ".join([param(a) for a in args] + ([] if c is None else [str(c)])), note)
+                (k, ", ".join([param(a) for a in args] + ([] if c is None else [f"np.int64({c})"])), note)
                 for k, args, c, note in calls]}))
         test = f"xs[0].shape[0] * {width} < _ACTIVATION_PARALLEL_MIN" if width else ""
         return SmallForward(list(names.values()), list(names), steps, test, bool(self.checked_inputs))

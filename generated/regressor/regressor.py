@@ -175,6 +175,11 @@ def njit(*args, **kwargs):
 
 _ACTIVATION_PARALLEL_MIN = 1 << 16  # elements; below this, run serially
 _ACTIVATION_BLOCK = 16  # rows per parallel task
+# Constant arguments of one kernel to another are np.int64(...) /
+# np.bool_(...): numba compiles a callee once more for each literal value a
+# caller passes (Literal[int](0), next to its int64 copy for the parallel
+# kernels' blocks), and a literal passed on goes down the calls (tested in
+# a cold process: test_no_kernel_compiles_a_copy_for_a_literal_argument).
 # float32 sigmoid and softmax take exp from _activation_exp32: plain
 # arithmetic that vectorizes, where libm's exp is a call per value (softmax
 # over 1024 x 10: 31 -> 12 us). float64 keeps libm's exp.
@@ -337,7 +342,7 @@ def _activation_backward_rows_inplace(dz, y, r0, r1, act):
             for j in range(c):
                 dz[r, j] = dz[r, j] * (one - y[r, j] * y[r, j])
     else:
-        _activation_backward_rows(dz, dz, y, r0, r1, act, 1)
+        _activation_backward_rows(dz, dz, y, r0, r1, act, np.int64(1))
 
 
 @njit
@@ -396,7 +401,7 @@ def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
 
 @njit
 def _activation_forward_serial(y, z, act):
-    _activation_forward_rows(y, z, 0, z.shape[0], act)
+    _activation_forward_rows(y, z, np.int64(0), z.shape[0], act)
 
 
 @njit(parallel=True)
@@ -408,7 +413,7 @@ def _activation_forward_parallel(y, z, act):
 
 @njit
 def _activation_backward_serial(dz, dy, y, act, mode):
-    _activation_backward_rows(dz, dy, y, 0, y.shape[0], act, mode)
+    _activation_backward_rows(dz, dy, y, np.int64(0), y.shape[0], act, mode)
 
 
 @njit(parallel=True)
@@ -516,7 +521,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
 @njit
 def _dense_forward_serial(z, x, kernel, bias, act):
     np.dot(x, kernel, z)
-    return _dense_epilogue_rows(z, bias, 0, z.shape[0], act)
+    return _dense_epilogue_rows(z, bias, np.int64(0), z.shape[0], act)
 
 
 @njit(parallel=True)
@@ -560,7 +565,7 @@ def _dense_input_grad(dx, dz, kernel, mode):
 @njit
 def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        _activation_backward_rows_inplace(dz, y, 0, dz.shape[0], act)
+        _activation_backward_rows_inplace(dz, y, np.int64(0), dz.shape[0], act)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -876,7 +881,7 @@ def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov):
 @njit
 def _sgd_serial(w, g, m, lr, momentum, nesterov):
     dt = w.dtype.type
-    _sgd_span(0, w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
+    _sgd_span(np.int64(0), w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
 
 
 @njit(parallel=True)
@@ -927,7 +932,7 @@ def _rmsprop_args(w, lr, rho, momentum, epsilon, centered):
 
 @njit
 def _rmsprop_serial(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
-    _rmsprop_span(0, w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
+    _rmsprop_span(np.int64(0), w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
 
 
 @njit(parallel=True)
@@ -981,7 +986,7 @@ def _adam_args(w, lr, beta_1, beta_2, epsilon, t):
 
 @njit
 def _adam_serial(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
-    _adam_span(0, w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
+    _adam_span(np.int64(0), w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
 
 
 @njit(parallel=True)
@@ -2139,16 +2144,16 @@ def _forward_small(b_concatenate, b_input_layer, b_input_layer_1, b_dense, w0, b
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
     # regressor.py:11  x = layers.concatenate([a, b])
-    concat_forward(b_concatenate, b_input_layer, 0)
-    concat_forward(b_concatenate, b_input_layer_1, 6)
+    concat_forward(b_concatenate, b_input_layer, np.int64(0))
+    concat_forward(b_concatenate, b_input_layer_1, np.int64(6))
     # regressor.py:12  x = layers.Dense(width, use_bias=False)(x)
-    _dense_forward_serial(b_dense, b_concatenate, w0, b__e1, 0)  # linear
+    _dense_forward_serial(b_dense, b_concatenate, w0, b__e1, np.int64(0))  # linear
     # regressor.py:13  x = layers.Activation('tanh')(x)
-    _activation_forward_serial(b_activation, b_dense, 3)  # tanh
+    _activation_forward_serial(b_activation, b_dense, np.int64(3))  # tanh
     # regressor.py:14  x = layers.Dense(width // 2, activation='sigmoid')(x)
-    _dense_forward_serial(b_dense_1, b_activation, w1, w2, 2)  # sigmoid
+    _dense_forward_serial(b_dense_1, b_activation, w1, w2, np.int64(2))  # sigmoid
     # regressor.py:15  y = layers.Dense(2)(x)
-    _dense_forward_serial(b_dense_2, b_dense_1, w3, w4, 0)  # linear
+    _dense_forward_serial(b_dense_2, b_dense_1, w3, w4, np.int64(0))  # linear
 
 
 class Model(_Runtime):

@@ -175,6 +175,11 @@ def njit(*args, **kwargs):
 
 _ACTIVATION_PARALLEL_MIN = 1 << 16  # elements; below this, run serially
 _ACTIVATION_BLOCK = 16  # rows per parallel task
+# Constant arguments of one kernel to another are np.int64(...) /
+# np.bool_(...): numba compiles a callee once more for each literal value a
+# caller passes (Literal[int](0), next to its int64 copy for the parallel
+# kernels' blocks), and a literal passed on goes down the calls (tested in
+# a cold process: test_no_kernel_compiles_a_copy_for_a_literal_argument).
 # float32 sigmoid and softmax take exp from _activation_exp32: plain
 # arithmetic that vectorizes, where libm's exp is a call per value (softmax
 # over 1024 x 10: 31 -> 12 us). float64 keeps libm's exp.
@@ -337,7 +342,7 @@ def _activation_backward_rows_inplace(dz, y, r0, r1, act):
             for j in range(c):
                 dz[r, j] = dz[r, j] * (one - y[r, j] * y[r, j])
     else:
-        _activation_backward_rows(dz, dz, y, r0, r1, act, 1)
+        _activation_backward_rows(dz, dz, y, r0, r1, act, np.int64(1))
 
 
 @njit
@@ -396,7 +401,7 @@ def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
 
 @njit
 def _activation_forward_serial(y, z, act):
-    _activation_forward_rows(y, z, 0, z.shape[0], act)
+    _activation_forward_rows(y, z, np.int64(0), z.shape[0], act)
 
 
 @njit(parallel=True)
@@ -408,7 +413,7 @@ def _activation_forward_parallel(y, z, act):
 
 @njit
 def _activation_backward_serial(dz, dy, y, act, mode):
-    _activation_backward_rows(dz, dy, y, 0, y.shape[0], act, mode)
+    _activation_backward_rows(dz, dy, y, np.int64(0), y.shape[0], act, mode)
 
 
 @njit(parallel=True)
@@ -516,7 +521,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
 @njit
 def _dense_forward_serial(z, x, kernel, bias, act):
     np.dot(x, kernel, z)
-    return _dense_epilogue_rows(z, bias, 0, z.shape[0], act)
+    return _dense_epilogue_rows(z, bias, np.int64(0), z.shape[0], act)
 
 
 @njit(parallel=True)
@@ -560,7 +565,7 @@ def _dense_input_grad(dx, dz, kernel, mode):
 @njit
 def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        _activation_backward_rows_inplace(dz, y, 0, dz.shape[0], act)
+        _activation_backward_rows_inplace(dz, y, np.int64(0), dz.shape[0], act)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -1674,11 +1679,11 @@ def _forward_small(b_dense, b_input_layer, w0, w1, b_dense_1, w2, w3, b_dense_2,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse.py:7  x = Dense(64, activation='relu')(inputs)
-    nonfinite += _dense_forward_serial(b_dense, b_input_layer, w0, w1, 1)  # relu
+    nonfinite += _dense_forward_serial(b_dense, b_input_layer, w0, w1, np.int64(1))  # relu
     # reuse.py:8  x = Dense(64, activation='relu')(x)
-    _dense_forward_serial(b_dense_1, b_dense, w2, w3, 1)  # relu
+    _dense_forward_serial(b_dense_1, b_dense, w2, w3, np.int64(1))  # relu
     # reuse.py:9  predictions = Dense(10, activation='softmax')(x)
-    _dense_forward_serial(b_dense_2, b_dense_1, w4, w5, 4)  # softmax
+    _dense_forward_serial(b_dense_2, b_dense_1, w4, w5, np.int64(4))  # softmax
     return nonfinite
 
 

@@ -175,6 +175,11 @@ def njit(*args, **kwargs):
 
 _ACTIVATION_PARALLEL_MIN = 1 << 16  # elements; below this, run serially
 _ACTIVATION_BLOCK = 16  # rows per parallel task
+# Constant arguments of one kernel to another are np.int64(...) /
+# np.bool_(...): numba compiles a callee once more for each literal value a
+# caller passes (Literal[int](0), next to its int64 copy for the parallel
+# kernels' blocks), and a literal passed on goes down the calls (tested in
+# a cold process: test_no_kernel_compiles_a_copy_for_a_literal_argument).
 # float32 sigmoid and softmax take exp from _activation_exp32: plain
 # arithmetic that vectorizes, where libm's exp is a call per value (softmax
 # over 1024 x 10: 31 -> 12 us). float64 keeps libm's exp.
@@ -337,7 +342,7 @@ def _activation_backward_rows_inplace(dz, y, r0, r1, act):
             for j in range(c):
                 dz[r, j] = dz[r, j] * (one - y[r, j] * y[r, j])
     else:
-        _activation_backward_rows(dz, dz, y, r0, r1, act, 1)
+        _activation_backward_rows(dz, dz, y, r0, r1, act, np.int64(1))
 
 
 @njit
@@ -396,7 +401,7 @@ def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
 
 @njit
 def _activation_forward_serial(y, z, act):
-    _activation_forward_rows(y, z, 0, z.shape[0], act)
+    _activation_forward_rows(y, z, np.int64(0), z.shape[0], act)
 
 
 @njit(parallel=True)
@@ -408,7 +413,7 @@ def _activation_forward_parallel(y, z, act):
 
 @njit
 def _activation_backward_serial(dz, dy, y, act, mode):
-    _activation_backward_rows(dz, dy, y, 0, y.shape[0], act, mode)
+    _activation_backward_rows(dz, dy, y, np.int64(0), y.shape[0], act, mode)
 
 
 @njit(parallel=True)
@@ -516,7 +521,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
 @njit
 def _dense_forward_serial(z, x, kernel, bias, act):
     np.dot(x, kernel, z)
-    return _dense_epilogue_rows(z, bias, 0, z.shape[0], act)
+    return _dense_epilogue_rows(z, bias, np.int64(0), z.shape[0], act)
 
 
 @njit(parallel=True)
@@ -560,7 +565,7 @@ def _dense_input_grad(dx, dz, kernel, mode):
 @njit
 def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        _activation_backward_rows_inplace(dz, y, 0, dz.shape[0], act)
+        _activation_backward_rows_inplace(dz, y, np.int64(0), dz.shape[0], act)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
@@ -657,7 +662,7 @@ def embedding_backward(dtable, dout, ids):
     n, d = dout.shape
     nblocks = (d + _EMBEDDING_BLOCK - 1) // _EMBEDDING_BLOCK
     if n * d < _EMBEDDING_PARALLEL_MIN or nblocks < 2 or n > _EMBEDDING_PARALLEL_MAX_ROWS:
-        _embedding_scatter(dtable, dout, ids, 0, d)
+        _embedding_scatter(dtable, dout, ids, np.int64(0), d)
     else:
         for blk in prange(nblocks):
             j0 = blk * _EMBEDDING_BLOCK
@@ -725,7 +730,8 @@ def _lstm_act(a, code):
     branches sit outside the loops so each loop is a plain element-wise pass.
     Callers pass slices, so loops run from 0: numba vectorizes range(n)
     loops, not range(j0, j1) ones (measured 13x on a sqrt-and-divide loop),
-    and no literal bound (0) makes numba compile a second copy."""
+    and no literal bound (0) makes numba compile a second copy (see
+    activation.py)."""
     one = a.dtype.type(1.0)
     half = a.dtype.type(0.5)
     fast = a.itemsize == 4  # float32: the vectorizing rational forms
@@ -905,7 +911,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                     zr = zs[r, t]
                     for j in range(G):
                         zr[j] += bias[j]
-            _lstm_matvec2(z, z2, hc[b], h2, rkt, True)
+            _lstm_matvec2(z, z2, hc[b], h2, rkt, np.bool_(True))
             k = t if keep else 0
             for r in range(b, b + rows):
                 _lstm_cell_forward(zs[r, t], hc[r], cc[r], hp[r, k], cp[r, k], tc[r, k], act, ract)
@@ -957,7 +963,7 @@ def _lstm_rows_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, r
                         gh[u] += dy[r, 0, u]
                 _lstm_cell_backward(dzs[r, t], gh, dc[r], da[r], zs[r, t], cp[r, t], tc[r, t], act, ract)
             if t > 0:
-                _lstm_matvec2(dh[b], gh2, dzs[b, t], dzs[b + rows - 1, t], rkernel, False)
+                _lstm_matvec2(dh[b], gh2, dzs[b, t], dzs[b + rows - 1, t], rkernel, np.bool_(False))
 
 
 @njit(parallel=True)
@@ -1070,7 +1076,7 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
     elif B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
         _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
     else:
-        _lstm_rows_backward(0, B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+        _lstm_rows_backward(np.int64(0), B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
 
 
 @njit
@@ -1185,8 +1191,7 @@ def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
 def _lstm_copy_rows(dst, src, rows, add):
     """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
     src[k] (scatter, rows distinct, so the tasks touch disjoint rows).
-    Callers pass a computed flag: a literal True / False would make numba
-    compile this parallel kernel once for each (0.3 s of a cold start)."""
+    Callers pass np.bool_(...), not a literal (see activation.py)."""
     n, d = rows.shape[0], src.shape[1]
     for k in prange(n):
         r = rows[k]
@@ -1202,7 +1207,7 @@ def _lstm_copy_rows(dst, src, rows, add):
 def _lstm_gather(dst, src, rows):
     """dst[k] = src[rows[k]] for every k; in parallel over k when big."""
     if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dst, src, rows, rows.shape[0] < 0)  # False
+        _lstm_copy_rows(dst, src, rows, np.bool_(False))
     else:
         for k in range(rows.shape[0]):
             s = src[rows[k]]
@@ -1258,7 +1263,7 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
     if dtable.shape[0] == 0:
         return  # the caller reads the rows' gradients from xu[:n] (rows uniq[:n])
     if n * I >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dtable, xu, uniq[:n], n >= 0)  # True
+        _lstm_copy_rows(dtable, xu, uniq[:n], np.bool_(True))
     else:
         for k in range(n):
             row = uniq[k]
@@ -1665,7 +1670,7 @@ def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov):
 @njit
 def _sgd_serial(w, g, m, lr, momentum, nesterov):
     dt = w.dtype.type
-    _sgd_span(0, w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
+    _sgd_span(np.int64(0), w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
 
 
 @njit(parallel=True)
@@ -1716,7 +1721,7 @@ def _rmsprop_args(w, lr, rho, momentum, epsilon, centered):
 
 @njit
 def _rmsprop_serial(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
-    _rmsprop_span(0, w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
+    _rmsprop_span(np.int64(0), w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
 
 
 @njit(parallel=True)
@@ -1770,7 +1775,7 @@ def _adam_args(w, lr, beta_1, beta_2, epsilon, t):
 
 @njit
 def _adam_serial(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
-    _adam_span(0, w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
+    _adam_span(np.int64(0), w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
 
 
 @njit(parallel=True)

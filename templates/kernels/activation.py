@@ -16,6 +16,11 @@
 
 _ACTIVATION_PARALLEL_MIN = 1 << 16  # elements; below this, run serially
 _ACTIVATION_BLOCK = 16  # rows per parallel task
+# Constant arguments of one kernel to another are np.int64(...) /
+# np.bool_(...): numba compiles a callee once more for each literal value a
+# caller passes (Literal[int](0), next to its int64 copy for the parallel
+# kernels' blocks), and a literal passed on goes down the calls (tested in
+# a cold process: test_no_kernel_compiles_a_copy_for_a_literal_argument).
 # float32 sigmoid and softmax take exp from _activation_exp32: plain
 # arithmetic that vectorizes, where libm's exp is a call per value (softmax
 # over 1024 x 10: 31 -> 12 us). float64 keeps libm's exp.
@@ -178,7 +183,7 @@ def _activation_backward_rows_inplace(dz, y, r0, r1, act):
             for j in range(c):
                 dz[r, j] = dz[r, j] * (one - y[r, j] * y[r, j])
     else:
-        _activation_backward_rows(dz, dz, y, r0, r1, act, 1)
+        _activation_backward_rows(dz, dz, y, r0, r1, act, np.int64(1))
 
 
 @njit
@@ -237,7 +242,7 @@ def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
 
 @njit
 def _activation_forward_serial(y, z, act):
-    _activation_forward_rows(y, z, 0, z.shape[0], act)
+    _activation_forward_rows(y, z, np.int64(0), z.shape[0], act)
 
 
 @njit(parallel=True)
@@ -249,7 +254,7 @@ def _activation_forward_parallel(y, z, act):
 
 @njit
 def _activation_backward_serial(dz, dy, y, act, mode):
-    _activation_backward_rows(dz, dy, y, 0, y.shape[0], act, mode)
+    _activation_backward_rows(dz, dy, y, np.int64(0), y.shape[0], act, mode)
 
 
 @njit(parallel=True)

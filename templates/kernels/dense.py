@@ -64,7 +64,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
 @njit
 def _dense_forward_serial(z, x, kernel, bias, act):
     np.dot(x, kernel, z)
-    return _dense_epilogue_rows(z, bias, 0, z.shape[0], act)
+    return _dense_epilogue_rows(z, bias, np.int64(0), z.shape[0], act)
 
 
 @njit(parallel=True)
@@ -108,7 +108,7 @@ def _dense_input_grad(dx, dz, kernel, mode):
 @njit
 def _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     if act != 0:
-        _activation_backward_rows_inplace(dz, y, 0, dz.shape[0], act)
+        _activation_backward_rows_inplace(dz, y, np.int64(0), dz.shape[0], act)
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 

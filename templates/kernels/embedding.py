@@ -48,7 +48,7 @@ def embedding_backward(dtable, dout, ids):
     n, d = dout.shape
     nblocks = (d + _EMBEDDING_BLOCK - 1) // _EMBEDDING_BLOCK
     if n * d < _EMBEDDING_PARALLEL_MIN or nblocks < 2 or n > _EMBEDDING_PARALLEL_MAX_ROWS:
-        _embedding_scatter(dtable, dout, ids, 0, d)
+        _embedding_scatter(dtable, dout, ids, np.int64(0), d)
     else:
         for blk in prange(nblocks):
             j0 = blk * _EMBEDDING_BLOCK

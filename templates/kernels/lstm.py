@@ -48,7 +48,8 @@ def _lstm_act(a, code):
     branches sit outside the loops so each loop is a plain element-wise pass.
     Callers pass slices, so loops run from 0: numba vectorizes range(n)
     loops, not range(j0, j1) ones (measured 13x on a sqrt-and-divide loop),
-    and no literal bound (0) makes numba compile a second copy."""
+    and no literal bound (0) makes numba compile a second copy (see
+    activation.py)."""
     one = a.dtype.type(1.0)
     half = a.dtype.type(0.5)
     fast = a.itemsize == 4  # float32: the vectorizing rational forms
@@ -228,7 +229,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                     zr = zs[r, t]
                     for j in range(G):
                         zr[j] += bias[j]
-            _lstm_matvec2(z, z2, hc[b], h2, rkt, True)
+            _lstm_matvec2(z, z2, hc[b], h2, rkt, np.bool_(True))
             k = t if keep else 0
             for r in range(b, b + rows):
                 _lstm_cell_forward(zs[r, t], hc[r], cc[r], hp[r, k], cp[r, k], tc[r, k], act, ract)
@@ -280,7 +281,7 @@ def _lstm_rows_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, r
                         gh[u] += dy[r, 0, u]
                 _lstm_cell_backward(dzs[r, t], gh, dc[r], da[r], zs[r, t], cp[r, t], tc[r, t], act, ract)
             if t > 0:
-                _lstm_matvec2(dh[b], gh2, dzs[b, t], dzs[b + rows - 1, t], rkernel, False)
+                _lstm_matvec2(dh[b], gh2, dzs[b, t], dzs[b + rows - 1, t], rkernel, np.bool_(False))
 
 
 @njit(parallel=True)
@@ -393,7 +394,7 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
     elif B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
         _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
     else:
-        _lstm_rows_backward(0, B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+        _lstm_rows_backward(np.int64(0), B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
 
 
 @njit

@@ -13,8 +13,7 @@
 def _lstm_copy_rows(dst, src, rows, add):
     """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
     src[k] (scatter, rows distinct, so the tasks touch disjoint rows).
-    Callers pass a computed flag: a literal True / False would make numba
-    compile this parallel kernel once for each (0.3 s of a cold start)."""
+    Callers pass np.bool_(...), not a literal (see activation.py)."""
     n, d = rows.shape[0], src.shape[1]
     for k in prange(n):
         r = rows[k]
@@ -30,7 +29,7 @@ def _lstm_copy_rows(dst, src, rows, add):
 def _lstm_gather(dst, src, rows):
     """dst[k] = src[rows[k]] for every k; in parallel over k when big."""
     if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dst, src, rows, rows.shape[0] < 0)  # False
+        _lstm_copy_rows(dst, src, rows, np.bool_(False))
     else:
         for k in range(rows.shape[0]):
             s = src[rows[k]]
@@ -86,7 +85,7 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
     if dtable.shape[0] == 0:
         return  # the caller reads the rows' gradients from xu[:n] (rows uniq[:n])
     if n * I >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dtable, xu, uniq[:n], n >= 0)  # True
+        _lstm_copy_rows(dtable, xu, uniq[:n], np.bool_(True))
     else:
         for k in range(n):
             row = uniq[k]

@@ -37,7 +37,7 @@ def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov):
 @njit
 def _sgd_serial(w, g, m, lr, momentum, nesterov):
     dt = w.dtype.type
-    _sgd_span(0, w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
+    _sgd_span(np.int64(0), w.shape[0], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
 
 
 @njit(parallel=True)
@@ -88,7 +88,7 @@ def _rmsprop_args(w, lr, rho, momentum, epsilon, centered):
 
 @njit
 def _rmsprop_serial(w, g, v, m, mg, lr, rho, momentum, epsilon, centered):
-    _rmsprop_span(0, w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
+    _rmsprop_span(np.int64(0), w.shape[0], w, g, v, m, mg, *_rmsprop_args(w, lr, rho, momentum, epsilon, centered))
 
 
 @njit(parallel=True)
@@ -142,7 +142,7 @@ def _adam_args(w, lr, beta_1, beta_2, epsilon, t):
 
 @njit
 def _adam_serial(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
-    _adam_span(0, w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
+    _adam_span(np.int64(0), w.shape[0], w, g, m, v, vhat, *_adam_args(w, lr, beta_1, beta_2, epsilon, t), amsgrad)
 
 
 @njit(parallel=True)
