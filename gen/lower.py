@@ -5,6 +5,7 @@ views, one forward and one backward step per layer call, gradient modes
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -52,8 +53,11 @@ class SmallForward:
     dispatch instead of one per layer (mlp predict at batch 1: 5.35 -> 4.97 us).
     Bit-identical to the per-layer path, whose entry points pick the same
     serial kernels at these sizes."""
-    params: list[str]   # the function's parameters, e.g. "b_dense", "w0"
-    args: list[str]     # what the call passes for each, e.g. "b['dense']", "w[0]"
+    params: list[str]   # the function's parameters: "params", then buffers, e.g. "b_dense"
+    args: list[str]     # what the call passes for each: "self._params", "b['dense']"
+    views: list[tuple[str, str, str]]  # weights as views of params made inside: name,
+                        # expression, comment. One argument, not one per weight:
+                        # numba's dispatch costs ~60 ns an array (mlp batch 1)
     steps: list[Step]   # kind "SmallCall": f["calls"] = [(kernel, args, comment)]
     test: str           # when the call site takes it: n times the largest Dense /
                         # Activation output per sample below the parallel size; "" always
@@ -270,13 +274,20 @@ class _Lowering:
         twice more, for relu and softmax)."""
         if not fwd or any(s.kind not in _SMALL_KINDS for s in fwd):
             return None
-        names: dict[str, str] = {}
+        names: dict[str, str] = {"self._params": "params"}
+        views: dict[str, tuple[str, str, str]] = {}
+        ends = list(itertools.accumulate(math.prod(w.shape) for _, w in self.g.params))
 
         def param(expr: str) -> str:
-            if expr not in names:
-                m = re.fullmatch(r"b\['(\w+)'\]|w\[(\d+)\]", expr)
-                names[expr] = f"b_{m.group(1)}" if m.group(1) else f"w{m.group(2)}"
-            return names[expr]
+            m = re.fullmatch(r"b\['(\w+)'\]|w\[(\d+)\]", expr)
+            if m.group(2) is not None:  # a weight: a view of the flat parameters, made inside
+                i = int(m.group(2))
+                layer, w = self.g.params[i]
+                lo, hi = (ends[i - 1] if i else 0), ends[i]
+                views.setdefault(expr, (f"w{i}", f"params[{lo}:{hi}]" + (f".reshape({w.shape})" if len(w.shape) > 1 else ""),
+                                        f"{layer.name}/{w.name} {w.shape}"))
+                return views[expr][0]
+            return names.setdefault(expr, f"b_{m.group(1)}")
 
         steps, width = [], 0
         for s in fwd:
@@ -295,7 +306,7 @@ class _Lowering:
                 (k, ", ".join([param(a) for a in args] + ([] if c is None else [f"np.int64({c})"])), note)
                 for k, args, c, note in calls]}))
         test = f"xs[0].shape[0] * {width} < _ACTIVATION_PARALLEL_MIN" if width else ""
-        return SmallForward(list(names.values()), list(names), steps, test, bool(self.checked_inputs))
+        return SmallForward(list(names.values()), list(names), list(views.values()), steps, test, bool(self.checked_inputs))
 
     def forward(self, node: Node) -> Step:
         cls, cfg, t = node.layer.cls, node.layer.kind.cfg, node.outputs[0]

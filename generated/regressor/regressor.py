@@ -2140,9 +2140,14 @@ _OPTIMIZER_KERNELS = {'sgd': sgd_update}
 
 
 @njit
-def _forward_small(b_concatenate, b_input_layer, b_input_layer_1, b_dense, w0, b__e1, b_activation, b_dense_1, w1, w2, b_dense_2, w3, w4):
+def _forward_small(params, b_concatenate, b_input_layer, b_input_layer_1, b_dense, b__e1, b_activation, b_dense_1, b_dense_2):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:144].reshape((9, 16))  # dense/kernel (9, 16)
+    w1 = params[144:272].reshape((16, 8))  # dense_1/kernel (16, 8)
+    w2 = params[272:280]  # dense_1/bias (8,)
+    w3 = params[280:296].reshape((8, 2))  # dense_2/kernel (8, 2)
+    w4 = params[296:298]  # dense_2/bias (2,)
     # regressor.py:11  x = layers.concatenate([a, b])
     concat_forward(b_concatenate, b_input_layer, np.int64(0))
     concat_forward(b_concatenate, b_input_layer_1, np.int64(6))
@@ -2200,7 +2205,7 @@ class Model(_Runtime):
         b['input_layer'] = xs[0]  # input (n, 6)
         b['input_layer_1'] = xs[1]  # input (n, 3)
         if self._fuse_small and xs[0].shape[0] * 16 < _ACTIVATION_PARALLEL_MIN:
-            _forward_small(b['concatenate'], b['input_layer'], b['input_layer_1'], b['dense'], w[0], b['_e1'], b['activation'], b['dense_1'], w[1], w[2], b['dense_2'], w[3], w[4])
+            _forward_small(self._params, b['concatenate'], b['input_layer'], b['input_layer_1'], b['dense'], b['_e1'], b['activation'], b['dense_1'], b['dense_2'])
             return [b['dense_2']]
         # regressor.py:11  x = layers.concatenate([a, b])
         concat_forward(b['concatenate'], b['input_layer'], 0)

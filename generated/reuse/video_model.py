@@ -2152,9 +2152,15 @@ _ACCURACY_KERNELS = {'binary': binary_accuracy, 'categorical': categorical_accur
 
 
 @njit
-def _forward_small(b_dense, b_input_layer_2_nx784, w0, w1, b_dense_1, w2, w3, b_dense_2, w4, w5):
+def _forward_small(params, b_dense, b_input_layer_2_nx784, b_dense_1, b_dense_2):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:50176].reshape((784, 64))  # dense/kernel (784, 64)
+    w1 = params[50176:50240]  # dense/bias (64,)
+    w2 = params[50240:54336].reshape((64, 64))  # dense_1/kernel (64, 64)
+    w3 = params[54336:54400]  # dense_1/bias (64,)
+    w4 = params[54400:55040].reshape((64, 10))  # dense_2/kernel (64, 10)
+    w5 = params[55040:55050]  # dense_2/bias (10,)
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse.py:7  x = Dense(64, activation='relu')(inputs)  (via reuse.py:23  processed_sequences = TimeDistributed(model)(input_sequences))
     nonfinite += _dense_forward_serial(b_dense, b_input_layer_2_nx784, w0, w1, np.int64(1))  # relu
@@ -2207,7 +2213,7 @@ class Model(_Runtime):
         b['input_layer_2'] = xs[0]  # input (n, 20, 784)
         b['input_layer_2_nx784'] = b['input_layer_2'].reshape(-1, 784)  # view (n, 784)
         if self._fuse_small and xs[0].shape[0] * 1280 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _forward_small(b['dense'], b['input_layer_2_nx784'], w[0], w[1], b['dense_1'], w[2], w[3], b['dense_2'], w[4], w[5])
+            self._nonfinite = _forward_small(self._params, b['dense'], b['input_layer_2_nx784'], b['dense_1'], b['dense_2'])
             return [b['dense_2_nx20x10']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse.py:7  x = Dense(64, activation='relu')(inputs)  (via reuse.py:23  processed_sequences = TimeDistributed(model)(input_sequences))

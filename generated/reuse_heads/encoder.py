@@ -1674,9 +1674,13 @@ _OPTIMIZER_KERNELS = {}
 
 
 @njit
-def _forward_small(b_dense, b_input_layer, w0, w1, b_dense_1, w2, w3):
+def _forward_small(params, b_dense, b_input_layer, b_dense_1):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:30].reshape((6, 5))  # dense/kernel (6, 5)
+    w1 = params[30:35]  # dense/bias (5,)
+    w2 = params[35:55].reshape((5, 4))  # dense_1/kernel (5, 4)
+    w3 = params[55:59]  # dense_1/bias (4,)
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse_heads.py:10  h = Dense(5, activation='relu')(features)
     nonfinite += _dense_forward_serial(b_dense, b_input_layer, w0, w1, np.int64(1))  # relu
@@ -1723,7 +1727,7 @@ class Model(_Runtime):
         w = self._w
         b['input_layer'] = xs[0]  # input (n, 6)
         if self._fuse_small and xs[0].shape[0] * 5 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _forward_small(b['dense'], b['input_layer'], w[0], w[1], b['dense_1'], w[2], w[3])
+            self._nonfinite = _forward_small(self._params, b['dense'], b['input_layer'], b['dense_1'])
             return [b['dense_1']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse_heads.py:10  h = Dense(5, activation='relu')(features)

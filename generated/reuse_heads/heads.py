@@ -2152,9 +2152,17 @@ _ACCURACY_KERNELS = {'binary': binary_accuracy, 'categorical': categorical_accur
 
 
 @njit
-def _forward_small(b_dense, b_input_layer_1, w0, w1, b_dense_1, w2, w3, b_label, w4, w5, b_dense_2, w6, w7):
+def _forward_small(params, b_dense, b_input_layer_1, b_dense_1, b_label, b_dense_2):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:30].reshape((6, 5))  # dense/kernel (6, 5)
+    w1 = params[30:35]  # dense/bias (5,)
+    w2 = params[35:55].reshape((5, 4))  # dense_1/kernel (5, 4)
+    w3 = params[55:59]  # dense_1/bias (4,)
+    w4 = params[59:71].reshape((4, 3))  # label/kernel (4, 3)
+    w5 = params[71:74]  # label/bias (3,)
+    w6 = params[74:78].reshape((4, 1))  # dense_2/kernel (4, 1)
+    w7 = params[78:79]  # dense_2/bias (1,)
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse_heads.py:10  h = Dense(5, activation='relu')(features)  (via reuse_heads.py:15  code = encoder(x))
     nonfinite += _dense_forward_serial(b_dense, b_input_layer_1, w0, w1, np.int64(1))  # relu
@@ -2208,7 +2216,7 @@ class Model(_Runtime):
         w = self._w
         b['input_layer_1'] = xs[0]  # input (n, 6)
         if self._fuse_small and xs[0].shape[0] * 5 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _forward_small(b['dense'], b['input_layer_1'], w[0], w[1], b['dense_1'], w[2], w[3], b['label'], w[4], w[5], b['dense_2'], w[6], w[7])
+            self._nonfinite = _forward_small(self._params, b['dense'], b['input_layer_1'], b['dense_1'], b['label'], b['dense_2'])
             return [b['label'], b['dense_2']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse_heads.py:10  h = Dense(5, activation='relu')(features)  (via reuse_heads.py:15  code = encoder(x))

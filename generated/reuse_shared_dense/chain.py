@@ -2140,9 +2140,13 @@ _OPTIMIZER_KERNELS = {'sgd': sgd_update}
 
 
 @njit
-def _forward_small(b_shared_call0, b_b, w0, w1, b_shared_call1, b_a, b_shared_call2, b_concatenate, b_out, w2, w3):
+def _forward_small(params, b_shared_call0, b_b, b_shared_call1, b_a, b_shared_call2, b_concatenate, b_out):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:16].reshape((4, 4))  # shared/kernel (4, 4)
+    w1 = params[16:20]  # shared/bias (4,)
+    w2 = params[20:44].reshape((12, 2))  # out/kernel (12, 2)
+    w3 = params[44:46]  # out/bias (2,)
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse_shared_dense.py:15  h3 = shared(b)
     nonfinite += _dense_forward_serial(b_shared_call0, b_b, w0, w1, np.int64(3))  # tanh
@@ -2204,7 +2208,7 @@ class Model(_Runtime):
         b['b'] = xs[1]  # input (n, 4)
         b['a'] = xs[0]  # input (n, 4)
         if self._fuse_small and xs[0].shape[0] * 4 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _forward_small(b['shared_call0'], b['b'], w[0], w[1], b['shared_call1'], b['a'], b['shared_call2'], b['concatenate'], b['out'], w[2], w[3])
+            self._nonfinite = _forward_small(self._params, b['shared_call0'], b['b'], b['shared_call1'], b['a'], b['shared_call2'], b['concatenate'], b['out'])
             return [b['out']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse_shared_dense.py:15  h3 = shared(b)

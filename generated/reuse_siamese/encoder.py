@@ -1674,9 +1674,13 @@ _OPTIMIZER_KERNELS = {}
 
 
 @njit
-def _forward_small(b_dense, b_item, w0, w1, b_dense_1, w2, w3):
+def _forward_small(params, b_dense, b_item, b_dense_1):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:24].reshape((4, 6))  # dense/kernel (4, 6)
+    w1 = params[24:30]  # dense/bias (6,)
+    w2 = params[30:48].reshape((6, 3))  # dense_1/kernel (6, 3)
+    w3 = params[48:51]  # dense_1/bias (3,)
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse_siamese.py:9  e = layers.Dense(6, activation='tanh')(pair_in)
     nonfinite += _dense_forward_serial(b_dense, b_item, w0, w1, np.int64(3))  # tanh
@@ -1723,7 +1727,7 @@ class Model(_Runtime):
         w = self._w
         b['item'] = xs[0]  # input (n, 4)
         if self._fuse_small and xs[0].shape[0] * 6 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _forward_small(b['dense'], b['item'], w[0], w[1], b['dense_1'], w[2], w[3])
+            self._nonfinite = _forward_small(self._params, b['dense'], b['item'], b['dense_1'])
             return [b['dense_1']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse_siamese.py:9  e = layers.Dense(6, activation='tanh')(pair_in)

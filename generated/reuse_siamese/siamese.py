@@ -2190,9 +2190,15 @@ _ACCURACY_KERNELS = {'binary': binary_accuracy, 'categorical': categorical_accur
 
 
 @njit
-def _forward_small(b_dense_call0, b_left, w0, w1, b_dense_1_call0, w2, w3, b_dense_call1, b_right, b_dense_1_call1, b_concatenate, b_same, w4, w5):
+def _forward_small(params, b_dense_call0, b_left, b_dense_1_call0, b_dense_call1, b_right, b_dense_1_call1, b_concatenate, b_same):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:24].reshape((4, 6))  # dense/kernel (4, 6)
+    w1 = params[24:30]  # dense/bias (6,)
+    w2 = params[30:48].reshape((6, 3))  # dense_1/kernel (6, 3)
+    w3 = params[48:51]  # dense_1/bias (3,)
+    w4 = params[51:57].reshape((6, 1))  # same/kernel (6, 1)
+    w5 = params[57:58]  # same/bias (1,)
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse_siamese.py:9  e = layers.Dense(6, activation='tanh')(pair_in)  (via reuse_siamese.py:15  both = layers.concatenate([encoder(left), encoder(right)]))
     nonfinite += _dense_forward_serial(b_dense_call0, b_left, w0, w1, np.int64(3))  # tanh
@@ -2257,7 +2263,7 @@ class Model(_Runtime):
         b['left'] = xs[0]  # input (n, 4)
         b['right'] = xs[1]  # input (n, 4)
         if self._fuse_small and xs[0].shape[0] * 6 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _forward_small(b['dense_call0'], b['left'], w[0], w[1], b['dense_1_call0'], w[2], w[3], b['dense_call1'], b['right'], b['dense_1_call1'], b['concatenate'], b['same'], w[4], w[5])
+            self._nonfinite = _forward_small(self._params, b['dense_call0'], b['left'], b['dense_1_call0'], b['dense_call1'], b['right'], b['dense_1_call1'], b['concatenate'], b['same'])
             return [b['same']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse_siamese.py:9  e = layers.Dense(6, activation='tanh')(pair_in)  (via reuse_siamese.py:15  both = layers.concatenate([encoder(left), encoder(right)]))

@@ -1674,9 +1674,11 @@ _OPTIMIZER_KERNELS = {}
 
 
 @njit
-def _forward_small(b_dense, b_input_layer, w0, w1):
+def _forward_small(params, b_dense, b_input_layer):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:12].reshape((3, 4))  # dense/kernel (3, 4)
+    w1 = params[12:16]  # dense/bias (4,)
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse_two_outer.py:9  base = Model(v, Dense(4, activation='relu')(v))
     nonfinite += _dense_forward_serial(b_dense, b_input_layer, w0, w1, np.int64(1))  # relu
@@ -1719,7 +1721,7 @@ class Model(_Runtime):
         w = self._w
         b['input_layer'] = xs[0]  # input (n, 3)
         if self._fuse_small and xs[0].shape[0] * 4 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _forward_small(b['dense'], b['input_layer'], w[0], w[1])
+            self._nonfinite = _forward_small(self._params, b['dense'], b['input_layer'])
             return [b['dense']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse_two_outer.py:9  base = Model(v, Dense(4, activation='relu')(v))

@@ -2102,9 +2102,15 @@ _OPTIMIZER_KERNELS = {'sgd': sgd_update}
 
 
 @njit
-def _forward_small(b_dense, b_input_layer_2, w0, w1, b_dense_1, w2, w3, b_dense_2, w4, w5):
+def _forward_small(params, b_dense, b_input_layer_2, b_dense_1, b_dense_2):
     """The forward pass as one compiled call of every layer's serial kernel,
     for batches below the parallel kernels' size (one dispatch, not one per layer)."""
+    w0 = params[0:12].reshape((3, 4))  # dense/kernel (3, 4)
+    w1 = params[12:16]  # dense/bias (4,)
+    w2 = params[16:24].reshape((4, 2))  # dense_1/kernel (4, 2)
+    w3 = params[24:26]  # dense_1/bias (2,)
+    w4 = params[26:28].reshape((2, 1))  # dense_2/kernel (2, 1)
+    w5 = params[28:29]  # dense_2/bias (1,)
     nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
     # reuse_two_outer.py:9  base = Model(v, Dense(4, activation='relu')(v))  (via reuse_two_outer.py:15  scorer = Model(p, Dense(1, activation='sigmoid')(mid(p))))
     nonfinite += _dense_forward_serial(b_dense, b_input_layer_2, w0, w1, np.int64(1))  # relu
@@ -2155,7 +2161,7 @@ class Model(_Runtime):
         w = self._w
         b['input_layer_2'] = xs[0]  # input (n, 3)
         if self._fuse_small and xs[0].shape[0] * 4 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _forward_small(b['dense'], b['input_layer_2'], w[0], w[1], b['dense_1'], w[2], w[3], b['dense_2'], w[4], w[5])
+            self._nonfinite = _forward_small(self._params, b['dense'], b['input_layer_2'], b['dense_1'], b['dense_2'])
             return [b['dense_2']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse_two_outer.py:9  base = Model(v, Dense(4, activation='relu')(v))  (via reuse_two_outer.py:15  scorer = Model(p, Dense(1, activation='sigmoid')(mid(p))))
