@@ -416,7 +416,7 @@ def lstm_run(x, W, Rk, b, act, ract, rs, per_step=False):
     nan = lambda *shape: np.full(shape, np.nan, dt)
     y = nan(B, T if rs else 1, U)
     zs, hp, cp, tc = nan(B, T, 4 * U), nan(B, T, U), nan(B, T, U), nan(B, T, U)
-    rkt = np.zeros((0, 0), dt) if per_step else nan(4 * U, U)
+    rkt = nan(4 * U, U)  # rows schedule and transposed steps (see _LSTM_FORWARD_TRANSPOSED_MIN_UNITS)
     K.lstm_forward(y, zs, hp, cp, tc, nan(B, U), nan(B, U), nan(B, 4 * U), rkt, x, W, Rk, b, act, ract, rs, per_step)
     return y, (zs, hp, cp, tc)
 
@@ -439,13 +439,16 @@ def lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx=None, d
 ACT_PAIRS = [(TANH, SIGMOID), (RELU, TANH), (SIGMOID, SIGMOID), (LINEAR, TANH)]
 
 
-@pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
+@pytest.mark.parametrize("per_step,transposed", [(False, False), (True, False), (True, True)],
+                         ids=["rows", "steps", "steps-transposed"])
 @pytest.mark.parametrize("act,ract", ACT_PAIRS)
 @pytest.mark.parametrize("rs", [True, False])
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_lstm_forward(act, ract, rs, use_bias, per_step, monkeypatch):
+def test_lstm_forward(act, ract, rs, use_bias, per_step, transposed, monkeypatch):
     # per_step False: the rows schedule, which otherwise runs only for big batches
     monkeypatch.setattr(K, "_LSTM_ROWS_FORWARD_MIN", 0)
+    # steps-transposed: each step's product as (rkt @ h.T).T, otherwise from 64 units
+    monkeypatch.setattr(K, "_LSTM_FORWARD_TRANSPOSED_MIN_UNITS", 0 if transposed else 1 << 30)
     r = rng(8)
     B, T, I, U = 4, 6, 5, 3
     x = r.standard_normal((B, T, I)).astype(F32)
@@ -459,6 +462,16 @@ def test_lstm_forward(act, ract, rs, use_bias, per_step, monkeypatch):
     # hp[:, t] is h_{t-1}: the last cached one is the h before the final step
     ref_seq = lstm_ref(*(a.astype(F64) for a in (x, W, Rk, b)), act, ract, True)
     np.testing.assert_allclose(hp[:, -1], ref_seq[:, -2], rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("M", [1, 15, 16, 17, 48, 2048])
+@pytest.mark.parametrize("N", [1, 3, 32])
+def test_lstm_transpose(M, N):
+    """_lstm_transpose copies 16 source rows at a time, then the rest."""
+    src = rng(46).standard_normal((M, N)).astype(F32)
+    dst = np.full((N, M), np.nan, F32)
+    K._lstm_transpose(dst, src)
+    np.testing.assert_array_equal(dst, src.T)
 
 
 @pytest.mark.parametrize("U", [9, 40])
@@ -534,12 +547,14 @@ def test_lstm_cell_backward_default_activations_bit_equal(U, dtype):
     np.testing.assert_array_equal(gc, g * z[U:2 * U])
 
 
-@pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
+@pytest.mark.parametrize("per_step,transposed", [(False, False), (True, False), (True, True)],
+                         ids=["rows", "steps", "steps-transposed"])
 @pytest.mark.parametrize("rs", [True, False])
-def test_lstm_forward_without_caches(rs, per_step, monkeypatch):
+def test_lstm_forward_without_caches(rs, per_step, transposed, monkeypatch):
     """Without a backward pass, hp, cp and tc may be (B, 1, U) scratch: the
     output is bit-for-bit that of the run with whole caches."""
     monkeypatch.setattr(K, "_LSTM_ROWS_FORWARD_MIN", 0)  # per_step False: rows forward
+    monkeypatch.setattr(K, "_LSTM_FORWARD_TRANSPOSED_MIN_UNITS", 0 if transposed else 1 << 30)
     r = rng(11)
     B, T, I, U = 4, 6, 5, 3
     x = r.standard_normal((B, T, I)).astype(F32)
@@ -549,7 +564,7 @@ def test_lstm_forward_without_caches(rs, per_step, monkeypatch):
     nan = lambda *shape: np.full(shape, np.nan, F32)
     y = nan(B, T if rs else 1, U)
     rec = nan(B, 4 * U)
-    rkt = np.zeros((0, 0), F32) if per_step else nan(4 * U, U)
+    rkt = nan(4 * U, U)
     K.lstm_forward(y, nan(B, T, 4 * U), nan(B, 1, U), nan(B, 1, U), nan(B, 1, U), nan(B, U), nan(B, U),
                    rec, rkt, x, W, Rk, b, TANH, SIGMOID, rs, per_step)
     np.testing.assert_array_equal(y, y_full)
@@ -562,8 +577,10 @@ def test_lstm_forward_without_caches(rs, per_step, monkeypatch):
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("wmode", [1, 2])
 def test_lstm_backward_fd(act, ract, rs, mode, per_step, transposed, wmode, monkeypatch):
-    # steps-transposed: dh_{t-1}.T = rkernel @ dz_t.T, otherwise only for wide layers
+    # steps-transposed: dh_{t-1}.T = rkernel @ dz_t.T and the forward's
+    # products as (rkt @ h.T).T, otherwise only for wide layers
     monkeypatch.setattr(K, "_LSTM_STEPS_TRANSPOSED_MIN_UNITS", 0 if transposed else 1 << 30)
+    monkeypatch.setattr(K, "_LSTM_FORWARD_TRANSPOSED_MIN_UNITS", 0 if transposed else 1 << 30)
     r = rng(9)
     B, T, I, U = 3, 4, 5, 3
     G = 4 * U

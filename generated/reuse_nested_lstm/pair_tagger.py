@@ -718,10 +718,17 @@ _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes 
 # (B, 4U) x (4U, U) for wide layers and small batches (a step with both
 # transposes, U 512: B 8 244 -> 140 us, B 32 423 -> 282 us, B 64 564 -> 520
 # us, but B 128 972 -> 1585 us; U 256, B 32: 117 -> 91 us; U 128: no gain).
-# The forward product has no such form: its result would have to be
-# scattered into the (B, T, 4U) caches.
 _LSTM_STEPS_TRANSPOSED_MIN_UNITS = 256
 _LSTM_STEPS_TRANSPOSED_MAX_BATCH = 48
+# The forward steps take h_{t-1} @ rkernel as (rkt @ h_{t-1}.T).T from 128
+# units, for batches of 2 to 48: rkt = rkernel.T is copied once a call, each
+# step's product transposed back (_lstm_transpose: 15 us at U 512, B 32).
+# A training step of the sweep model at B 32, old and new alternating in one
+# process: U 512 T 25 24.8 -> 22.7 ms, T 100 89.0 -> 78.5 ms; U 128 T 25
+# and T 100 -5% and -4%; U 256 and U 512 at B 8 -7%. It was slower at B 1
+# (a vector product, +20%), at U 32 (+14%) and from B 64 (B 256 +2-6%); at
+# U 64 it measured -7% and +2%. The same bits (weights after the steps).
+_LSTM_FORWARD_TRANSPOSED_MIN_UNITS = 128
 
 
 @njit
@@ -977,16 +984,39 @@ def _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act,
 
 
 @njit
-def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias,
+def _lstm_transpose(dst, src):
+    """dst (N, M) = src (M, N).T, 16 rows of src at a time: dst's rows take
+    runs of 16 (contiguous stores; 512 x 2048 in 0.24 ms, where 16 x 16
+    tiles took 1.05 ms and numpy 2.2 ms)."""
+    M, N = src.shape
+    m16 = M - M % 16
+    for i0 in range(0, m16, 16):
+        for j in range(N):
+            for k in range(16):
+                dst[j, i0 + k] = src[i0 + k, j]
+    for i in range(m16, M):
+        for j in range(N):
+            dst[j, i] = src[i, j]
+
+
+@njit
+def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias,
                         act, ract, return_sequences):
-    """The recurrence, steps schedule: one BLAS product per step."""
+    """The recurrence, steps schedule: one BLAS product per step. With rect
+    (G, B) scratch (not (0, 0)) each product is taken transposed, rkt @ hc.T
+    with rkt = rkernel.T, and transposed back into rec."""
     B, T, G = zs.shape
     U = rkernel.shape[0]
     keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    transposed = rect.shape[0] > 0
     hc[:] = 0
     cc[:] = 0
     for t in range(T):
-        np.dot(hc, rkernel, rec)
+        if transposed:
+            np.dot(rkt, hc.T, rect)
+            _lstm_transpose(rec, rect)
+        else:
+            np.dot(hc, rkernel, rec)
         k = t if keep else 0
         for b in range(B):
             z = zs[b, t]
@@ -1057,9 +1087,16 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
     """The recurrence of lstm_forward, once zs holds x @ kernel."""
     B, T, G = zs.shape
     if per_step or B * T * G < _LSTM_ROWS_FORWARD_MIN:
-        _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rkernel, bias, act, ract, return_sequences)
+        U = rkernel.shape[0]
+        if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
+                and rkt.shape[0] == G):
+            _lstm_transpose(rkt, rkernel)
+            rect = np.empty((G, B), zs.dtype)
+        else:
+            rect = np.empty((0, 0), zs.dtype)
+        _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias, act, ract, return_sequences)
         return
-    rkt[...] = rkernel.T
+    _lstm_transpose(rkt, rkernel)
     _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkt, bias, act, ract, return_sequences)
 
 
@@ -1142,8 +1179,9 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
                        pass follows (predict: 3 B T U values less memory)
     hc, cc  (B, U)     scratch: the current h and c
     rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel
-    rkt     (G, U)     scratch for the rows schedule: rkernel.T; (0, 0) when
-                       per_step
+    rkt     (G, U)     scratch: rkernel.T, for the rows schedule and the
+                       transposed steps (from _LSTM_FORWARD_TRANSPOSED_MIN_UNITS);
+                       (0, 0) when per_step: the steps then take h @ rkernel
     x       (B, T, I)  input
     kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
     per_step           True: steps only; False: rows for big batches
@@ -2999,7 +3037,7 @@ class Model(_Runtime):
         b['lstm_call0_hc'] = np.empty((n, 3), dt)  # current h (n, u)
         b['lstm_call0_cc'] = np.empty((n, 3), dt)  # current c (n, u)
         b['lstm_call0_rec'] = np.empty((n, 12), dt)  # h_{t-1} @ recurrent_kernel (n, 4u)
-        b['lstm_call0_rkt'] = np.empty((12, 3), dt)  # recurrent_kernel transposed (4u, u)
+        b['lstm_call0_rkt'] = np.empty((12, 3), dt)  # recurrent_kernel transposed (4u, u): rows schedule, transposed steps
         b['lstm_call0_uniq'] = np.empty(n * 4, np.int64)  # distinct ids of the batch (n * T,)
         b['lstm_call0_inv'] = np.empty(n * 4, np.int64)  # index in uniq of each step's id (n * T,)
         b['lstm_call0_slot'] = np.full(7, -1, np.int64)  # scratch: id -> index in uniq, -1 between calls
@@ -3014,7 +3052,7 @@ class Model(_Runtime):
         b['lstm_call1_hc'] = np.empty((n, 3), dt)  # current h (n, u)
         b['lstm_call1_cc'] = np.empty((n, 3), dt)  # current c (n, u)
         b['lstm_call1_rec'] = np.empty((n, 12), dt)  # h_{t-1} @ recurrent_kernel (n, 4u)
-        b['lstm_call1_rkt'] = np.empty((12, 3), dt)  # recurrent_kernel transposed (4u, u)
+        b['lstm_call1_rkt'] = np.empty((12, 3), dt)  # recurrent_kernel transposed (4u, u): rows schedule, transposed steps
         b['lstm_call1_uniq'] = np.empty(n * 4, np.int64)  # distinct ids of the batch (n * T,)
         b['lstm_call1_inv'] = np.empty(n * 4, np.int64)  # index in uniq of each step's id (n * T,)
         b['lstm_call1_slot'] = np.full(7, -1, np.int64)  # scratch: id -> index in uniq, -1 between calls
