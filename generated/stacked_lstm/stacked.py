@@ -649,8 +649,9 @@ _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes 
 # rkernel @ dz_t.T: OpenBLAS runs (U, 4U) x (4U, B) faster than
 # (B, 4U) x (4U, U) for wide layers and small batches (a step with both
 # transposes, U 512: B 8 244 -> 140 us, B 32 423 -> 282 us, B 64 564 -> 520
-# us, but B 128 972 -> 1585 us; U 256, B 32: 117 -> 91 us; U 128: no gain).
-_LSTM_STEPS_TRANSPOSED_MIN_UNITS = 256
+# us, but B 128 972 -> 1585 us; U 256, B 32: 117 -> 91 us; U 128 gained
+# nothing until dz_t was transposed in blocks: then 37.0 -> 35.7 us).
+_LSTM_STEPS_TRANSPOSED_MIN_UNITS = 128
 _LSTM_STEPS_TRANSPOSED_MAX_BATCH = 48
 # The forward steps take h_{t-1} @ rkernel as (rkt @ h_{t-1}.T).T from 128
 # units, for batches of 2 to 48: rkt = rkernel.T is copied once a call, each
@@ -990,16 +991,16 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
                     dh[b, u] += dy[b, 0, u]
             _lstm_cell_backward(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t],
                                 tc[b, t], act, ract)
-            if t > 0:  # the row just written, copied for the product while it is in cache
-                if transposed:
-                    for j in range(G):
-                        dztt[j, b] = dzs[b, t, j]
-                else:
-                    for j in range(G):
-                        dzt[b, j] = dzs[b, t, j]
+            if t > 0 and not transposed:  # the row just written, copied while it is in cache
+                for j in range(G):
+                    dzt[b, j] = dzs[b, t, j]
         if t == 0:
             break
         if transposed:
+            # after the rows, 16 at a time: row by row, each row's stores
+            # walked all G rows of dztt (U 512, B 32: 6.41 -> 6.02 ms over
+            # 25 steps; U 128, T 100: 3.70 -> 3.57 ms, untransposed 3.70)
+            _lstm_transpose(dztt, dzs[:, t, :])
             np.dot(rkernel, dztt, dht)
             for b in range(B):
                 for u in range(U):
