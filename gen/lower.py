@@ -61,7 +61,6 @@ class SmallForward:
     steps: list[Step]   # kind "SmallCall": f["calls"] = [(kernel, args, comment)]
     test: str           # when the call site takes it: n times the largest Dense /
                         # Activation output per sample below the parallel size; "" always
-    counts: bool        # returns the sum of what the Dense calls that read an input return
 
 
 @dataclass
@@ -79,7 +78,7 @@ class ModulePlan:
     bind_outputs: list[Buffer]          # backward prologue: output gradients and their views
     returns: list[str]
     small: SmallForward | None
-    counts_nonfinite: bool              # _forward sums what the Dense steps of checked_inputs return
+    counts_nonfinite: bool              # _forward (and _forward_small) sum what the Dense steps of checked_inputs return
 
 
 def comment_text(text: str) -> str:
@@ -306,7 +305,7 @@ class _Lowering:
                 (k, ", ".join([param(a) for a in args] + ([] if c is None else [f"np.int64({c})"])), note)
                 for k, args, c, note in calls]}))
         test = f"xs[0].shape[0] * {width} < _ACTIVATION_PARALLEL_MIN" if width else ""
-        return SmallForward(list(names.values()), list(names), list(views.values()), steps, test, bool(self.checked_inputs))
+        return SmallForward(list(names.values()), list(names), list(views.values()), steps, test)
 
     def forward(self, node: Node) -> Step:
         cls, cfg, t = node.layer.cls, node.layer.kind.cfg, node.outputs[0]

@@ -1424,8 +1424,8 @@ class _Runtime:
     # compiled call; benchmark() turns it off to time each layer's kernel
     _fuse_small = True
     # input index -> weight indices of the kernels of the Dense calls that
-    # read it (lower.py); _forward sets _nonfinite nonzero when one of their
-    # pre-activations is NaN/Inf (predict sets -1 before: not counted)
+    # read it (lower.py); a model with any sets _nonfinite in every _forward:
+    # nonzero when one of those calls saw a NaN/Inf pre-activation
     _checked_inputs = {}
     _nonfinite = -1
 
@@ -1969,8 +1969,6 @@ class _Runtime:
         n = xs[0].shape[0] if len(xs) == 1 else self._cardinality(xs, names=self.input_names)
         bs = 32 if batch_size is None else self._batch_size(batch_size, 32)
         if n <= bs:  # one batch: its outputs, copied (latency at batch 1 is mostly this path)
-            if defer:
-                self._nonfinite = -1
             outs = self._forward(self._batch(n, grads=False).bufs, xs, False)
             if defer:
                 self._check_deferred(xs, defer, 0)
@@ -1978,7 +1976,6 @@ class _Runtime:
         res = [np.empty((n,) + tuple(o[1]), self.dtype) for o in self._outputs]
         for s in range(0, n, bs):
             e = min(s + bs, n)
-            self._nonfinite = -1
             xb = [a[s:e] for a in xs]
             outs = self._forward(self._batch(e - s, grads=False).bufs, xb, False)
             if defer:
