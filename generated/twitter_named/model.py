@@ -717,8 +717,8 @@ _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes 
 # rkernel @ dz_t.T: OpenBLAS runs (U, 4U) x (4U, B) faster than
 # (B, 4U) x (4U, U) for wide layers and small batches (a step with both
 # transposes, U 512: B 8 244 -> 140 us, B 32 423 -> 282 us, B 64 564 -> 520
-# us, but B 128 972 -> 1585 us; U 256, B 32: 117 -> 91 us; U 128 gained
-# nothing until dz_t was transposed in blocks: then 37.0 -> 35.7 us).
+# us, but B 128 972 -> 1585 us; U 256, B 32: 117 -> 91 us; U 128 gains
+# since the product reads dz_t through a transposed view, with no copy).
 _LSTM_STEPS_TRANSPOSED_MIN_UNITS = 128
 _LSTM_STEPS_TRANSPOSED_MAX_BATCH = 48
 # The forward steps take h_{t-1} @ rkernel as (rkt @ h_{t-1}.T).T from 128
@@ -1046,7 +1046,6 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
     B, T, G = zs.shape
     U = rkernel.shape[0]
     transposed = dht.shape[0] > 0
-    dztt = dzt.reshape(G, B)  # the same scratch, one step of dzs transposed
     dh[:] = 0
     dc[:] = 0
     for t in range(T - 1, -1, -1):
@@ -1059,17 +1058,19 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
                     dh[b, u] += dy[b, 0, u]
             _lstm_cell_backward(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t],
                                 tc[b, t], act, ract)
-            if t > 0 and not transposed:  # the row just written, copied while it is in cache
+            if t > 0:  # the row just written, copied while it is in cache
                 for j in range(G):
                     dzt[b, j] = dzs[b, t, j]
         if t == 0:
             break
         if transposed:
-            # after the rows, 16 at a time: row by row, each row's stores
-            # walked all G rows of dztt (U 512, B 32: 6.41 -> 6.02 ms over
-            # 25 steps; U 128, T 100: 3.70 -> 3.57 ms, untransposed 3.70)
-            _lstm_transpose(dztt, dzs[:, t, :])
-            np.dot(rkernel, dztt, dht)
+            # dzt.T is a no-copy F view: OpenBLAS reads it transposed as
+            # fast as a (G, B) copy (U 128, B 32: 16.7 against 16.6 us),
+            # and the copy, 16 rows at a time, cost 4.7 us a step. Without
+            # it the backward recurrence measured U 128: T 100 4.72 -> 4.38
+            # ms, B 8 T 25 0.208 -> 0.178; U 512, T 25 6.90 -> 6.65 (same
+            # bits)
+            np.dot(rkernel, dzt.T, dht)
             for b in range(B):
                 for u in range(U):
                     dh[b, u] = dht[u, b]
