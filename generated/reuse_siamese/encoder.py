@@ -296,27 +296,52 @@ def _activation_forward_rows(y, z, r0, r1, act):
                     m = z[r, j]
             for j in range(c):
                 y[r, j] = z[r, j] - m
-        if z.itemsize == 4:
-            # one loop over the whole block: rows of a few classes are too
-            # short to vectorize on their own (1024 x 10: 35 against 12 us)
-            yf = y[r0:r1].reshape(-1)
-            for i in range(yf.shape[0]):
-                yf[i] = _activation_exp32(yf[i])
-        else:
-            for r in range(r0, r1):
-                for j in range(c):
-                    y[r, j] = math.exp(y[r, j])
-        for r in range(r0, r1):
-            s = zero
-            for j in range(c):
-                s += y[r, j]
-            inv = one / s
-            for j in range(c):
-                y[r, j] *= inv
+        _activation_softmax_tail(y, r0, r1)
     else:
         for r in range(r0, r1):
             for j in range(c):
                 y[r, j] = z[r, j]
+
+
+@njit
+def _activation_softmax_inplace(y, r0, r1):
+    """Rows r0:r1 of y = softmax(y): the softmax of _activation_forward_rows
+    through one name. Through two (y and z the same array), LLVM's run-time
+    overlap check fails and the subtraction of the row max runs scalar
+    (Dense(10, softmax)'s epilogue over 1024 rows: 16.8 -> 12.6 us)."""
+    for r in range(r0, r1):
+        m = y[r, 0]
+        for j in range(1, y.shape[1]):
+            if y[r, j] > m:
+                m = y[r, j]
+        for j in range(y.shape[1]):
+            y[r, j] = y[r, j] - m
+    _activation_softmax_tail(y, r0, r1)
+
+
+@njit
+def _activation_softmax_tail(y, r0, r1):
+    """Rows r0:r1 of y, less their max: y = exp(y) / the row's sum."""
+    c = y.shape[1]
+    one = y.dtype.type(1.0)
+    zero = one - one
+    if y.itemsize == 4:
+        # one loop over the whole block: rows of a few classes are too
+        # short to vectorize on their own (1024 x 10: 35 against 12 us)
+        yf = y[r0:r1].reshape(-1)
+        for i in range(yf.shape[0]):
+            yf[i] = _activation_exp32(yf[i])
+    else:
+        for r in range(r0, r1):
+            for j in range(c):
+                y[r, j] = math.exp(y[r, j])
+    for r in range(r0, r1):
+        s = zero
+        for j in range(c):
+            s += y[r, j]
+        inv = one / s
+        for j in range(c):
+            y[r, j] *= inv
 
 
 @njit
@@ -513,7 +538,9 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     zf = z[r0:r1].reshape(-1)  # one flat loop: rows of a few classes are too short to vectorize
     for i in range(zf.shape[0]):
         bad |= not abs(zf[i]) < inf
-    if act != 0:
+    if act == 4:
+        _activation_softmax_inplace(z, r0, r1)
+    elif act != 0:
         _activation_forward_rows(z, z, r0, r1, act)
     return 1 if bad else 0
 

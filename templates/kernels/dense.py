@@ -56,7 +56,9 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     zf = z[r0:r1].reshape(-1)  # one flat loop: rows of a few classes are too short to vectorize
     for i in range(zf.shape[0]):
         bad |= not abs(zf[i]) < inf
-    if act != 0:
+    if act == 4:
+        _activation_softmax_inplace(z, r0, r1)
+    elif act != 0:
         _activation_forward_rows(z, z, r0, r1, act)
     return 1 if bad else 0
 
