@@ -108,9 +108,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 # default before they sleep, and take the core the next parallel kernel
 # needs (twitter batch 256: 6,100 samples/s against 7,300). Sleeping after
 # 2^12 cycles instead makes every small product wake them (mlp batch 32:
-# 245k against 345k samples/s). 2^20 cycles (~0.3 ms) keeps them awake
-# within a step, not across a parallel kernel. numba loads its BLAS
-# (scipy's) on first use, after this line; a user's setting wins.
+# 245k against 345k samples/s). 2^20 cycles (~0.4 ms at a 2.6 GHz time-stamp
+# counter) keeps them awake within a step. A parallel kernel started in that
+# window loses about the spin time left, but 2^16-2^19 cost as much elsewhere
+# (benchmarks/README.md). numba loads its BLAS (scipy's) on first use, after
+# this line; a user's setting wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
