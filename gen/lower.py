@@ -79,6 +79,7 @@ class ModulePlan:
     returns: list[str]
     small: SmallForward | None
     counts_nonfinite: bool              # _forward (and _forward_small) sum what the Dense steps of checked_inputs return
+    grad_blocks: bool = False           # _backward reads gb, the runtime's gradient blocks
 
 
 def comment_text(text: str) -> str:
@@ -107,6 +108,7 @@ class _Lowering:
         self.views: dict[tuple[int, str, tuple], str] = {}
         self.caches: dict[str, Buffer] = {}  # forward caches of the backward pass (see _cache)
         self.weight_index: dict[tuple[int, str], int] = {}
+        self.grad_blocks: list[tuple[int, int, int]] = []  # (first weight, rows, columns): see grad_block
         self.input_pos = {t.id: i for i, t in enumerate(g.inputs)}
         self.output_pos: dict[int, list[int]] = {}
         for k, t in enumerate(g.outputs):
@@ -226,6 +228,20 @@ class _Lowering:
         if i is None:
             return "b['_e1']"
         return f"{'g' if grad else 'w'}[{i}]"
+
+    def grad_block(self, node: Node) -> str:
+        """The layer's gradients as one (rows, columns) matrix, a view of the
+        flat gradient buffer: an LSTM's [dkernel; drkernel; dbias] (Keras's
+        weight order keeps them side by side, each 4u wide), written by
+        one product."""
+        idx = sorted(i for (lid, _w), i in self.weight_index.items() if lid == id(node.layer))
+        shapes = [self.g.params[i][1].shape for i in idx]
+        if idx != list(range(idx[0], idx[0] + len(idx))) or len({s[-1] for s in shapes}) != 1:
+            raise AssertionError(f"weights of {node.layer.name} are not one block: {shapes}")
+        block = (idx[0], sum(math.prod(s[:-1]) for s in shapes), shapes[0][-1])
+        if block not in self.grad_blocks:
+            self.grad_blocks.append(block)
+        return f"gb[{self.grad_blocks.index(block)}]"
 
     def where(self, node: Node) -> str:
         def at(span):
@@ -350,8 +366,7 @@ class _Lowering:
             fused = id(node) in self.fused  # then no input gradient buffer: the kernel writes the table's
             f.update(self._lstm_fields(node), mode=modes[0], wmode=self.wmode,
                      dx="b['_e3']" if modes[0] == 0 or fused else self.value(x, None, True),
-                     dy=self._lstm_y(t, True), dkernel=self.weight(node, "kernel", True),
-                     drkernel=self.weight(node, "recurrent_kernel", True), dbias=self.weight(node, "bias", True))
+                     dy=self._lstm_y(t, True), dw=self.grad_block(node))
             k, T, U = self.key(t), x.shape[1], cfg["units"]
             rows = not f["per_step"]
             f.update(dzs=self.buf(k + "_dzs", (None, T, 4 * U), "d loss / d gate pre-activations (n, T, 4u)", x.bmul),
@@ -393,17 +408,27 @@ class _Lowering:
             self.buffers.append(Buffer(key, expr, comment))
         return f"b[{key!r}]"
 
-    def _cache(self, key: str, shape: tuple, comment: str, bmul: int) -> str:
+    def _cache(self, key: str, shape: tuple, comment: str, bmul: int, width: str = "u") -> str:
         """A (n, T, u) cache only the backward pass reads: the forward buffers
         hold a (n, 1, u) scratch under its key (predict needs no more), and
         the backward buffers replace it with the whole cache."""
         if key not in self.caches:
-            self.buf(key, (shape[0], 1) + tuple(shape[2:]), "scratch, the cache without a backward pass (n, 1, u)", bmul)
+            self.buf(key, (shape[0], 1) + tuple(shape[2:]), f"scratch, the cache without a backward pass (n, 1, {width})", bmul)
             self.caches[key] = Buffer(key, f"np.empty({self.shape_expr(shape, bmul)}, dt)", comment)
         return f"b[{key!r}]"
 
     def _lstm_y(self, t: Tensor, grad: bool) -> str:
         return self.value(t, None, grad) if len(t.shape) == 3 else self.value(t, (None, 1, t.shape[-1]), grad)
+
+    def _lstm_xh(self, node: Node, k: str, T: int, U: int) -> str:
+        """The cache of rows [x_t | h_{t-1} | 1] (no x for a fused Embedding,
+        no 1 without a bias): see lstm.py."""
+        I = 0 if id(node) in self.fused else node.inputs[0].shape[2]
+        nb = 1 if node.layer.kind.cfg["use_bias"] else 0
+        parts = (["x_t"] if I else []) + ["h_{t-1}"] + (["1"] if nb else [])
+        width = " + ".join((["i"] if I else []) + ["u"] + (["1"] if nb else []))
+        return self._cache(k + "_xh", (None, T, I + U + nb), f"rows [{' | '.join(parts)}], h_{{-1}} = 0 (n, T, {width})",
+                           node.inputs[0].bmul, width)
 
     def _lstm_fields(self, node: Node) -> dict:
         x, t, cfg = node.inputs[0], node.outputs[0], node.layer.kind.cfg
@@ -412,7 +437,7 @@ class _Lowering:
         return dict(
             y=self._lstm_y(t, False), x=None if id(node) in self.fused else self.value(x),
             zs=self.buf(k + "_zs", (None, T, 4 * U), "gate values i f g o after activation (n, T, 4u)", x.bmul),
-            hp=self._cache(k + "_hp", (None, T, U), "h_{t-1}, hp[:, 0] = 0 (n, T, u)", x.bmul),
+            xh=self._lstm_xh(node, k, T, U),
             cp=self._cache(k + "_cp", (None, T, U), "c_{t-1}, cp[:, 0] = 0 (n, T, u)", x.bmul),
             tc=self._cache(k + "_tc", (None, T, U), "activation(c_t) (n, T, u)", x.bmul),
             hc=self.buf(k + "_hc", (None, U), "current h (n, u)", x.bmul),
@@ -485,6 +510,8 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
              ("_sparse_tables", repr(tuple(sparse))),
              ("_checked_inputs", repr(low.checked_inputs)),
              ("_grads_zeroed", repr(low.grads_zeroed))]
+    if low.grad_blocks:
+        attrs.append(("_grad_blocks", repr(tuple(low.grad_blocks))))
     tables = []
     if c is not None:
         losses = sorted(set(c.losses))
@@ -498,4 +525,5 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     nf = low.n_forward_buffers
     return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables,
                       low.buffers[:nf], low.buffers[nf:], fwd, bwd,
-                      low.bind_inputs, low.bind_outputs, low.returns, low.small_forward(fwd), bool(low.checked_inputs))
+                      low.bind_inputs, low.bind_outputs, low.returns, low.small_forward(fwd), bool(low.checked_inputs),
+                      bool(low.grad_blocks))

@@ -415,10 +415,25 @@ def lstm_run(x, W, Rk, b, act, ract, rs, per_step=False):
     dt = x.dtype
     nan = lambda *shape: np.full(shape, np.nan, dt)
     y = nan(B, T if rs else 1, U)
-    zs, hp, cp, tc = nan(B, T, 4 * U), nan(B, T, U), nan(B, T, U), nan(B, T, U)
+    zs, xh, cp, tc = nan(B, T, 4 * U), nan(B, T, I + U + (b.shape[0] > 0)), nan(B, T, U), nan(B, T, U)
     rkt = nan(4 * U, U)  # rows schedule and transposed steps (see _LSTM_FORWARD_TRANSPOSED_MIN_UNITS)
-    K.lstm_forward(y, zs, hp, cp, tc, nan(B, U), nan(B, U), nan(B, 4 * U), rkt, x, W, Rk, b, act, ract, rs, per_step)
-    return y, (zs, hp, cp, tc)
+    K.lstm_forward(y, zs, xh, cp, tc, nan(B, U), nan(B, U), nan(B, 4 * U), rkt, x, W, Rk, b, act, ract, rs, per_step)
+    return y, (zs, xh, cp, tc)
+
+
+def stacked(*grads):
+    """The layer's gradients as lstm_backward takes them: one (rows, 4U)
+    matrix, [dkernel; drkernel; dbias] (adjacent in the model's flat buffer)."""
+    return np.concatenate([g.reshape(-1, g.shape[-1]) for g in grads if g.size])
+
+
+def unstack(dw, *grads):
+    """Copy the rows of dw back into the separate gradients."""
+    o = 0
+    for g in grads:
+        n = g.size // g.shape[-1] if g.size else 0
+        g[...] = dw[o:o + n].reshape(g.shape)
+        o += n
 
 
 def lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx=None, dW=None, dR=None, db=None, wmode=2):
@@ -432,8 +447,10 @@ def lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx=None, d
     dzt = nan(B, G) if per_step else np.zeros((0, 0), dt)
     if dx is None:
         dx = np.zeros((0, 0, 0), dt)
-    K.lstm_backward(dx, dW, dR, db, nan(B, T, G), nan(B, U), nan(B, U), dzt,
+    dw = stacked(dW, dR, db)
+    K.lstm_backward(dx, dw, nan(B, T, G), nan(B, U), nan(B, U), dzt,
                     R, x, *caches, W, Rk, act, ract, rs, per_step, mode, wmode)
+    unstack(dw, dW, dR, db)
 
 
 ACT_PAIRS = [(TANH, SIGMOID), (RELU, TANH), (SIGMOID, SIGMOID), (LINEAR, TANH)]
@@ -455,9 +472,13 @@ def test_lstm_forward(act, ract, rs, use_bias, per_step, transposed, monkeypatch
     W = (0.5 * r.standard_normal((I, 4 * U))).astype(F32)
     Rk = (0.5 * r.standard_normal((U, 4 * U))).astype(F32)
     b = (0.5 * r.standard_normal(4 * U)).astype(F32) if use_bias else np.zeros(0, F32)
-    y, (zs, hp, cp, tc) = lstm_run(x, W, Rk, b, act, ract, rs, per_step)
+    y, (zs, xh, cp, tc) = lstm_run(x, W, Rk, b, act, ract, rs, per_step)
     ref = lstm_ref(*(a.astype(F64) for a in (x, W, Rk, b)), act, ract, rs)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=2e-6)
+    # xh's rows are [x_t | h_{t-1} | 1] (no 1 without a bias)
+    np.testing.assert_array_equal(xh[:, :, :I], x)
+    assert xh.shape[2] == I + U + use_bias and (not use_bias or np.all(xh[:, :, -1] == 1))
+    hp = xh[:, :, I:I + U]
     assert np.all(hp[:, 0] == 0) and np.all(cp[:, 0] == 0)
     # hp[:, t] is h_{t-1}: the last cached one is the h before the final step
     ref_seq = lstm_ref(*(a.astype(F64) for a in (x, W, Rk, b)), act, ract, True)
@@ -494,7 +515,7 @@ def test_lstm_rows_schedule_same_bits_for_a_row_anywhere(parallel, U, monkeypatc
     dy = r.standard_normal((B, T, U)).astype(F32)
 
     def run(rows):
-        y, (zs, hp, cp, tc) = lstm_run(x[rows], W, Rk, b, TANH, SIGMOID, True, False)
+        y, (zs, _xh, cp, tc) = lstm_run(x[rows], W, Rk, b, TANH, SIGMOID, True, False)
         n = len(rows)
         dzs = np.full((n, T, 4 * U), np.nan, F32)
         K._lstm_recurrence_backward(dzs, np.full((n, U), np.nan, F32), np.full((n, U), np.nan, F32),
@@ -555,7 +576,7 @@ def test_lstm_cell_backward_default_activations_bit_equal(U, dtype):
                          ids=["rows", "steps", "steps-transposed"])
 @pytest.mark.parametrize("rs", [True, False])
 def test_lstm_forward_without_caches(rs, per_step, transposed, monkeypatch):
-    """Without a backward pass, hp, cp and tc may be (B, 1, U) scratch: the
+    """Without a backward pass, xh, cp and tc may be (B, 1, .) scratch: the
     output is bit-for-bit that of the run with whole caches."""
     monkeypatch.setattr(K, "_LSTM_ROWS_FORWARD_MIN", 0)  # per_step False: rows forward
     monkeypatch.setattr(K, "_LSTM_FORWARD_TRANSPOSED_MIN_UNITS", 0 if transposed else 1 << 30)
@@ -569,7 +590,7 @@ def test_lstm_forward_without_caches(rs, per_step, transposed, monkeypatch):
     y = nan(B, T if rs else 1, U)
     rec = nan(B, 4 * U)
     rkt = nan(4 * U, U)
-    K.lstm_forward(y, nan(B, T, 4 * U), nan(B, 1, U), nan(B, 1, U), nan(B, 1, U), nan(B, U), nan(B, U),
+    K.lstm_forward(y, nan(B, T, 4 * U), nan(B, 1, I + U + 1), nan(B, 1, U), nan(B, 1, U), nan(B, U), nan(B, U),
                    rec, rkt, x, W, Rk, b, TANH, SIGMOID, rs, per_step)
     np.testing.assert_array_equal(y, y_full)
 
@@ -676,17 +697,17 @@ def embedded_run(ids, table, W, Rk, b, act, ract, rs, per_step):
     dt = table.dtype
     nan = lambda *shape: np.full(shape, np.nan, dt)
     y = nan(B, T if rs else 1, U)
-    zs, hp, cp, tc = nan(B, T, 4 * U), nan(B, T, U), nan(B, T, U), nan(B, T, U)
+    zs, xh, cp, tc = nan(B, T, 4 * U), nan(B, T, U + (b.shape[0] > 0)), nan(B, T, U), nan(B, T, U)
     rec = nan(B, 4 * U)
     R = min(B * T, V)
     uniq, inv, nu = np.full(B * T, -7), np.full(B * T, -7), np.zeros(1, np.int64)
     slot = np.full(V, -1, np.int64)
     xu, pu = nan(R, I), nan(R, 4 * U)
     rkt = np.zeros((0, 0), dt) if per_step else nan(4 * U, U)
-    K.lstm_embedded_forward(y, zs, hp, cp, tc, nan(B, U), nan(B, U), rec, rkt, uniq, inv, slot, nu, xu, pu,
+    K.lstm_embedded_forward(y, zs, xh, cp, tc, nan(B, U), nan(B, U), rec, rkt, uniq, inv, slot, nu, xu, pu,
                             ids.reshape(-1), table, W, Rk, b, act, ract, rs, per_step)
     assert np.all(slot == -1)
-    return y, dict(uniq=uniq, inv=inv, nu=nu, xu=xu, pu=pu, caches=(zs, hp, cp, tc))
+    return y, dict(uniq=uniq, inv=inv, nu=nu, xu=xu, pu=pu, caches=(zs, xh, cp, tc))
 
 
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
@@ -722,9 +743,11 @@ def test_lstm_embedded_fd(rs, per_step, use_bias, wmode, monkeypatch):
              for k, a in enumerate((table, W, Rk, b))]
     dtable, dW, dR, db = (g.copy() for g in grads)
     nan = lambda *shape: np.full(shape, np.nan)
-    K.lstm_embedded_backward(dtable, dW, dR, db, nan(B, T, G), nan(B, U), nan(B, U),
+    dw = stacked(dW, dR, db)
+    K.lstm_embedded_backward(dtable, dw, nan(B, T, G), nan(B, U), nan(B, U),
                              nan(B, G) if per_step else np.zeros((0, 0)), D, st["uniq"], st["inv"], st["nu"], st["xu"], st["pu"], *st["caches"], W, Rk,
                              TANH, SIGMOID, rs, per_step, wmode)
+    unstack(dw, dW, dR, db)
     for k, (a, d, g0) in enumerate(zip((table, W, Rk, b), (dtable, dW, dR, db), grads)):
         assert_grad(d - g0 if k == 0 or wmode == 2 else d, numgrad(loss, a))
     np.testing.assert_array_equal(dtable[V - 1], grads[0][V - 1])  # an unused row is untouched
@@ -749,8 +772,10 @@ def test_lstm_embedded_parallel_paths():
     D = r.standard_normal(y.shape)
     grads = [np.zeros_like(a) for a in (table, W, Rk, b)]
     nan = lambda *shape: np.full(shape, np.nan)
-    K.lstm_embedded_backward(*grads, nan(B, T, G), nan(B, U), nan(B, U), np.zeros((0, 0)), D, st["uniq"], st["inv"], st["nu"], st["xu"], st["pu"], *st["caches"], W, Rk,
+    dw = stacked(*grads[1:])
+    K.lstm_embedded_backward(grads[0], dw, nan(B, T, G), nan(B, U), nan(B, U), np.zeros((0, 0)), D, st["uniq"], st["inv"], st["nu"], st["xu"], st["pu"], *st["caches"], W, Rk,
                              TANH, SIGMOID, True, False, 2)
+    unstack(dw, *grads[1:])
     ref = [np.zeros_like(a) for a in (W, Rk, b)]
     dx = np.empty_like(x)
     lstm_grads(x, W, Rk, b, D, caches, TANH, SIGMOID, True, False, 1, dx, *ref)

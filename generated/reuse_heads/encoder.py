@@ -786,6 +786,7 @@ class _Runtime:
     _outputs = ()
     _layers = ()
     _inits = ()
+    _grad_blocks = ()  # (first weight, rows, columns) of each gradient block
     _optimizer = ("rmsprop", {})
     _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
     _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
@@ -813,6 +814,9 @@ class _Runtime:
                 self._shapes.append(tuple(shape))
         self._params, self._w = self._flat(self._shapes)
         self._grads, self._g = self._flat(self._shapes)
+        # a layer's adjacent gradients as one matrix (lower.grad_block)
+        start = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in self._shapes])
+        self._gb = [self._grads[start[i]:start[i] + r * c].reshape(r, c) for i, r, c in self._grad_blocks]
         self._init_weights()
         self._init_optimizer()
         self.iterations = 0

@@ -6,8 +6,13 @@
 # Shapes: B batch, T steps, I input features, U units, G = 4U.
 # Layout: every cache is batch-major (B, T, .) like x, so the input
 # projection and the weight gradients are single (B*T, .) matrix products
-# with no transposed copy, and the row of cache hp for (b, t) holds the
-# h_{t-1} that drkernel pairs with dz_t.
+# with no transposed copy. The cache xh holds the row [x_t | h_{t-1} | 1]
+# for (b, t): z_t is that row times [kernel; rkernel; bias], so all three
+# weight gradients are one product, xh.T @ dz, into the layer's gradients
+# [dkernel; drkernel; dbias], adjacent in Keras's weight order. It reads
+# the (B*T, 4U) gate gradients once where two products and a column sum
+# read them three times (B 256, T 25, U 32: 580 -> 390 us; B 32, T 100,
+# U 128: 1.9 -> 1.5 ms).
 # The recurrence is independent per batch row. Two schedules:
 #   steps: each step is one (B, U) @ (U, 4U) BLAS product over the whole
 #         batch, then the cells of every row, serially.
@@ -437,24 +442,43 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
 
 
 @njit
-def _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode):
-    """drkernel = hp.T @ dzs and dbias = the column sums of dzs, over all
-    B*T rows at once: wmode 1 overwrite, 2 accumulate."""
+def _lstm_stage_inputs(xh, x, nb):
+    """xh[:, :, :I] = x and, with a bias (nb 1), the last column = 1: the
+    parts of the rows [x_t | h_{t-1} | 1] the recurrence does not write."""
+    B, T, I = x.shape
+    W = xh.shape[2]
+    one = xh.dtype.type(1.0)
+    for b in range(B):
+        for t in range(T):
+            row = xh[b, t]
+            src = x[b, t]
+            for i in range(I):
+                row[i] = src[i]
+            if nb:
+                row[W - 1] = one
+
+
+def _lstm_hp(xh, U, nb):
+    """The h_{t-1} columns of xh, a (B, T, U) view (or of its (B, 1, W) scratch)."""
+    W = xh.shape[2]
+    return xh[:, :, W - nb - U:W - nb]
+
+
+@njit
+def _lstm_weight_grads(dw, xh, dzs, wmode):
+    """dw = (wmode 1) or += (wmode 2) xh.T @ dzs over all B*T rows: the
+    gradients of the weights xh's columns multiply ([dkernel; drkernel;
+    dbias] stacked, (W, G))."""
     B, T, G = dzs.shape
-    U = hp.shape[2]
+    W = xh.shape[2]
+    xf = xh.reshape(B * T, W)
     dzf = dzs.reshape(B * T, G)
     if wmode == 1:
-        np.dot(hp.reshape(B * T, U).T, dzf, drkernel)
-        dbias[:] = 0
+        np.dot(xf.T, dzf, dw)
     else:
-        tmp = np.empty_like(drkernel)
-        np.dot(hp.reshape(B * T, U).T, dzf, tmp)
-        drkernel += tmp
-    if dbias.shape[0] > 0:
-        for r in range(B * T):
-            row = dzf[r]
-            for j in range(G):
-                dbias[j] += row[j]
+        tmp = np.empty_like(dw)
+        np.dot(xf.T, dzf, tmp)
+        dw += tmp
 
 
 @njit
@@ -465,18 +489,11 @@ def _lstm_project(zs, x, kernel):
 
 
 @njit
-def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode):
-    """dkernel = (wmode 1) or += (wmode 2) x.T @ dzs;
-    dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
-    B, T, I = x.shape
-    G = kernel.shape[1]
+def _lstm_input_grads(dx, dzs, kernel, mode):
+    """dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
+    B, T, G = dzs.shape
+    I = kernel.shape[0]
     dzf = dzs.reshape(B * T, G)
-    if wmode == 1:
-        np.dot(x.reshape(B * T, I).T, dzf, dkernel)
-    else:
-        tmp = np.empty_like(dkernel)
-        np.dot(x.reshape(B * T, I).T, dzf, tmp)
-        dkernel += tmp
     if mode == 1:
         np.dot(dzf, kernel.T, dx.reshape(B * T, I))
     elif mode == 2:
@@ -486,16 +503,17 @@ def _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode):
         dxf += tmp
 
 
-def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
+def lstm_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
                  act, ract, return_sequences, per_step):
     """Run the LSTM over the sequence, filling y and the backward caches.
 
     y       (B, T, U) if return_sequences else (B, 1, U) (the last h)
     zs      (B, T, G)  cache: gate values after their activations [i f g o]
-    hp      (B, T, U)  cache: h_{t-1} (hp[:, 0] = 0)
+    xh      (B, T, W)  cache: rows [x_t | h_{t-1} | 1], W = I + U + 1 (no
+                       1 column without a bias); h_{-1} = 0
     cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
     tc      (B, T, U)  cache: act(c_t)
-                       hp, cp, tc may be (B, 1, U) scratch when no backward
+                       xh, cp, tc may be (B, 1, .) scratch when no backward
                        pass follows (predict: 3 B T U values less memory)
     hc, cc  (B, U)     scratch: the current h and c
     rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel
@@ -506,30 +524,32 @@ def lstm_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
     kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
     per_step           True: steps only; False: rows for big batches
     """
+    nb = 1 if bias.shape[0] > 0 else 0
     _lstm_project(zs, x, kernel)
-    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
-                             act, ract, return_sequences, per_step)
+    if xh.shape[1] == zs.shape[1]:  # caches for a backward pass
+        _lstm_stage_inputs(xh, x, nb)
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
+                             rkernel, bias, act, ract, return_sequences, per_step)
 
 
-def lstm_backward(dx, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
-                  dy, x, zs, hp, cp, tc, kernel, rkernel,
+def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkernel,
                   act, ract, return_sequences, per_step, mode, wmode):
     """Backpropagation through time for lstm_forward.
 
     dx       (B, T, I)    input gradient: mode 0 skip, 1 overwrite,
                           2 accumulate; may be empty when mode == 0
-    dkernel  (I, G)       x.T @ dzs (whole sequence): wmode 1 overwrite,
-                          2 accumulate; the same for drkernel and dbias
-    drkernel (U, G)       hp.T @ dzs              (whole sequence)
-    dbias    (G,)         sum of dzs; (0,) when use_bias=False
+    dw       (W, G)       [dkernel (I, G); drkernel (U, G); dbias (1, G)]
+                          = xh.T @ dzs (whole sequence), the layer's
+                          gradients as one matrix: wmode 1 overwrite,
+                          2 accumulate; no dbias row without a bias
     dzs      (B, T, G)    scratch: gradient w.r.t. the gate pre-activations
     dh, dc   (B, U)       scratch: gradients w.r.t. h_t and c_t carried back
     dzt      (B, G)       scratch for the steps schedule: one step of dzs
     dy       (B, T, U) if return_sequences else (B, 1, U)
-    x, zs, hp, cp, tc     input and caches of lstm_forward
+    x, zs, xh, cp, tc     input and caches of lstm_forward
     kernel (I, G)   rkernel (U, G)
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
-    _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)
-    _lstm_input_grads(dx, dkernel, dzs, x, kernel, mode, wmode)
+    _lstm_weight_grads(dw, xh, dzs, wmode)
+    _lstm_input_grads(dx, dzs, kernel, mode)

@@ -164,22 +164,26 @@ def lstm_project_rows(p, done, ids, table, kernel):
         raise
 
 
-def lstm_projected_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, ids, proj, rkernel, bias,
+def lstm_projected_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, ids, proj, rkernel, bias,
                            act, ract, return_sequences, per_step):
     """lstm_embedded_forward from proj = table @ kernel (lstm_project_rows):
     a row lookup per step, no product; for forward passes without a
     backward pass (it fills no uniq/inv/xu for one)."""
     B, T, G = zs.shape
+    nb = 1 if bias.shape[0] > 0 else 0
     _lstm_gather(zs.reshape(B * T, G), proj, ids)  # zs[b, t] = proj[ids[b * T + t]]
-    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
-                             act, ract, return_sequences, per_step)
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
+                             rkernel, bias, act, ract, return_sequences, per_step)
 
 
-def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, nu,
+def lstm_embedded_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, nu,
                           xu, pu, ids, table, kernel, rkernel, bias,
                           act, ract, return_sequences, per_step):
     """lstm_forward of table[ids] without materializing table[ids].
 
+    xh    (B, T, W)      cache: rows [h_{t-1} | 1], W = U + 1 (U without a
+                         bias): table[ids] is never materialized, so the
+                         kernel's gradient comes from the distinct rows
     uniq  (B*T,) int64   out: the distinct ids, in order of first use
     inv   (B*T,) int64   out: position in uniq of each step's id
     slot  (V,) int64     scratch, -1 everywhere on entry and on return
@@ -189,25 +193,32 @@ def lstm_embedded_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
     ids   (B*T,) int     ids of the batch, row-major (b, t); all in [0, V)
     table (V, I)         the other arguments as in lstm_forward
     """
+    B, T, G = zs.shape
+    nb = 1 if bias.shape[0] > 0 else 0
     _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel)
-    _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
-                             act, ract, return_sequences, per_step)
+    if xh.shape[1] == zs.shape[1]:  # caches for a backward pass
+        _lstm_stage_inputs(xh, np.empty((B, T, 0), xh.dtype), nb)  # the 1 column
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
+                             rkernel, bias, act, ract, return_sequences, per_step)
 
 
-def lstm_embedded_backward(dtable, dkernel, drkernel, dbias, dzs, dh, dc, dzt,
-                           dy, uniq, inv, nu, xu, pu, zs, hp, cp, tc,
+def lstm_embedded_backward(dtable, dw, dzs, dh, dc, dzt,
+                           dy, uniq, inv, nu, xu, pu, zs, xh, cp, tc,
                            kernel, rkernel, act, ract, return_sequences,
                            per_step, wmode):
     """Backpropagation for lstm_embedded_forward, into dtable (V, I) too.
 
+    dw (I + W, G) is [dkernel; drkernel; dbias] as in lstm_backward: the
+    product with xh fills its last W rows, the distinct rows its first I.
     pu becomes dzu, the gate gradients summed per distinct id; xu (after
     its use for dkernel) becomes the table gradient of the distinct rows.
     dtable accumulates; or, when it is (0, 0), xu[:nu] is left holding the
     gradients of the rows uniq[:nu] (each id's whole gradient: the ids are
-    distinct). wmode applies to dkernel, drkernel and dbias. The other
-    arguments as in lstm_backward and lstm_embedded_forward.
+    distinct). wmode applies to dw. The other arguments as in
+    lstm_backward and lstm_embedded_forward.
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
                               act, ract, return_sequences, per_step)
-    _lstm_recurrent_grads(drkernel, dbias, hp, dzs, wmode)
-    _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wmode)
+    I = kernel.shape[0]
+    _lstm_weight_grads(dw[I:], xh, dzs, wmode)
+    _lstm_embedded_grads(dtable, dw[:I], dzs, uniq, inv, nu, xu, pu, kernel, wmode)
