@@ -785,6 +785,32 @@ def test_lstm_embedded_parallel_paths():
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
 
 
+def test_blas_one_thread():
+    """_blas_one_thread runs a product on one OpenBLAS thread and restores the
+    count, also when the call raises. scipy's Linux wheels bundle OpenBLAS,
+    so there it must be found."""
+    import glob
+    import importlib.util
+    root = list(importlib.util.find_spec("scipy").submodule_search_locations)[0]
+    f = K._scipy_openblas()
+    if f is None:
+        assert not glob.glob(os.path.join(root + ".libs", "*openblas*")), "scipy's OpenBLAS not found"
+        return
+    set_n, get_n = f
+    before = get_n()
+    try:
+        set_n(2)
+        assert K._blas_one_thread(get_n) == 1 and get_n() == 2
+
+        def boom():
+            raise KeyError("x")
+        with pytest.raises(KeyError):
+            K._blas_one_thread(boom)
+        assert get_n() == 2
+    finally:
+        set_n(before)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 def test_lstm_gate_activations_accuracy(dtype):
     """The gate activations: float32 takes the rational tanh (and sigmoid

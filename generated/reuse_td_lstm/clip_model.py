@@ -149,6 +149,50 @@ def _load_cython_blas_alone():
 
 _load_cython_blas_alone()
 
+_OPENBLAS = []  # once looked up: [(set_num_threads, get_num_threads)] of scipy's OpenBLAS, or [None]
+
+
+def _scipy_openblas():
+    """The thread-count functions of the OpenBLAS bundled with scipy's wheels
+    (the BLAS numba's np.dot calls), through ctypes; None for any other BLAS
+    (Accelerate, MKL, a system OpenBLAS: then nothing is changed)."""
+    if not _OPENBLAS:
+        found = None
+        try:
+            import ctypes
+            import glob
+            import importlib.util
+            root = list(importlib.util.find_spec("scipy").submodule_search_locations)[0]
+            for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
+                               + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
+                lib = ctypes.CDLL(path)
+                for prefix in ("scipy_openblas", "openblas"):
+                    set_n = getattr(lib, prefix + "_set_num_threads", None)
+                    get_n = getattr(lib, prefix + "_get_num_threads", None)
+                    if found is None and set_n is not None and get_n is not None:
+                        set_n.argtypes, get_n.restype = [ctypes.c_int], ctypes.c_int
+                        found = (set_n, get_n)
+        except Exception:
+            found = None
+        _OPENBLAS.append(found)
+    return _OPENBLAS[0]
+
+
+def _blas_one_thread(fn, *args):
+    """fn(*args) with OpenBLAS on one thread, for a product that a parallel
+    kernel follows at once: OpenBLAS's second thread would spin there for
+    its timeout (see OPENBLAS_THREAD_TIMEOUT above), taking a core from
+    that kernel."""
+    f = _scipy_openblas()
+    n = f[1]() if f is not None else 1
+    if n <= 1:
+        return fn(*args)
+    f[0](1)
+    try:
+        return fn(*args)
+    finally:
+        f[0](n)
+
 
 def njit(*args, **kwargs):
     """numba.njit with the on-disk cache on, so a second process skips compiling,
@@ -679,6 +723,12 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
 
 _LSTM_PARALLEL_MIN = 1 << 17  # B * T * G gate values below which rows run serially
 _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes rows
+# Below this many flops the input projection before a rows forward pass runs
+# on one BLAS thread (_blas_one_thread): a rows region started right after a
+# two-thread product loses the ~0.4 ms OpenBLAS's second thread then spins.
+# B 256, T 25, I 32, U 32 (52 Mflop): projection 140 -> 265 us, rows region
+# 1.19-1.21 -> 0.88-0.92 ms. Above ~120 Mflop the projection would lose more.
+_LSTM_SERIAL_PROJECTION_MAX = 1 << 26
 # from these units, up to this batch, the backward steps take dh_{t-1}.T =
 # rkernel @ dz_t.T: OpenBLAS runs (U, 4U) x (4U, B) faster than
 # (B, 4U) x (4U, U) for wide layers and small batches (a step with both
@@ -1050,11 +1100,15 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
 # it calls (numba links and optimizes callees into their caller), which
 # doubled the first-run compile time of twitter.py.
 
+def _lstm_rows_forward_taken(B, T, G, per_step):
+    return not per_step and B * T * G >= _LSTM_ROWS_FORWARD_MIN
+
+
 def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
                              act, ract, return_sequences, per_step):
     """The recurrence of lstm_forward, once zs holds x @ kernel."""
     B, T, G = zs.shape
-    if per_step or B * T * G < _LSTM_ROWS_FORWARD_MIN:
+    if not _lstm_rows_forward_taken(B, T, G, per_step):
         U = rkernel.shape[0]
         if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
                 and rkt.shape[0] == G):
@@ -1168,7 +1222,12 @@ def lstm_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
     per_step           True: steps only; False: rows for big batches
     """
     nb = 1 if bias.shape[0] > 0 else 0
-    _lstm_project(zs, x, kernel)
+    B, T, I = x.shape
+    G = kernel.shape[1]
+    if _lstm_rows_forward_taken(B, T, G, per_step) and 2 * B * T * I * G < _LSTM_SERIAL_PROJECTION_MAX:
+        _blas_one_thread(_lstm_project, zs, x, kernel)
+    else:
+        _lstm_project(zs, x, kernel)
     if xh.shape[1] == zs.shape[1]:  # caches for a backward pass
         _lstm_stage_inputs(xh, x, nb)
     _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,

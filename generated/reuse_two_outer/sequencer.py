@@ -149,6 +149,50 @@ def _load_cython_blas_alone():
 
 _load_cython_blas_alone()
 
+_OPENBLAS = []  # once looked up: [(set_num_threads, get_num_threads)] of scipy's OpenBLAS, or [None]
+
+
+def _scipy_openblas():
+    """The thread-count functions of the OpenBLAS bundled with scipy's wheels
+    (the BLAS numba's np.dot calls), through ctypes; None for any other BLAS
+    (Accelerate, MKL, a system OpenBLAS: then nothing is changed)."""
+    if not _OPENBLAS:
+        found = None
+        try:
+            import ctypes
+            import glob
+            import importlib.util
+            root = list(importlib.util.find_spec("scipy").submodule_search_locations)[0]
+            for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
+                               + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
+                lib = ctypes.CDLL(path)
+                for prefix in ("scipy_openblas", "openblas"):
+                    set_n = getattr(lib, prefix + "_set_num_threads", None)
+                    get_n = getattr(lib, prefix + "_get_num_threads", None)
+                    if found is None and set_n is not None and get_n is not None:
+                        set_n.argtypes, get_n.restype = [ctypes.c_int], ctypes.c_int
+                        found = (set_n, get_n)
+        except Exception:
+            found = None
+        _OPENBLAS.append(found)
+    return _OPENBLAS[0]
+
+
+def _blas_one_thread(fn, *args):
+    """fn(*args) with OpenBLAS on one thread, for a product that a parallel
+    kernel follows at once: OpenBLAS's second thread would spin there for
+    its timeout (see OPENBLAS_THREAD_TIMEOUT above), taking a core from
+    that kernel."""
+    f = _scipy_openblas()
+    n = f[1]() if f is not None else 1
+    if n <= 1:
+        return fn(*args)
+    f[0](1)
+    try:
+        return fn(*args)
+    finally:
+        f[0](n)
+
 
 def njit(*args, **kwargs):
     """numba.njit with the on-disk cache on, so a second process skips compiling,

@@ -36,6 +36,12 @@
 
 _LSTM_PARALLEL_MIN = 1 << 17  # B * T * G gate values below which rows run serially
 _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes rows
+# Below this many flops the input projection before a rows forward pass runs
+# on one BLAS thread (_blas_one_thread): a rows region started right after a
+# two-thread product loses the ~0.4 ms OpenBLAS's second thread then spins.
+# B 256, T 25, I 32, U 32 (52 Mflop): projection 140 -> 265 us, rows region
+# 1.19-1.21 -> 0.88-0.92 ms. Above ~120 Mflop the projection would lose more.
+_LSTM_SERIAL_PROJECTION_MAX = 1 << 26
 # from these units, up to this batch, the backward steps take dh_{t-1}.T =
 # rkernel @ dz_t.T: OpenBLAS runs (U, 4U) x (4U, B) faster than
 # (B, 4U) x (4U, U) for wide layers and small batches (a step with both
@@ -407,11 +413,15 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
 # it calls (numba links and optimizes callees into their caller), which
 # doubled the first-run compile time of twitter.py.
 
+def _lstm_rows_forward_taken(B, T, G, per_step):
+    return not per_step and B * T * G >= _LSTM_ROWS_FORWARD_MIN
+
+
 def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
                              act, ract, return_sequences, per_step):
     """The recurrence of lstm_forward, once zs holds x @ kernel."""
     B, T, G = zs.shape
-    if per_step or B * T * G < _LSTM_ROWS_FORWARD_MIN:
+    if not _lstm_rows_forward_taken(B, T, G, per_step):
         U = rkernel.shape[0]
         if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
                 and rkt.shape[0] == G):
@@ -525,7 +535,12 @@ def lstm_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
     per_step           True: steps only; False: rows for big batches
     """
     nb = 1 if bias.shape[0] > 0 else 0
-    _lstm_project(zs, x, kernel)
+    B, T, I = x.shape
+    G = kernel.shape[1]
+    if _lstm_rows_forward_taken(B, T, G, per_step) and 2 * B * T * I * G < _LSTM_SERIAL_PROJECTION_MAX:
+        _blas_one_thread(_lstm_project, zs, x, kernel)
+    else:
+        _lstm_project(zs, x, kernel)
     if xh.shape[1] == zs.shape[1]:  # caches for a backward pass
         _lstm_stage_inputs(xh, x, nb)
     _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
