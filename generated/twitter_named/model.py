@@ -1207,9 +1207,9 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
 
 
 @njit
-def _lstm_stage_inputs(xh, x, nb):
-    """xh[:, :, :I] = x and, with a bias (nb 1), the last column = 1: the
-    parts of the rows [x_t | h_{t-1} | 1] the recurrence does not write."""
+def _lstm_stage_inputs(xh, x, bias):
+    """xh[:, :, :I] = x and, with a bias, the last column = 1: the parts of
+    the rows [x_t | h_{t-1} | 1] the recurrence does not write."""
     B, T, I = x.shape
     W = xh.shape[2]
     one = xh.dtype.type(1.0)
@@ -1219,13 +1219,14 @@ def _lstm_stage_inputs(xh, x, nb):
             src = x[b, t]
             for i in range(I):
                 row[i] = src[i]
-            if nb:
+            if bias.shape[0] > 0:
                 row[W - 1] = one
 
 
-def _lstm_hp(xh, U, nb):
+def _lstm_hp(xh, rkernel, bias):
     """The h_{t-1} columns of xh, a (B, T, U) view (or of its (B, 1, W) scratch)."""
-    W = xh.shape[2]
+    W, U = xh.shape[2], rkernel.shape[0]
+    nb = 1 if bias.shape[0] > 0 else 0
     return xh[:, :, W - nb - U:W - nb]
 
 
@@ -1289,16 +1290,15 @@ def lstm_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
     kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
     per_step           True: steps only; False: rows for big batches
     """
-    nb = 1 if bias.shape[0] > 0 else 0
     B, T, I = x.shape
     G = kernel.shape[1]
     if _lstm_rows_forward_taken(B, T, G, per_step) and 2 * B * T * I * G < _LSTM_SERIAL_PROJECTION_MAX:
         _blas_one_thread(_lstm_project, zs, x, kernel)
     else:
         _lstm_project(zs, x, kernel)
-    if xh.shape[1] == zs.shape[1]:  # caches for a backward pass
-        _lstm_stage_inputs(xh, x, nb)
-    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
+    if xh.shape[1] == T:  # caches for a backward pass
+        _lstm_stage_inputs(xh, x, bias)
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
 
@@ -1496,9 +1496,8 @@ def lstm_projected_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, ids, proj, rkern
     a row lookup per step, no product; for forward passes without a
     backward pass (it fills no uniq/inv/xu for one)."""
     B, T, G = zs.shape
-    nb = 1 if bias.shape[0] > 0 else 0
     _lstm_gather(zs.reshape(B * T, G), proj, ids)  # zs[b, t] = proj[ids[b * T + t]]
-    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
 
@@ -1520,11 +1519,10 @@ def lstm_embedded_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
     table (V, I)         the other arguments as in lstm_forward
     """
     B, T, G = zs.shape
-    nb = 1 if bias.shape[0] > 0 else 0
     _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel)
-    if xh.shape[1] == zs.shape[1]:  # caches for a backward pass
-        _lstm_stage_inputs(xh, np.empty((B, T, 0), xh.dtype), nb)  # the 1 column
-    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
+    if xh.shape[1] == T:  # caches for a backward pass
+        _lstm_stage_inputs(xh, np.empty((B, T, 0), xh.dtype), bias)  # the 1 column
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
 

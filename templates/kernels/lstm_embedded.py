@@ -170,9 +170,8 @@ def lstm_projected_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, ids, proj, rkern
     a row lookup per step, no product; for forward passes without a
     backward pass (it fills no uniq/inv/xu for one)."""
     B, T, G = zs.shape
-    nb = 1 if bias.shape[0] > 0 else 0
     _lstm_gather(zs.reshape(B * T, G), proj, ids)  # zs[b, t] = proj[ids[b * T + t]]
-    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
 
@@ -194,11 +193,10 @@ def lstm_embedded_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
     table (V, I)         the other arguments as in lstm_forward
     """
     B, T, G = zs.shape
-    nb = 1 if bias.shape[0] > 0 else 0
     _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel)
-    if xh.shape[1] == zs.shape[1]:  # caches for a backward pass
-        _lstm_stage_inputs(xh, np.empty((B, T, 0), xh.dtype), nb)  # the 1 column
-    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel.shape[0], nb), cp, tc, hc, cc, rec, rkt,
+    if xh.shape[1] == T:  # caches for a backward pass
+        _lstm_stage_inputs(xh, np.empty((B, T, 0), xh.dtype), bias)  # the 1 column
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
 
