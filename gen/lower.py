@@ -425,9 +425,9 @@ class _Lowering:
         no 1 without a bias): see lstm.py."""
         I = 0 if id(node) in self.fused else node.inputs[0].shape[2]
         nb = 1 if node.layer.kind.cfg["use_bias"] else 0
-        parts = (["x_t"] if I else []) + ["h_{t-1}"] + (["1"] if nb else [])
-        width = " + ".join((["i"] if I else []) + ["u"] + (["1"] if nb else []))
-        return self._cache(k + "_xh", (None, T, I + U + nb), f"rows [{' | '.join(parts)}], h_{{-1}} = 0 (n, T, {width})",
+        cols = [("x_t", "i")] * bool(I) + [("h_{t-1}", "u")] + [("1", "1")] * nb  # (what, its width)
+        width = " + ".join(w for _, w in cols)
+        return self._cache(k + "_xh", (None, T, I + U + nb), f"rows [{' | '.join(c for c, _ in cols)}], h_{{-1}} = 0 (n, T, {width})",
                            node.inputs[0].bmul, width)
 
     def _lstm_fields(self, node: Node) -> dict:

@@ -116,6 +116,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
+def _scipy_folder():
+    """The folder of the installed scipy package (not imported), or None."""
+    import importlib.util
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return list(spec.submodule_search_locations)[0]
+
+
 def _load_cython_blas_alone():
     """numba calls BLAS through the function table of scipy.linalg.cython_blas,
     and a plain import of that runs all of scipy.linalg first: 14 MB more
@@ -131,10 +140,10 @@ def _load_cython_blas_alone():
     try:
         import importlib.machinery
         import importlib.util
-        scipy_spec = importlib.util.find_spec("scipy")
-        if scipy_spec is None or not scipy_spec.submodule_search_locations:
+        root = _scipy_folder()
+        if root is None:
             return
-        folder = os.path.join(list(scipy_spec.submodule_search_locations)[0], "linalg")
+        folder = os.path.join(root, "linalg")
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
             path = os.path.join(folder, "cython_blas" + suffix)
             if os.path.exists(path):
@@ -157,25 +166,29 @@ def _scipy_openblas():
     (the BLAS numba's np.dot calls), through ctypes; None for any other BLAS
     (Accelerate, MKL, a system OpenBLAS: then nothing is changed)."""
     if not _OPENBLAS:
-        found = None
         try:
-            import ctypes
-            import glob
-            import importlib.util
-            root = list(importlib.util.find_spec("scipy").submodule_search_locations)[0]
-            for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
-                               + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
-                lib = ctypes.CDLL(path)
-                for prefix in ("scipy_openblas", "openblas"):
-                    set_n = getattr(lib, prefix + "_set_num_threads", None)
-                    get_n = getattr(lib, prefix + "_get_num_threads", None)
-                    if found is None and set_n is not None and get_n is not None:
-                        set_n.argtypes, get_n.restype = [ctypes.c_int], ctypes.c_int
-                        found = (set_n, get_n)
+            _OPENBLAS.append(_find_scipy_openblas())
         except Exception:
-            found = None
-        _OPENBLAS.append(found)
+            _OPENBLAS.append(None)
     return _OPENBLAS[0]
+
+
+def _find_scipy_openblas():
+    import ctypes
+    import glob
+    root = _scipy_folder()
+    if root is None:
+        return None
+    for path in sorted(glob.glob(os.path.join(root + ".libs", "*openblas*"))
+                       + glob.glob(os.path.join(root, ".dylibs", "*openblas*"))):
+        lib = ctypes.CDLL(path)
+        for prefix in ("scipy_openblas", "openblas"):
+            set_n = getattr(lib, prefix + "_set_num_threads", None)
+            get_n = getattr(lib, prefix + "_get_num_threads", None)
+            if set_n is not None and get_n is not None:
+                set_n.argtypes, get_n.restype = [ctypes.c_int], ctypes.c_int
+                return set_n, get_n
+    return None
 
 
 def _blas_one_thread(fn, *args):
