@@ -70,6 +70,7 @@ class ModulePlan:
     kernels: list[str]
     attrs: list[tuple[str, str]]        # class attribute name, Python literal
     tables: list[tuple[str, str]]       # module-level table name, literal of kernel names
+    flags: list[tuple[str, str, str]]   # kernel_flags: name, literal, what makes it True
     buffers: list[Buffer]               # what the forward pass uses (predict allocates only these)
     grad_buffers: list[Buffer]          # what only the backward pass uses
     forward: list[Step]
@@ -464,6 +465,31 @@ class _Lowering:
         return offs
 
 
+# Module constants the kernels branch on (see kernel_flags): numba prunes a
+# branch on a global constant before it types the code, so a module never
+# compiles the activations none of its layers use (twitter.py, no softmax
+# and no general LSTM cell: its first train_on_batch with numba's cache
+# cold took 15.3 -> 11.6 s, 3 alternating processes each).
+KERNEL_FLAGS = ("_USES_RELU", "_USES_SIGMOID", "_USES_TANH", "_USES_SOFTMAX", "_LSTM_TANH_SIGMOID_ONLY")
+
+
+def kernel_flags(nodes=None) -> list[tuple[str, str, str]]:
+    """(name, literal, comment) of each of KERNEL_FLAGS for these graph nodes;
+    None: every branch on (the kernel tests load the kernels on their own)."""
+    if nodes is None:
+        acts, pairs = set(catalog.ACTIVATIONS.values()), {(0, 0)}
+    else:
+        cfgs = [(n.layer.cls, n.layer.kind.cfg) for n in nodes]
+        acts = {catalog.ACTIVATIONS[cfg["activation"]] for cls, cfg in cfgs if cls in ("Dense", "Activation")}
+        pairs = {(cfg["activation"], cfg["recurrent_activation"]) for cls, cfg in cfgs if cls == "LSTM"}
+    flags = [(f"_USES_{name.upper()}", repr(code in acts), f"a Dense or Activation layer uses {name}")
+             for name, code in catalog.ACTIVATIONS.items() if code != 0]
+    flags.append(("_LSTM_TANH_SIGMOID_ONLY", repr(pairs <= {("tanh", "sigmoid")}),
+                  "every LSTM has activation tanh and recurrent_activation sigmoid"))
+    assert tuple(name for name, _, _ in flags) == KERNEL_FLAGS
+    return flags
+
+
 def _weight_name(entity, layer, w) -> str:
     """Unique within its entry of model.layers: a wrapped layer's weights carry its name."""
     return w.name if entity is layer else f"{layer.name}/{w.name}"
@@ -523,7 +549,7 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     else:
         tables += [("_LOSS_KERNELS", "{}"), ("_OPTIMIZER_KERNELS", "{}")]
     nf = low.n_forward_buffers
-    return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables,
+    return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables, kernel_flags(g.nodes),
                       low.buffers[:nf], low.buffers[nf:], fwd, bwd,
                       low.bind_inputs, low.bind_outputs, low.returns, low.small_forward(fwd), bool(low.checked_inputs),
                       bool(low.grad_blocks))

@@ -14,6 +14,7 @@ import tempfile
 import types
 
 from conftest import WORKER
+from gen.lower import kernel_flags
 
 # GEN_KERNEL_DIR lets a mutation check point the tests at an edited copy.
 KERNEL_DIR = os.environ.get("GEN_KERNEL_DIR") or os.path.join(
@@ -26,6 +27,9 @@ KINDS = ("dense", "activation", "embedding", "lstm", "lstm_embedded", "concat", 
 # the threading choices, exactly as a generated module has them
 with open(os.path.join(os.path.dirname(KERNEL_DIR), "prelude.py")) as _f:
     PRELUDE = _f.read()
+# ... and the constants a generated module sets from its layers, with every
+# branch on (kernel tests call every activation)
+PRELUDE += "\n" + "".join(f"{name} = {value}\n" for name, value, _ in kernel_flags())
 
 _loaded = {}
 

@@ -215,6 +215,14 @@ def njit(*args, **kwargs):
     kwargs.setdefault("error_model", "numpy")
     return numba.njit(*args, **kwargs)
 
+# What this model's layers use; the kernels branch on these constants, and
+# numba drops the branches they turn off before it compiles anything.
+_USES_RELU = True  # a Dense or Activation layer uses relu
+_USES_SIGMOID = False  # a Dense or Activation layer uses sigmoid
+_USES_TANH = True  # a Dense or Activation layer uses tanh
+_USES_SOFTMAX = True  # a Dense or Activation layer uses softmax
+_LSTM_TANH_SIGMOID_ONLY = True  # every LSTM has activation tanh and recurrent_activation sigmoid
+
 
 # ----------------------------------------------------------- activation
 # Codes: 0 linear, 1 relu, 2 sigmoid, 3 tanh, 4 softmax (over the last axis).
@@ -323,12 +331,12 @@ def _activation_forward_rows(y, z, r0, r1, act):
     c = z.shape[1]
     one = z.dtype.type(1.0)
     zero = one - one
-    if act == 1:
+    if _USES_RELU and act == 1:
         for r in range(r0, r1):
             for j in range(c):
                 v = z[r, j]
                 y[r, j] = v if v > zero else zero
-    elif act == 2:
+    elif _USES_SIGMOID and act == 2:
         if z.itemsize == 4:
             for r in range(r0, r1):
                 for j in range(c):
@@ -337,7 +345,7 @@ def _activation_forward_rows(y, z, r0, r1, act):
             for r in range(r0, r1):
                 for j in range(c):
                     y[r, j] = one / (one + math.exp(-z[r, j]))
-    elif act == 3:
+    elif _USES_TANH and act == 3:
         if z.itemsize == 4:
             for r in range(r0, r1):
                 for j in range(c):
@@ -346,7 +354,7 @@ def _activation_forward_rows(y, z, r0, r1, act):
             for r in range(r0, r1):
                 for j in range(c):
                     y[r, j] = _activation_tanh(z[r, j], one)
-    elif act == 4:
+    elif _USES_SOFTMAX and act == 4:
         # subtract the row max so exp never overflows
         for r in range(r0, r1):
             m = z[r, 0]
@@ -412,20 +420,20 @@ def _activation_backward_rows_inplace(dz, y, r0, r1, act):
     one = y.dtype.type(1.0)
     zero = one - one
     c = y.shape[1]
-    if act == 1:
+    if _USES_RELU and act == 1:
         for r in range(r0, r1):
             for j in range(c):
                 d = dz[r, j]
                 dz[r, j] = d if y[r, j] > zero else zero
-    elif act == 2:
+    elif _USES_SIGMOID and act == 2:
         for r in range(r0, r1):
             for j in range(c):
                 dz[r, j] = dz[r, j] * (y[r, j] * (one - y[r, j]))
-    elif act == 3:
+    elif _USES_TANH and act == 3:
         for r in range(r0, r1):
             for j in range(c):
                 dz[r, j] = dz[r, j] * (one - y[r, j] * y[r, j])
-    else:
+    elif _USES_SOFTMAX:  # the one other code callers pass (never linear)
         _activation_backward_rows(dz, dz, y, r0, r1, act, np.int64(1))
 
 
@@ -440,10 +448,10 @@ def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
     zero = one - one
     for r in range(r0, r1):
         s = zero
-        if act == 4:
+        if _USES_SOFTMAX and act == 4:
             for j in range(c):
                 s += dy[r, j] * y[r, j]
-        if act == 1:
+        if _USES_RELU and act == 1:
             for j in range(c):
                 # load dy unconditionally: a load under the test cannot be
                 # made a select, and the branch mispredicts on real data
@@ -454,21 +462,21 @@ def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
                     dz[r, j] = g
                 else:
                     dz[r, j] += g
-        elif act == 2:
+        elif _USES_SIGMOID and act == 2:
             for j in range(c):
                 g = dy[r, j] * (y[r, j] * (one - y[r, j]))
                 if mode == 1:
                     dz[r, j] = g
                 else:
                     dz[r, j] += g
-        elif act == 3:
+        elif _USES_TANH and act == 3:
             for j in range(c):
                 g = dy[r, j] * (one - y[r, j] * y[r, j])
                 if mode == 1:
                     dz[r, j] = g
                 else:
                     dz[r, j] += g
-        elif act == 4:
+        elif _USES_SOFTMAX and act == 4:
             for j in range(c):
                 g = y[r, j] * (dy[r, j] - s)
                 if mode == 1:
@@ -568,7 +576,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     nb = bias.shape[0]
     inf = z.dtype.type(np.inf)
     bad = False
-    if act == 1:
+    if _USES_RELU and act == 1:
         zero = z.dtype.type(0.0)
         for r in range(r0, r1):
             for j in range(z.shape[1]):
@@ -576,14 +584,14 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
                 bad |= not abs(v) < inf
                 z[r, j] = v if v > zero else zero
         return 1 if bad else 0
-    if act == 2 and z.itemsize == 4:
+    if _USES_SIGMOID and act == 2 and z.itemsize == 4:
         for r in range(r0, r1):
             for j in range(z.shape[1]):
                 v = z[r, j] + bias[j] if nb > 0 else z[r, j]
                 bad |= not abs(v) < inf
                 z[r, j] = _activation_sigmoid32(v)
         return 1 if bad else 0
-    if act == 3 and z.itemsize == 4:
+    if _USES_TANH and act == 3 and z.itemsize == 4:
         for r in range(r0, r1):
             for j in range(z.shape[1]):
                 v = z[r, j] + bias[j] if nb > 0 else z[r, j]
@@ -597,7 +605,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     zf = z[r0:r1].reshape(-1)  # one flat loop: rows of a few classes are too short to vectorize
     for i in range(zf.shape[0]):
         bad |= not abs(zf[i]) < inf
-    if act == 4:
+    if _USES_SOFTMAX and act == 4:
         _activation_softmax_inplace(z, r0, r1)
     elif act != 0:
         _activation_forward_rows(z, z, r0, r1, act)

@@ -105,12 +105,12 @@ def _activation_forward_rows(y, z, r0, r1, act):
     c = z.shape[1]
     one = z.dtype.type(1.0)
     zero = one - one
-    if act == 1:
+    if _USES_RELU and act == 1:
         for r in range(r0, r1):
             for j in range(c):
                 v = z[r, j]
                 y[r, j] = v if v > zero else zero
-    elif act == 2:
+    elif _USES_SIGMOID and act == 2:
         if z.itemsize == 4:
             for r in range(r0, r1):
                 for j in range(c):
@@ -119,7 +119,7 @@ def _activation_forward_rows(y, z, r0, r1, act):
             for r in range(r0, r1):
                 for j in range(c):
                     y[r, j] = one / (one + math.exp(-z[r, j]))
-    elif act == 3:
+    elif _USES_TANH and act == 3:
         if z.itemsize == 4:
             for r in range(r0, r1):
                 for j in range(c):
@@ -128,7 +128,7 @@ def _activation_forward_rows(y, z, r0, r1, act):
             for r in range(r0, r1):
                 for j in range(c):
                     y[r, j] = _activation_tanh(z[r, j], one)
-    elif act == 4:
+    elif _USES_SOFTMAX and act == 4:
         # subtract the row max so exp never overflows
         for r in range(r0, r1):
             m = z[r, 0]
@@ -194,20 +194,20 @@ def _activation_backward_rows_inplace(dz, y, r0, r1, act):
     one = y.dtype.type(1.0)
     zero = one - one
     c = y.shape[1]
-    if act == 1:
+    if _USES_RELU and act == 1:
         for r in range(r0, r1):
             for j in range(c):
                 d = dz[r, j]
                 dz[r, j] = d if y[r, j] > zero else zero
-    elif act == 2:
+    elif _USES_SIGMOID and act == 2:
         for r in range(r0, r1):
             for j in range(c):
                 dz[r, j] = dz[r, j] * (y[r, j] * (one - y[r, j]))
-    elif act == 3:
+    elif _USES_TANH and act == 3:
         for r in range(r0, r1):
             for j in range(c):
                 dz[r, j] = dz[r, j] * (one - y[r, j] * y[r, j])
-    else:
+    elif _USES_SOFTMAX:  # the one other code callers pass (never linear)
         _activation_backward_rows(dz, dz, y, r0, r1, act, np.int64(1))
 
 
@@ -222,10 +222,10 @@ def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
     zero = one - one
     for r in range(r0, r1):
         s = zero
-        if act == 4:
+        if _USES_SOFTMAX and act == 4:
             for j in range(c):
                 s += dy[r, j] * y[r, j]
-        if act == 1:
+        if _USES_RELU and act == 1:
             for j in range(c):
                 # load dy unconditionally: a load under the test cannot be
                 # made a select, and the branch mispredicts on real data
@@ -236,21 +236,21 @@ def _activation_backward_rows(dz, dy, y, r0, r1, act, mode):
                     dz[r, j] = g
                 else:
                     dz[r, j] += g
-        elif act == 2:
+        elif _USES_SIGMOID and act == 2:
             for j in range(c):
                 g = dy[r, j] * (y[r, j] * (one - y[r, j]))
                 if mode == 1:
                     dz[r, j] = g
                 else:
                     dz[r, j] += g
-        elif act == 3:
+        elif _USES_TANH and act == 3:
             for j in range(c):
                 g = dy[r, j] * (one - y[r, j] * y[r, j])
                 if mode == 1:
                     dz[r, j] = g
                 else:
                     dz[r, j] += g
-        elif act == 4:
+        elif _USES_SOFTMAX and act == 4:
             for j in range(c):
                 g = y[r, j] * (dy[r, j] - s)
                 if mode == 1:

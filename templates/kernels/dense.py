@@ -27,7 +27,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     nb = bias.shape[0]
     inf = z.dtype.type(np.inf)
     bad = False
-    if act == 1:
+    if _USES_RELU and act == 1:
         zero = z.dtype.type(0.0)
         for r in range(r0, r1):
             for j in range(z.shape[1]):
@@ -35,14 +35,14 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
                 bad |= not abs(v) < inf
                 z[r, j] = v if v > zero else zero
         return 1 if bad else 0
-    if act == 2 and z.itemsize == 4:
+    if _USES_SIGMOID and act == 2 and z.itemsize == 4:
         for r in range(r0, r1):
             for j in range(z.shape[1]):
                 v = z[r, j] + bias[j] if nb > 0 else z[r, j]
                 bad |= not abs(v) < inf
                 z[r, j] = _activation_sigmoid32(v)
         return 1 if bad else 0
-    if act == 3 and z.itemsize == 4:
+    if _USES_TANH and act == 3 and z.itemsize == 4:
         for r in range(r0, r1):
             for j in range(z.shape[1]):
                 v = z[r, j] + bias[j] if nb > 0 else z[r, j]
@@ -56,7 +56,7 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
     zf = z[r0:r1].reshape(-1)  # one flat loop: rows of a few classes are too short to vectorize
     for i in range(zf.shape[0]):
         bad |= not abs(zf[i]) < inf
-    if act == 4:
+    if _USES_SOFTMAX and act == 4:
         _activation_softmax_inplace(z, r0, r1)
     elif act != 0:
         _activation_forward_rows(z, z, r0, r1, act)

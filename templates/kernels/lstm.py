@@ -122,26 +122,45 @@ def _lstm_cell_forward(z, h, c, hp, cp, a, act, ract):
     hp, cp (U,) cache: h_{t-1}, c_{t-1}      a (U,) cache: act(c_t)
     """
     U = h.shape[0]
-    if act == 3 and ract == 2 and z.itemsize == 4:
-        # Keras's default (tanh, sigmoid) in float32: three passes over the
-        # units instead of six (1.4-1.6x faster); each writes few arrays, so
-        # LLVM's run-time overlap checks stay few enough to vectorize. The
-        # same operations in the same order as the general passes: same bits
-        half = z.dtype.type(0.5)
-        for u in range(U):
-            z[u] = half + half * _activation_tanh32(half * z[u])
-            z[U + u] = half + half * _activation_tanh32(half * z[U + u])
-            z[2 * U + u] = _activation_tanh32(z[2 * U + u])
-            z[3 * U + u] = half + half * _activation_tanh32(half * z[3 * U + u])
+    if _LSTM_TANH_SIGMOID_ONLY or (act == 3 and ract == 2):
+        # Keras's default (tanh, sigmoid): three passes over the units
+        # instead of six (float32: 1.4-1.6x faster); each writes few arrays,
+        # so LLVM's run-time overlap checks stay few enough to vectorize.
+        # The same operations in the same order as the general passes below:
+        # same bits. A module whose LSTMs all take this pair
+        # (_LSTM_TANH_SIGMOID_ONLY) never compiles those passes.
+        if z.itemsize == 4:
+            half = z.dtype.type(0.5)
+            for u in range(U):
+                z[u] = half + half * _activation_tanh32(half * z[u])
+                z[U + u] = half + half * _activation_tanh32(half * z[U + u])
+                z[2 * U + u] = _activation_tanh32(z[2 * U + u])
+                z[3 * U + u] = half + half * _activation_tanh32(half * z[3 * U + u])
+        else:
+            one = z.dtype.type(1.0)
+            for u in range(U):
+                z[u] = one / (one + math.exp(-z[u]))
+                z[U + u] = one / (one + math.exp(-z[U + u]))
+                z[2 * U + u] = _activation_tanh(z[2 * U + u], one)
+                z[3 * U + u] = one / (one + math.exp(-z[3 * U + u]))
         for u in range(U):
             hp[u] = h[u]
             cp[u] = c[u]
-        for u in range(U):
-            cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
-            c[u] = cn
-            t = _activation_tanh32(cn)
-            a[u] = t
-            h[u] = z[3 * U + u] * t
+        if z.itemsize == 4:
+            for u in range(U):
+                cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
+                c[u] = cn
+                t = _activation_tanh32(cn)
+                a[u] = t
+                h[u] = z[3 * U + u] * t
+        else:
+            one = z.dtype.type(1.0)
+            for u in range(U):
+                cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
+                c[u] = cn
+                t = _activation_tanh(cn, one)
+                a[u] = t
+                h[u] = z[3 * U + u] * t
         return
     _lstm_act(z[:2 * U], ract)          # i, f
     _lstm_act(z[2 * U:3 * U], act)      # g
@@ -188,7 +207,7 @@ def _lstm_cell_backward(dz, gh, gc, da, z, cp, a, act, ract):
     z (G,) gate values   cp (U,) c_{t-1}   a (U,) act(c_t)
     """
     U = gh.shape[0]
-    if act == 3 and ract == 2:
+    if _LSTM_TANH_SIGMOID_ONLY or (act == 3 and ract == 2):
         # Keras's default (tanh, sigmoid): one pass over the units, each
         # derivative inline (2.2x faster than the passes below; the same
         # operations in the same order: same bits)
