@@ -465,29 +465,25 @@ class _Lowering:
         return offs
 
 
-# Module constants the kernels branch on (see kernel_flags): numba prunes a
-# branch on a global constant before it types the code, so a module never
-# compiles the activations none of its layers use (twitter.py, no softmax
-# and no general LSTM cell: its first train_on_batch with numba's cache
-# cold took 15.3 -> 11.6 s, 3 alternating processes each).
-KERNEL_FLAGS = ("_USES_RELU", "_USES_SIGMOID", "_USES_TANH", "_USES_SOFTMAX", "_LSTM_TANH_SIGMOID_ONLY")
-
-
+# Module constants the kernels branch on: numba prunes a branch on a global
+# constant before it types the code, so a module never compiles the
+# activations none of its layers use (twitter.py, no softmax and no general
+# LSTM cell: its first train_on_batch with numba's cache cold took 15.3 ->
+# 11.6 s, 3 alternating processes each).
 def kernel_flags(nodes=None) -> list[tuple[str, str, str]]:
-    """(name, literal, comment) of each of KERNEL_FLAGS for these graph nodes;
-    None: every branch on (the kernel tests load the kernels on their own)."""
+    """(name, literal, comment) of each constant for these graph nodes; None:
+    every branch on (the kernel tests load the kernels on their own)."""
+    cfgs = [(n.layer.cls, n.layer.kind.cfg) for n in nodes or ()]
     if nodes is None:
-        acts, pairs = set(catalog.ACTIVATIONS.values()), {(0, 0)}
+        acts, default_lstms = set(catalog.ACTIVATIONS.values()), False
     else:
-        cfgs = [(n.layer.cls, n.layer.kind.cfg) for n in nodes]
         acts = {catalog.ACTIVATIONS[cfg["activation"]] for cls, cfg in cfgs if cls in ("Dense", "Activation")}
-        pairs = {(cfg["activation"], cfg["recurrent_activation"]) for cls, cfg in cfgs if cls == "LSTM"}
+        default_lstms = all((cfg["activation"], cfg["recurrent_activation"]) == ("tanh", "sigmoid")
+                            for cls, cfg in cfgs if cls == "LSTM")
     flags = [(f"_USES_{name.upper()}", repr(code in acts), f"a Dense or Activation layer uses {name}")
              for name, code in catalog.ACTIVATIONS.items() if code != 0]
-    flags.append(("_LSTM_TANH_SIGMOID_ONLY", repr(pairs <= {("tanh", "sigmoid")}),
-                  "every LSTM has activation tanh and recurrent_activation sigmoid"))
-    assert tuple(name for name, _, _ in flags) == KERNEL_FLAGS
-    return flags
+    return flags + [("_LSTM_TANH_SIGMOID_ONLY", repr(default_lstms),
+                     "every LSTM has activation tanh and recurrent_activation sigmoid")]
 
 
 def _weight_name(entity, layer, w) -> str:
