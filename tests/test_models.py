@@ -162,10 +162,12 @@ def test_small_forward_is_the_per_layer_forward(example, model, monkeypatch):
 
 
 def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
-    """Training takes the one-call forward pass too, with the same bits; from
-    the first batch size at which a Dense output reaches the parallel
-    kernels' size, the forward pass takes the per-layer path (mlp: one
-    module is enough, the test is the same line in every module)."""
+    """Training takes the one-call forward pass too, with the same bits (on
+    one OpenBLAS thread, as that call runs in training: OpenBLAS's two-thread
+    path rounds some products differently); from the first batch size at
+    which a Dense output reaches the parallel kernels' size, the forward
+    pass takes the per-layer path (mlp: one module is enough, the test is
+    the same line in every module)."""
     mod = generated("mlp", "model")
     calls = _count_small_calls(mod, monkeypatch)
     one, per_layer = mod.Model(seed=3), mod.Model(seed=3)
@@ -173,7 +175,7 @@ def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
     xs, ys = random_data(mod.Model, 32, np.random.default_rng(1))
     for _ in range(3):
         one.train_on_batch(xs, ys)
-        per_layer.train_on_batch(xs, ys)
+        mod._blas_one_thread(per_layer.train_on_batch, xs, ys)
     assert len(calls) == 3
     calls.clear()
     for a, b in zip(one.get_weights(), per_layer.get_weights()):
@@ -190,6 +192,26 @@ def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
     m.predict(xs, batch_size=big)
     assert calls
 
+
+
+def test_training_forward_of_small_batches_runs_on_one_blas_thread(monkeypatch):
+    """A training step under _RT_TRAIN_ONE_THREAD_ROWS rows runs its one-call
+    forward pass on one OpenBLAS thread (the update after it then writes
+    weights no other core holds); bigger batches and predict keep every
+    thread."""
+    mod = generated("mlp", "model")
+    one_thread = []
+    wrapped = mod._blas_one_thread
+    monkeypatch.setattr(mod, "_blas_one_thread", lambda fn, *a: one_thread.append(fn) or wrapped(fn, *a))
+    calls = _count_small_calls(mod, monkeypatch)
+    m, rng = mod.Model(seed=0), np.random.default_rng(0)
+    rows = mod._RT_TRAIN_ONE_THREAD_ROWS
+    for n, trains, expected in ((rows - 1, True, 1), (rows, True, 0), (rows - 1, False, 0)):
+        xs, ys = random_data(mod.Model, n, rng)
+        one_thread.clear()
+        calls.clear()
+        m.train_on_batch(xs, ys) if trains else m.predict(xs, batch_size=n)
+        assert calls and len(one_thread) == expected, (n, trains, one_thread)
 
 LEAN = textwrap.dedent("""
     import sys
