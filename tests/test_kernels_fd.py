@@ -1240,6 +1240,38 @@ def test_lstm_matches_keras_torch(tmp_path):
         np.testing.assert_allclose(ours[key], ref[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.mark.parametrize("gathered", [False, True], ids=["table-grad", "gathered"])
+@pytest.mark.parametrize("name", ["sgd", "rmsprop"])
+def test_row_updates_in_parallel_equal_serial(name, gathered, monkeypatch):
+    """From _OPTIMIZER_PARALLEL_MIN values the row-sparse updates run blocks
+    of rows on every thread (the last block partial); every weight, state
+    value, step count and zeroed gradient must be the serial result."""
+    V, D = 3000, 512
+    n = -(-K._OPTIMIZER_PARALLEL_MIN // D) + 37
+    assert n % K._OPTIMIZER_ROWS_BLOCK != 0 and n <= V
+    rng = np.random.default_rng(4)
+    rows = np.sort(rng.choice(V, n, replace=False)).astype(np.int64)
+    w0 = rng.normal(size=(V, D)).astype(np.float32)
+    g0 = rng.normal(size=(n, D) if gathered else (V, D)).astype(np.float32)
+    v0 = np.abs(rng.normal(size=(V, D))).astype(np.float32)
+    last0 = rng.integers(0, 5, V).astype(np.int64)
+    par = getattr(K, f"_{name}_rows_parallel")
+    calls = []
+    monkeypatch.setattr(K, f"_{name}_rows_parallel", lambda *a: calls.append(1) or par(*a))
+    results = []
+    for fn in (getattr(K, f"{name}_update_rows"), getattr(K, f"_{name}_rows_serial")):
+        w, g, v, last = w0.copy(), g0.copy(), v0.copy(), last0.copy()
+        if name == "sgd":
+            fn(w, g, rows, gathered, 0.01)
+        else:
+            fn(w, g, v, last, rows, gathered, 7, 0.001, 0.9, 1e-7)
+        results.append((w, g, v, last))
+    assert calls == [1]
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(results[0][0], w0)
+
+
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
 def test_optimizer_chunked_path_equals_serial(name):
     """Above _OPTIMIZER_PARALLEL_MIN parameters the update runs in parallel
