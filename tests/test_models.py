@@ -197,8 +197,8 @@ def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
 def test_training_forward_of_small_batches_runs_on_one_blas_thread(monkeypatch):
     """A training step under _RT_TRAIN_ONE_THREAD_ROWS rows runs its one-call
     forward pass on one OpenBLAS thread (the update after it then writes
-    weights no other core holds); bigger batches and predict keep every
-    thread."""
+    weights no other core holds); bigger batches, predict and models with
+    more than _RT_TRAIN_ONE_THREAD_WEIGHTS weight values keep every thread."""
     mod = generated("mlp", "model")
     one_thread = []
     wrapped = mod._blas_one_thread
@@ -212,6 +212,12 @@ def test_training_forward_of_small_batches_runs_on_one_blas_thread(monkeypatch):
         calls.clear()
         m.train_on_batch(xs, ys) if trains else m.predict(xs, batch_size=n)
         assert calls and len(one_thread) == expected, (n, trains, one_thread)
+    assert m._params.size <= mod._RT_TRAIN_ONE_THREAD_WEIGHTS
+    monkeypatch.setattr(mod, "_RT_TRAIN_ONE_THREAD_WEIGHTS", m._params.size - 1)
+    xs, ys = random_data(mod.Model, rows - 1, rng)
+    one_thread.clear()
+    m.train_on_batch(xs, ys)
+    assert not one_thread
 
 LEAN = textwrap.dedent("""
     import sys

@@ -824,16 +824,22 @@ def _rt_zero_rows(a, rows):
 # batch 32 on the Zen 4 machine: RMSprop 24 -> 60 us a step, where the
 # forward pass on one thread costs 36 -> 54 us; fit 177k -> 199k samples/s.
 # Batch 64 +2%, 128 -8%, 256 -18%: the product's second thread wins there.
+# Only for models of up to _RT_TRAIN_ONE_THREAD_WEIGHTS values (1 MB of
+# float32, a core's L2 here): the other core cannot keep more of bigger
+# weights, so their update pays no more, while their product gains more
+# from the second thread.
 # OpenBLAS's one- and two-thread paths round some products differently (last
 # bits), so the forward pass of a small batch in training can differ in those
 # bits from predict's; both are within the Keras tolerances.
 _RT_TRAIN_ONE_THREAD_ROWS = 64
+_RT_TRAIN_ONE_THREAD_WEIGHTS = 1 << 18
 
 
-def _rt_forward_small(training, rows, fn, *args):
+def _rt_forward_small(training, rows, weights, fn, *args):
     """fn(*args) (a model's _forward_small), on one OpenBLAS thread in a
-    training step under _RT_TRAIN_ONE_THREAD_ROWS rows."""
-    if training and rows < _RT_TRAIN_ONE_THREAD_ROWS:
+    training step under _RT_TRAIN_ONE_THREAD_ROWS rows of a model with up to
+    _RT_TRAIN_ONE_THREAD_WEIGHTS weight values."""
+    if training and rows < _RT_TRAIN_ONE_THREAD_ROWS and weights <= _RT_TRAIN_ONE_THREAD_WEIGHTS:
         return _blas_one_thread(fn, *args)
     return fn(*args)
 
@@ -1850,7 +1856,7 @@ class Model(_Runtime):
         w = self._w
         b['input_layer_1'] = xs[0]  # input (n, 784)
         if self._fuse_small and xs[0].shape[0] * 64 < _ACTIVATION_PARALLEL_MIN:
-            self._nonfinite = _rt_forward_small(training, xs[0].shape[0], _forward_small, self._params, b['dense'], b['input_layer_1'], b['dense_1'], b['dense_2'])
+            self._nonfinite = _rt_forward_small(training, xs[0].shape[0], self._params.size, _forward_small, self._params, b['dense'], b['input_layer_1'], b['dense_1'], b['dense_2'])
             return [b['dense_2']]
         nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
         # reuse.py:7  x = Dense(64, activation='relu')(inputs)  (via reuse.py:14  y = model(x))
