@@ -28,6 +28,11 @@ _OVERWRITES_GRADS = {"Dense", "LSTM"}
 # Forward kernels callable one after another from one compiled function: a
 # model made only of these layers gets _forward_small (see SmallForward).
 _SMALL_KINDS = {"Dense", "Activation", "Embedding", "Concatenate"}
+# A Dense kernel of at least this many values has its rows owned by the
+# threads in a training step at a small batch (templates/kernels/dense.py,
+# "Owned rows"): below, its update is too short for the invalidations the
+# owned split saves to pay for a parallel region.
+OWNED_MIN_VALUES = 1 << 14
 _KIND_KERNELS = {"Dense": ("activation", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
                  "LSTM": ("activation", "lstm"), "Concatenate": ("concat",)}
 
@@ -81,6 +86,7 @@ class ModulePlan:
     small: SmallForward | None
     counts_nonfinite: bool              # _forward (and _forward_small) sum what the Dense steps of checked_inputs return
     grad_blocks: bool = False           # _backward reads gb, the runtime's gradient blocks
+    owned: SmallForward | None = None   # _forward_owned: _forward_small with the owned-rows Dense kernels
 
 
 def comment_text(text: str) -> str:
@@ -281,14 +287,45 @@ class _Lowering:
                 bwd.append(self.backward(node, modes))
         # the rest (tables: a scatter adds into them) are zeroed before each backward pass
         self.grads_zeroed = tuple(i for i in range(len(self.g.params)) if i not in written)
+        self.mark_owned(fwd, bwd)
         return fwd, bwd
 
-    def small_forward(self, fwd: list[Step]) -> SmallForward | None:
+    def mark_owned(self, fwd: list[Step], bwd: list[Step]) -> None:
+        """Give the big Dense calls of a trainable model with a one-call
+        forward pass their owned-rows buffers (training only, so after the
+        forward buffers) and fields: f["owned"] on the forward step (zp, xp)
+        and on its backward step (xp, bad)."""
+        self.owned_kernels: tuple[int, ...] = ()
+        if self.g.compile is None or not fwd or any(s.kind not in _SMALL_KINDS for s in fwd):
+            return
+        back = {(s.f["layer"], s.f["y"]): s for s in bwd if s.kind == "Dense"}
+        kernels = []
+        for s in (s for s in fwd if s.kind == "Dense"):
+            i = int(s.f["kernel"][2:-1])
+            K, N = self.g.params[i][1].shape
+            if K * N < OWNED_MIN_VALUES or (s.f["layer"], s.f["y"]) not in back:
+                continue
+            rows = s.f["size"] // N  # rows of the flat (rows, N) output per sample
+            k = s.f["y"][3:-2]
+            j = len(kernels)
+            kernels.append(i)
+            xp = self.raw_buf(k + "_xp", f"np.empty(n * {rows * K} if p else 0, dt)",
+                              f"owned rows: the input by column blocks (n * {rows * K},)")
+            zp = self.raw_buf(k + "_zp", f"np.empty((p, n * {rows}, {N}), dt)" if rows > 1 else f"np.empty((p, n, {N}), dt)",
+                              f"owned rows: each part's share of the product (p, n, {N})")
+            s.f["owned"] = {"zp": zp, "xp": xp}
+            back[(s.f["layer"], s.f["y"])].f["owned"] = {"xp": xp, "bad": f"b['_owned_bad'][{j}]"}
+        if kernels:
+            self.raw_buf("_owned_bad", f"np.zeros(({len(kernels)}, p), np.int64)",
+                         "owned rows: NaN/Inf counts of each owned kernel's parts of its gradient")
+            self.owned_kernels = tuple(sorted(set(kernels)))
+
+    def small_forward(self, fwd: list[Step], owned: bool = False) -> SmallForward | None:
         """_forward_small for a model whose every forward step has a serial kernel.
         Activation codes and offsets go in as np.int64(...): as literals, numba
         would compile each kernel once per value (mlp: the Dense kernels
         twice more, for relu and softmax)."""
-        if not fwd or any(s.kind not in _SMALL_KINDS for s in fwd):
+        if not fwd or any(s.kind not in _SMALL_KINDS for s in fwd) or (owned and not any("owned" in s.f for s in fwd)):
             return None
         names: dict[str, str] = {"self._params": "params"}
         views: dict[str, tuple[str, str, str]] = {}
@@ -308,7 +345,10 @@ class _Lowering:
         steps, width = [], 0
         for s in fwd:
             f = s.f
-            if s.kind == "Dense":
+            if s.kind == "Dense" and owned and "owned" in f:
+                calls = [(f["into"] + "_dense_forward_owned", [f["y"], f["owned"]["zp"], f["owned"]["xp"], f["x"], f["kernel"], f["bias"]],
+                          f["act"], f["act_name"])]
+            elif s.kind == "Dense":
                 calls = [(f["into"] + "_dense_forward_serial", [f["y"], f["x"], f["kernel"], f["bias"]], f["act"], f["act_name"])]
             elif s.kind == "Activation":
                 calls = [("_activation_forward_serial", [f["y"], f["x"]], f["act"], f["act_name"])]
@@ -532,6 +572,8 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
              ("_sparse_tables", repr(tuple(sparse))),
              ("_checked_inputs", repr(low.checked_inputs)),
              ("_grads_zeroed", repr(low.grads_zeroed))]
+    if low.owned_kernels:
+        attrs.append(("_owned_kernels", repr(low.owned_kernels)))
     if low.grad_blocks:
         attrs.append(("_grad_blocks", repr(tuple(low.grad_blocks))))
     tables = []
@@ -539,6 +581,8 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
         losses = sorted(set(c.losses))
         tables.append(("_LOSS_KERNELS", "{" + ", ".join(f"{l!r}: ({l}_forward, {l}_backward)" for l in losses) + "}"))
         tables.append(("_OPTIMIZER_KERNELS", f"{{{c.optimizer!r}: {c.optimizer}_update}}"))
+        if low.owned_kernels:
+            tables.append(("_OPTIMIZER_OWNED_KERNELS", f"{{{c.optimizer!r}: _{c.optimizer}_owned}}"))
         if any(c.accuracy):
             tables.append(("_ACCURACY_KERNELS", "{'binary': binary_accuracy, 'categorical': categorical_accuracy, "
                                                 "'sparse_categorical': sparse_categorical_accuracy}"))
@@ -548,4 +592,4 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables, kernel_flags(g.nodes),
                       low.buffers[:nf], low.buffers[nf:], fwd, bwd,
                       low.bind_inputs, low.bind_outputs, low.returns, low.small_forward(fwd), bool(low.checked_inputs),
-                      bool(low.grad_blocks))
+                      bool(low.grad_blocks), low.small_forward(fwd, owned=True))

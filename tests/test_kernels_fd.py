@@ -202,6 +202,73 @@ def test_dense_parallel_path(act, monkeypatch):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-13)
 
 
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+@pytest.mark.parametrize("act", [RELU, SOFTMAX, TANH])
+@pytest.mark.parametrize("mode,wmode,use_bias", [(0, 1, True), (1, 1, True), (2, 2, False), (1, 2, True)])
+def test_dense_owned_kernels_equal_serial(parts, act, mode, wmode, use_bias):
+    """The owned-rows kernels (the kernel's rows split into parts, in a
+    training step at a small batch) give the serial kernels' numbers: the
+    forward pass up to the order of the parts' sums, the gradients exactly
+    as they are formed (each row of dkernel is the same dot product), the
+    input gradient column block by column block; each part counts the
+    NaN/Inf in its rows of dkernel, and nothing else."""
+    r = rng(46)
+    n, i, o = 9, 37, 6  # 37 rows: parts of 12-13 and 18-19 rows
+    x, w = r.standard_normal((n, i)), 0.3 * r.standard_normal((i, o))
+    b = r.standard_normal(o) if use_bias else np.zeros(0)
+    y, y_ref = np.full((n, o), np.nan), np.empty((n, o))
+    zp, xp = np.full((parts, n, o), np.nan), np.full(n * i, np.nan)
+    assert K._dense_forward_owned(y, zp, xp, x, w, b, act) == 0
+    K._dense_forward_serial(y_ref, x, w, b, act)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-15)
+    for p in range(parts):  # the column blocks the backward pass reads
+        lo, hi = K._dense_part(i, parts, p)
+        np.testing.assert_array_equal(xp[n * lo:n * hi].reshape(n, hi - lo), x[:, lo:hi])
+    D = r.standard_normal((n, o))
+    start = [r.standard_normal((n, i)) if mode == 2 else np.full((n, i), np.nan),
+             r.standard_normal((i, o)) if wmode == 2 else np.full((i, o), np.nan),
+             (r.standard_normal(o) if wmode == 2 else np.full(o, np.nan)) if use_bias else np.zeros(0)]
+    if mode == 0:
+        start[0] = np.zeros((0, 0))
+    got, want = [a.copy() for a in start], [a.copy() for a in start]
+    bad = np.full(parts, -1, np.int64)
+    K._dense_backward_owned(*got, D.copy(), y, xp, w, act, mode, wmode, bad)
+    K._dense_backward_serial(*want, D.copy(), y, x, w, act, mode, wmode)
+    for a, b_ in zip(got, want):
+        np.testing.assert_allclose(a, b_, rtol=1e-13, atol=1e-14)
+    assert bad.tolist() == [0] * parts
+    xb = x.copy()
+    xb[0, i - 1] = np.inf  # the last part's rows of dkernel
+    xp2 = np.empty_like(xp)
+    K._dense_forward_owned(np.empty((n, o)), np.empty_like(zp), xp2, xb, w, b, act)
+    K._dense_backward_owned(np.empty((n, i)), np.empty((i, o)), np.empty(o), D.copy(), y, xp2, w, LINEAR, 1, 1, bad)
+    assert bad.tolist() == [0] * (parts - 1) + [o]
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
+def test_optimizer_owned_spans_equal_serial(name):
+    """The owned-rows update runs each part's spans on its thread; every
+    value must get the serial update's bits, each exactly once."""
+    P = 10_007
+    r = np.random.default_rng(5)
+    w0, g = r.normal(size=P).astype(np.float32), r.normal(size=P).astype(np.float32)
+    args = {"sgd": (0.01, 0.9, True), "rmsprop": (0.001, 0.9, 0.5, 1e-7, True),
+            "adam": (0.001, 0.9, 0.999, 1e-7, True, 3)}[name]
+    nstate = {"sgd": 1, "rmsprop": 3, "adam": 3}[name]
+    spans = np.array([(0, 100, 0), (100, 5000, 1), (5000, 9000, 0), (9000, 9500, 1), (9500, P, 0)], np.int64)
+    results = []
+    for owned in (True, False):
+        w, state = w0.copy(), [np.full(P, 0.1, np.float32) for _ in range(nstate)]
+        if owned:
+            getattr(K, f"_{name}_owned")(w, g, *state, *args, spans, 2)
+        else:
+            getattr(K, f"_{name}_serial")(w, g, *state, *args)
+        results.append([w] + state)
+    for a, b in zip(*results):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(results[0][0], w0)
+
 # ------------------------------------------------------------- activation
 
 @pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])

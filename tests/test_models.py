@@ -170,6 +170,7 @@ def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
     the same line in every module)."""
     mod = generated("mlp", "model")
     calls = _count_small_calls(mod, monkeypatch)
+    monkeypatch.setattr(mod, "_rt_owned_threads", lambda: 0)  # the one-call path, not owned rows
     one, per_layer = mod.Model(seed=3), mod.Model(seed=3)
     per_layer._fuse_small = False
     xs, ys = random_data(mod.Model, 32, np.random.default_rng(1))
@@ -204,6 +205,7 @@ def test_training_forward_of_small_batches_runs_on_one_blas_thread(monkeypatch):
     wrapped = mod._blas_one_thread
     monkeypatch.setattr(mod, "_blas_one_thread", lambda fn, *a: one_thread.append(fn) or wrapped(fn, *a))
     calls = _count_small_calls(mod, monkeypatch)
+    monkeypatch.setattr(mod, "_rt_owned_threads", lambda: 0)  # else its big kernel's rows are owned
     m, rng = mod.Model(seed=0), np.random.default_rng(0)
     rows = mod._RT_TRAIN_ONE_THREAD_ROWS
     for n, trains, expected in ((rows - 1, True, 1), (rows, True, 0), (rows - 1, False, 0)):
@@ -218,6 +220,79 @@ def test_training_forward_of_small_batches_runs_on_one_blas_thread(monkeypatch):
     one_thread.clear()
     m.train_on_batch(xs, ys)
     assert not one_thread
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_owned_rows_training_steps(parts, monkeypatch):
+    """With numba's threads, a training step under _RT_TRAIN_ONE_THREAD_ROWS
+    rows of a model with a big Dense kernel (mlp: 784 x 64) splits that
+    kernel's rows over the threads (_forward_owned, the owned backward and
+    update): the weights stay within float32 rounding of the steps without
+    it, whose update is the same; predict and bigger batches take the other
+    paths, and the update spans cover every value once."""
+    mod = generated("mlp", "model")
+    assert mod.Model._owned_kernels == (0,)
+    monkeypatch.setattr(mod, "_rt_owned_threads", lambda: parts)
+    fused = mod._forward_owned
+    owned_calls = []
+    monkeypatch.setattr(mod, "_forward_owned", lambda *a: owned_calls.append(1) or fused(*a))
+    m = mod.Model(seed=3)
+    assert m._owned_parts is None  # counted at the first owned step: predict alone starts no threads
+    assert m._owned_parts_for(32) == parts
+    monkeypatch.setattr(mod, "_rt_owned_threads", lambda: 0)
+    plain = mod.Model(seed=3)
+    assert plain._owned_parts_for(32) == 0
+    spans = m._owned_spans
+    covered = np.zeros(m._params.size, np.int64)
+    for lo, hi, p in spans:
+        covered[lo:hi] += 1
+        assert 0 <= p < parts
+    assert covered.min() == covered.max() == 1
+    assert sorted({int(p) for lo, hi, p in spans if hi <= 784 * 64}) == list(range(parts))
+    rng = np.random.default_rng(2)
+    for n in (32, 5, 63):
+        xs, ys = random_data(mod.Model, n, rng)
+        for _ in range(3):
+            a, b = m.train_on_batch(xs, ys), plain.train_on_batch(xs, ys)
+            np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+        assert m._owned_step and not plain._owned_step
+    assert len(owned_calls) == 9
+    for a, b in zip(m.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m._opt_state[0], plain._opt_state[0], rtol=1e-4, atol=1e-9)
+    owned_calls.clear()
+    xs, ys = random_data(mod.Model, mod._RT_TRAIN_ONE_THREAD_ROWS, rng)
+    m.train_on_batch(xs, ys)
+    m.predict(xs[0][:8])
+    assert not owned_calls and not m._owned_step
+
+
+def test_owned_rows_non_finite_gradient_stops_the_step(monkeypatch):
+    """A NaN/Inf in an owned part of a kernel's gradient (counted where that
+    part's thread computed it, not by the runtime's own check) stops the
+    step before any weight or optimizer state changes."""
+    mod = generated("mlp", "model")
+    monkeypatch.setattr(mod, "_rt_owned_threads", lambda: 2)
+    m = mod.Model(seed=0)
+    xs, ys = random_data(mod.Model, 32, np.random.default_rng(0))
+    m.train_on_batch(xs, ys)
+    orig = mod.dense_backward_owned
+
+    def poisoned(dx, dkernel, dbias, dz, y, xp, *rest):
+        xp[-1] = np.inf  # the last row of the input's last column block: only the last part's rows of dkernel
+        return orig(dx, dkernel, dbias, dz, y, xp, *rest)
+
+    monkeypatch.setattr(mod, "dense_backward_owned", poisoned)
+    weights, state, it = m.get_weights(), [s.copy() for s in m._opt_state], m.iterations
+    with pytest.raises(FloatingPointError, match="Non-finite gradient"):
+        m.train_on_batch(xs, ys)
+    assert m._owned_bad[0].tolist()[0] == 0 and m._owned_bad[0].tolist()[1] > 0
+    assert not np.isfinite(m._g[0][-1]).all() and np.isfinite(m._g[0][:-1]).all()
+    for a, b in zip(weights, m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(state, m._opt_state):
+        np.testing.assert_array_equal(a, b)
+    assert m.iterations == it
 
 LEAN = textwrap.dedent("""
     import sys

@@ -103,7 +103,19 @@ _CACHE = __name__ in sys.modules and _cache_by_import_name()
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER = "default"
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+# Within a training step with owned rows (dense.py) they must stay awake
+# though: that step starts three regions ~20-40 us apart, and a thread that
+# slept since the last one wakes late (mlp.py at batch 32: ~280 against ~103
+# us a step). GNU OpenMP's GOMP_SPINCOUNT=5000 (~50 us of spinning, and it
+# takes precedence over the wait policy) covers those gaps only.
+# Set only before numba starts its threads, when OpenMP reads it.
+if (not getattr(numba.np.ufunc.parallel, "_is_initialized", True)
+        and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ):
+    os.environ["GOMP_SPINCOUNT"] = "5000"
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Whether the threads spin between regions (else no owned-rows steps), as
+# the environment says (set, it is taken to have been set before they started).
+_RT_OMP_SPINS = "GOMP_SPINCOUNT" in os.environ or os.environ["OMP_WAIT_POLICY"].lower() != "passive"
 # After a product, OpenBLAS's threads spin for 2^28 cycles (~0.1 s) by
 # default before they sleep, and take the core the next parallel kernel
 # needs (twitter batch 256: 6,100 samples/s against 7,300). Sleeping after
@@ -1566,6 +1578,20 @@ def _rt_forward_small(training, rows, weights, fn, *args):
     return fn(*args)
 
 
+def _rt_owned_threads():
+    """numba's thread count for owned-rows steps (dense.py), or 0: one
+    thread, or regions too slow to start for a step of ~100 us (the
+    workqueue layer; OpenMP threads that sleep at once, _RT_OMP_SPINS)."""
+    n = numba.get_num_threads()
+    if n < 2 or not _RT_OMP_SPINS:
+        return 0
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet: the prelude's choice stands
+        return n
+    return n if layer in ("omp", "tbb") else 0
+
+
 def _rt_is_kernel(v):
     """A numba kernel, or a kernel entry point written in Python (it picks
     and calls numba kernels)."""
@@ -1613,6 +1639,12 @@ class _Runtime:
     # nonzero when one of those calls saw a NaN/Inf pre-activation
     _checked_inputs = {}
     _nonfinite = -1
+    # weight indices of the Dense kernels whose rows the threads own in a
+    # training step at a small batch (lower.py, OWNED_MIN_VALUES); _forward
+    # sets _owned_step when it takes that path, and the backward pass, the
+    # finite check and the update follow it
+    _owned_kernels = ()
+    _owned_step = False
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
         self.dtype = np.dtype(dtype)
@@ -1690,6 +1722,7 @@ class _Runtime:
             self._sparse, self._dense, self._distinct = [], [(0, self._params.size)], []
             self._rows_clean, self._gathered, self._scatter_off, self._rowgrads = True, set(), (), []
             self._zero_whole = self._accumulated_grads()
+            self._owned_parts = 0
             return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
@@ -1709,6 +1742,48 @@ class _Runtime:
         self._opt_state = [np.zeros_like(self._params) if used[s] else np.zeros(0, self.dtype) for s in states]
         self._opt_kernel = _OPTIMIZER_KERNELS[name]
         self._init_sparse(name, hp)
+        self._init_owned(name)
+
+    def _init_owned(self, name):
+        """Owned-rows steps, if this model can take them: their parts are
+        counted at the first such step (_owned_setup), as that launches
+        numba's threads, which predict alone never needs."""
+        able = self._owned_kernels and not self._sparse
+        self._owned_parts = None if able else 0
+        self._opt_owned = _OPTIMIZER_OWNED_KERNELS[name] if able else None
+
+    def _owned_setup(self):
+        """_owned_parts threads (0: none), and the spans of the flat buffer
+        each part updates, (lo, hi, part): each owned kernel's rows as
+        _dense_part splits them, and everything else in part 0, whose
+        values _owned_free lists for the finite check."""
+        self._owned_parts = _rt_owned_threads()
+        if not self._owned_parts:
+            return
+        offsets = np.cumsum([0] + [int(np.prod(sh, dtype=np.int64)) for sh in self._shapes])
+        spans, self._owned_free, at = [], [], 0
+        for i in self._owned_kernels:
+            (K, N), lo0 = self._shapes[i], int(offsets[i])
+            if lo0 > at:
+                self._owned_free.append((at, lo0))
+            for p in range(self._owned_parts):
+                lo, hi = _dense_part(K, self._owned_parts, p)
+                spans.append((lo0 + lo * N, lo0 + hi * N, p))
+            at = int(offsets[i + 1])
+        if at < self._params.size:
+            self._owned_free.append((at, self._params.size))
+        self._owned_spans = np.array(spans + [(lo, hi, 0) for lo, hi in self._owned_free], np.int64)
+
+    def _owned_parts_for(self, n):
+        """Threads owning rows in a training step of n rows, or 0: the batches
+        and models whose forward pass would otherwise run on one OpenBLAS
+        thread (_rt_forward_small), where the update would pay the
+        invalidations owned rows avoid."""
+        if n >= _RT_TRAIN_ONE_THREAD_ROWS or self._params.size > _RT_TRAIN_ONE_THREAD_WEIGHTS:
+            return 0
+        if self._owned_parts is None:
+            self._owned_setup()
+        return self._owned_parts
 
     def _init_sparse(self, name, hp):
         """Embedding tables whose update can skip the rows a batch did not use
@@ -1788,6 +1863,7 @@ class _Runtime:
         gradient got. gathered: a training step, which updates from the
         fused kernels' row buffers (compute_gradients wants whole tables)."""
         self._scatter_off = self._gathered if gathered else ()
+        self._owned_bad = b.bufs["_owned_bad"] if self._owned_step else None  # (kernels, parts) counts
         self._zero_grads()
         self._backward(b.bufs, b.douts)
         self._note_touched(b.bufs)
@@ -1809,6 +1885,9 @@ class _Runtime:
         self._rows_clean = False
 
     def _grads_nonfinite(self):
+        if self._owned_step:  # the owned rows were counted where they were computed
+            return bool(self._owned_bad.any()) or any(_rt_first_nonfinite(self._grads[lo:hi]) >= 0
+                                                      for lo, hi in self._owned_free)
         if any(_rt_first_nonfinite(self._grads[lo:hi]) >= 0 for lo, hi in self._dense):
             return True
         return any(_rt_count_nonfinite(gr.reshape(-1)) > 0 if gathered else _rt_rows_nonfinite(gr, rows)
@@ -1817,7 +1896,10 @@ class _Runtime:
     def _apply_update(self):
         """One optimizer step: dense segments, then the rows each table used."""
         t = (self.iterations + 1,) if self._opt_takes_t else ()
-        if not self._sparse:
+        if self._owned_step:
+            self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
+                            self._owned_spans, self._owned_parts)
+        elif not self._sparse:
             self._opt_kernel(self._params, self._grads, *self._opt_state, *self._opt_args, *t)
         else:
             for lo, hi in self._dense:
@@ -2516,7 +2598,6 @@ class _Runtime:
 
 _LOSS_KERNELS = {}
 _OPTIMIZER_KERNELS = {}
-
 
 class Model(_Runtime):
     """reader: the layers of the model file, in Keras order."""

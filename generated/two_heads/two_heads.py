@@ -103,7 +103,19 @@ _CACHE = __name__ in sys.modules and _cache_by_import_name()
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER = "default"
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+# Within a training step with owned rows (dense.py) they must stay awake
+# though: that step starts three regions ~20-40 us apart, and a thread that
+# slept since the last one wakes late (mlp.py at batch 32: ~280 against ~103
+# us a step). GNU OpenMP's GOMP_SPINCOUNT=5000 (~50 us of spinning, and it
+# takes precedence over the wait policy) covers those gaps only.
+# Set only before numba starts its threads, when OpenMP reads it.
+if (not getattr(numba.np.ufunc.parallel, "_is_initialized", True)
+        and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ):
+    os.environ["GOMP_SPINCOUNT"] = "5000"
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# Whether the threads spin between regions (else no owned-rows steps), as
+# the environment says (set, it is taken to have been set before they started).
+_RT_OMP_SPINS = "GOMP_SPINCOUNT" in os.environ or os.environ["OMP_WAIT_POLICY"].lower() != "passive"
 # After a product, OpenBLAS's threads spin for 2^28 cycles (~0.1 s) by
 # default before they sleep, and take the core the next parallel kernel
 # needs (twitter batch 256: 6,100 samples/s against 7,300). Sleeping after
@@ -674,6 +686,92 @@ def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wm
     _dense_input_grad(dx, dz, kernel, mode)
 
 
+
+# Owned rows: a training step at a small batch (runtime: _owned_step) splits
+# each big kernel's rows into parts, one per thread, and part p's thread does
+# all the step's work on those rows: its share of the forward product,
+# x[:, lo:hi] @ kernel[lo:hi] (the parts are summed after), the gradient of
+# those rows and its NaN/Inf count, and their update (optimizers.py,
+# _*_owned, with the same parts). Each core then writes only weight lines it
+# already holds. Run from one thread, or with OpenBLAS's threads, the update
+# at the end of a step writes lines the other core read, and each must first
+# be invalidated there (mlp.py at batch 32 on a 2-core Zen 4: a step 150 ->
+# ~105 us). OpenBLAS runs one thread inside these kernels (the caller sees
+# to it: a region's threads each call it).
+# xp holds x by column blocks: part p's columns lo:hi as one contiguous
+# (n, hi - lo) block at offset n * lo, so both products read it without a copy.
+
+
+@njit
+def _dense_part(K, P, p):
+    """Rows lo:hi of a kernel of K rows that part p of P owns."""
+    return K * p // P, K * (p + 1) // P
+
+
+@njit(parallel=True)
+def _dense_forward_owned(z, zp, xp, x, kernel, bias, act):
+    """_dense_forward_serial's result, the product split by kernel rows:
+    zp (P, n, o) the parts' products, xp (n * i,) x by column blocks. The
+    parts are summed in order, as OpenBLAS sums the blocks of a long inner
+    dimension (same bits as its product where it splits there)."""
+    n, K = x.shape
+    P = zp.shape[0]
+    for p in prange(P):
+        lo, hi = _dense_part(K, P, p)
+        xb = xp[n * lo:n * hi].reshape((n, hi - lo))
+        for r in range(n):
+            for k in range(hi - lo):
+                xb[r, k] = x[r, lo + k]
+        np.dot(xb, kernel[lo:hi], zp[p])
+    for r in range(n):
+        for j in range(z.shape[1]):
+            v = zp[0, r, j]
+            for p in range(1, P):
+                v += zp[p, r, j]
+            z[r, j] = v
+    return _dense_epilogue_rows(z, bias, np.int64(0), n, act)
+
+
+@njit(parallel=True)
+def _dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmode, bad):
+    """_dense_backward_serial with the kernel's rows split as in
+    _dense_forward_owned (xp: the input by column blocks that it wrote);
+    bad (P,) gets each part's count of NaN/Inf in its rows of dkernel."""
+    n = dz.shape[0]
+    K = kernel.shape[0]
+    P = bad.shape[0]
+    if act != 0:
+        _activation_backward_rows_inplace(dz, y, np.int64(0), n, act)
+    if dbias.shape[0] > 0:
+        if wmode == 1:
+            dbias[:] = 0
+        for r in range(n):
+            for j in range(dz.shape[1]):
+                dbias[j] += dz[r, j]
+    for p in prange(P):
+        lo, hi = _dense_part(K, P, p)
+        xb = xp[n * lo:n * hi].reshape((n, hi - lo))
+        dk = dkernel[lo:hi]
+        if wmode == 1:
+            np.dot(xb.T, dz, dk)
+        else:
+            tmp = np.empty_like(dk)
+            np.dot(xb.T, dz, tmp)
+            dk += tmp
+        dkf = dk.reshape(-1)
+        c = 0
+        for k in range(dkf.shape[0]):  # branch-free, as the runtime's _rt_count_nonfinite
+            d = dkf[k] - dkf[k]
+            c += d != d
+        bad[p] = c
+        if mode != 0:  # dx[:, lo:hi] (over)written with dz @ kernel[lo:hi].T
+            t = np.empty((n, hi - lo), dz.dtype)
+            np.dot(dz, kernel[lo:hi].T, t)
+            for r in range(n):
+                for k in range(hi - lo):
+                    dx[r, lo + k] = t[r, k] if mode == 1 else dx[r, lo + k] + t[r, k]
+
+
 def dense_forward(z, x, kernel, bias, act):
     """z = act(x @ kernel + bias); returns nonzero if a value of
     x @ kernel + bias is NaN/Inf, else 0.
@@ -705,6 +803,12 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
         _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
     else:
         _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
+
+
+def dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmode, bad):
+    """dense_backward in an owned-rows step (see _dense_backward_owned), on
+    one OpenBLAS thread per part."""
+    _blas_one_thread(_dense_backward_owned, dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmode, bad)
 
 # ----------------------------------------------------------------- lstm
 # Keras LSTM, zero initial state, gate order [i f c o] along the 4U axis:
@@ -1745,6 +1849,39 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
     (_adam_parallel if big else _adam_serial)(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t)
 
 
+
+# Owned-rows steps (dense.py): the update split by the same parts. spans
+# (S, 3) int64 rows (lo, hi, part) cover the flat buffer; part p's thread
+# updates its spans, part 0 also every value no part owns. The same
+# operations per value: the same bits as the serial update.
+
+
+@njit(parallel=True)
+def _sgd_owned(w, g, m, lr, momentum, nesterov, spans, parts):
+    dt = w.dtype.type
+    for p in prange(parts):
+        for s in range(spans.shape[0]):
+            if spans[s, 2] == p:
+                _sgd_span(spans[s, 0], spans[s, 1], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
+
+
+@njit(parallel=True)
+def _rmsprop_owned(w, g, v, m, mg, lr, rho, momentum, epsilon, centered, spans, parts):
+    args = _rmsprop_args(w, lr, rho, momentum, epsilon, centered)
+    for p in prange(parts):
+        for s in range(spans.shape[0]):
+            if spans[s, 2] == p:
+                _rmsprop_span(spans[s, 0], spans[s, 1], w, g, v, m, mg, *args)
+
+
+@njit(parallel=True)
+def _adam_owned(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t, spans, parts):
+    args = _adam_args(w, lr, beta_1, beta_2, epsilon, t)
+    for p in prange(parts):
+        for s in range(spans.shape[0]):
+            if spans[s, 2] == p:
+                _adam_span(spans[s, 0], spans[s, 1], w, g, m, v, vhat, *args, amsgrad)
+
 # Row-sparse updates of an embedding table: only the rows a batch used. Exact
 # where Keras's update of a zero-gradient row leaves the weight unchanged:
 # SGD without momentum, and RMSprop without momentum or centering, whose
@@ -1988,6 +2125,20 @@ def _rt_forward_small(training, rows, weights, fn, *args):
     return fn(*args)
 
 
+def _rt_owned_threads():
+    """numba's thread count for owned-rows steps (dense.py), or 0: one
+    thread, or regions too slow to start for a step of ~100 us (the
+    workqueue layer; OpenMP threads that sleep at once, _RT_OMP_SPINS)."""
+    n = numba.get_num_threads()
+    if n < 2 or not _RT_OMP_SPINS:
+        return 0
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet: the prelude's choice stands
+        return n
+    return n if layer in ("omp", "tbb") else 0
+
+
 def _rt_is_kernel(v):
     """A numba kernel, or a kernel entry point written in Python (it picks
     and calls numba kernels)."""
@@ -2035,6 +2186,12 @@ class _Runtime:
     # nonzero when one of those calls saw a NaN/Inf pre-activation
     _checked_inputs = {}
     _nonfinite = -1
+    # weight indices of the Dense kernels whose rows the threads own in a
+    # training step at a small batch (lower.py, OWNED_MIN_VALUES); _forward
+    # sets _owned_step when it takes that path, and the backward pass, the
+    # finite check and the update follow it
+    _owned_kernels = ()
+    _owned_step = False
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
         self.dtype = np.dtype(dtype)
@@ -2112,6 +2269,7 @@ class _Runtime:
             self._sparse, self._dense, self._distinct = [], [(0, self._params.size)], []
             self._rows_clean, self._gathered, self._scatter_off, self._rowgrads = True, set(), (), []
             self._zero_whole = self._accumulated_grads()
+            self._owned_parts = 0
             return
         name, given = self._optimizer
         if name not in _RT_OPTIMIZERS:
@@ -2131,6 +2289,48 @@ class _Runtime:
         self._opt_state = [np.zeros_like(self._params) if used[s] else np.zeros(0, self.dtype) for s in states]
         self._opt_kernel = _OPTIMIZER_KERNELS[name]
         self._init_sparse(name, hp)
+        self._init_owned(name)
+
+    def _init_owned(self, name):
+        """Owned-rows steps, if this model can take them: their parts are
+        counted at the first such step (_owned_setup), as that launches
+        numba's threads, which predict alone never needs."""
+        able = self._owned_kernels and not self._sparse
+        self._owned_parts = None if able else 0
+        self._opt_owned = _OPTIMIZER_OWNED_KERNELS[name] if able else None
+
+    def _owned_setup(self):
+        """_owned_parts threads (0: none), and the spans of the flat buffer
+        each part updates, (lo, hi, part): each owned kernel's rows as
+        _dense_part splits them, and everything else in part 0, whose
+        values _owned_free lists for the finite check."""
+        self._owned_parts = _rt_owned_threads()
+        if not self._owned_parts:
+            return
+        offsets = np.cumsum([0] + [int(np.prod(sh, dtype=np.int64)) for sh in self._shapes])
+        spans, self._owned_free, at = [], [], 0
+        for i in self._owned_kernels:
+            (K, N), lo0 = self._shapes[i], int(offsets[i])
+            if lo0 > at:
+                self._owned_free.append((at, lo0))
+            for p in range(self._owned_parts):
+                lo, hi = _dense_part(K, self._owned_parts, p)
+                spans.append((lo0 + lo * N, lo0 + hi * N, p))
+            at = int(offsets[i + 1])
+        if at < self._params.size:
+            self._owned_free.append((at, self._params.size))
+        self._owned_spans = np.array(spans + [(lo, hi, 0) for lo, hi in self._owned_free], np.int64)
+
+    def _owned_parts_for(self, n):
+        """Threads owning rows in a training step of n rows, or 0: the batches
+        and models whose forward pass would otherwise run on one OpenBLAS
+        thread (_rt_forward_small), where the update would pay the
+        invalidations owned rows avoid."""
+        if n >= _RT_TRAIN_ONE_THREAD_ROWS or self._params.size > _RT_TRAIN_ONE_THREAD_WEIGHTS:
+            return 0
+        if self._owned_parts is None:
+            self._owned_setup()
+        return self._owned_parts
 
     def _init_sparse(self, name, hp):
         """Embedding tables whose update can skip the rows a batch did not use
@@ -2210,6 +2410,7 @@ class _Runtime:
         gradient got. gathered: a training step, which updates from the
         fused kernels' row buffers (compute_gradients wants whole tables)."""
         self._scatter_off = self._gathered if gathered else ()
+        self._owned_bad = b.bufs["_owned_bad"] if self._owned_step else None  # (kernels, parts) counts
         self._zero_grads()
         self._backward(b.bufs, b.douts)
         self._note_touched(b.bufs)
@@ -2231,6 +2432,9 @@ class _Runtime:
         self._rows_clean = False
 
     def _grads_nonfinite(self):
+        if self._owned_step:  # the owned rows were counted where they were computed
+            return bool(self._owned_bad.any()) or any(_rt_first_nonfinite(self._grads[lo:hi]) >= 0
+                                                      for lo, hi in self._owned_free)
         if any(_rt_first_nonfinite(self._grads[lo:hi]) >= 0 for lo, hi in self._dense):
             return True
         return any(_rt_count_nonfinite(gr.reshape(-1)) > 0 if gathered else _rt_rows_nonfinite(gr, rows)
@@ -2239,7 +2443,10 @@ class _Runtime:
     def _apply_update(self):
         """One optimizer step: dense segments, then the rows each table used."""
         t = (self.iterations + 1,) if self._opt_takes_t else ()
-        if not self._sparse:
+        if self._owned_step:
+            self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
+                            self._owned_spans, self._owned_parts)
+        elif not self._sparse:
             self._opt_kernel(self._params, self._grads, *self._opt_state, *self._opt_args, *t)
         else:
             for lo, hi in self._dense:
@@ -2939,7 +3146,6 @@ class _Runtime:
 _LOSS_KERNELS = {'binary_crossentropy': (binary_crossentropy_forward, binary_crossentropy_backward), 'categorical_crossentropy': (categorical_crossentropy_forward, categorical_crossentropy_backward)}
 _OPTIMIZER_KERNELS = {'sgd': sgd_update}
 _ACCURACY_KERNELS = {'binary': binary_accuracy, 'categorical': categorical_accuracy, 'sparse_categorical': sparse_categorical_accuracy}
-
 
 class Model(_Runtime):
     """two_heads: the layers of the model file, in Keras order."""

@@ -125,6 +125,92 @@ def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wm
     _dense_input_grad(dx, dz, kernel, mode)
 
 
+
+# Owned rows: a training step at a small batch (runtime: _owned_step) splits
+# each big kernel's rows into parts, one per thread, and part p's thread does
+# all the step's work on those rows: its share of the forward product,
+# x[:, lo:hi] @ kernel[lo:hi] (the parts are summed after), the gradient of
+# those rows and its NaN/Inf count, and their update (optimizers.py,
+# _*_owned, with the same parts). Each core then writes only weight lines it
+# already holds. Run from one thread, or with OpenBLAS's threads, the update
+# at the end of a step writes lines the other core read, and each must first
+# be invalidated there (mlp.py at batch 32 on a 2-core Zen 4: a step 150 ->
+# ~105 us). OpenBLAS runs one thread inside these kernels (the caller sees
+# to it: a region's threads each call it).
+# xp holds x by column blocks: part p's columns lo:hi as one contiguous
+# (n, hi - lo) block at offset n * lo, so both products read it without a copy.
+
+
+@njit
+def _dense_part(K, P, p):
+    """Rows lo:hi of a kernel of K rows that part p of P owns."""
+    return K * p // P, K * (p + 1) // P
+
+
+@njit(parallel=True)
+def _dense_forward_owned(z, zp, xp, x, kernel, bias, act):
+    """_dense_forward_serial's result, the product split by kernel rows:
+    zp (P, n, o) the parts' products, xp (n * i,) x by column blocks. The
+    parts are summed in order, as OpenBLAS sums the blocks of a long inner
+    dimension (same bits as its product where it splits there)."""
+    n, K = x.shape
+    P = zp.shape[0]
+    for p in prange(P):
+        lo, hi = _dense_part(K, P, p)
+        xb = xp[n * lo:n * hi].reshape((n, hi - lo))
+        for r in range(n):
+            for k in range(hi - lo):
+                xb[r, k] = x[r, lo + k]
+        np.dot(xb, kernel[lo:hi], zp[p])
+    for r in range(n):
+        for j in range(z.shape[1]):
+            v = zp[0, r, j]
+            for p in range(1, P):
+                v += zp[p, r, j]
+            z[r, j] = v
+    return _dense_epilogue_rows(z, bias, np.int64(0), n, act)
+
+
+@njit(parallel=True)
+def _dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmode, bad):
+    """_dense_backward_serial with the kernel's rows split as in
+    _dense_forward_owned (xp: the input by column blocks that it wrote);
+    bad (P,) gets each part's count of NaN/Inf in its rows of dkernel."""
+    n = dz.shape[0]
+    K = kernel.shape[0]
+    P = bad.shape[0]
+    if act != 0:
+        _activation_backward_rows_inplace(dz, y, np.int64(0), n, act)
+    if dbias.shape[0] > 0:
+        if wmode == 1:
+            dbias[:] = 0
+        for r in range(n):
+            for j in range(dz.shape[1]):
+                dbias[j] += dz[r, j]
+    for p in prange(P):
+        lo, hi = _dense_part(K, P, p)
+        xb = xp[n * lo:n * hi].reshape((n, hi - lo))
+        dk = dkernel[lo:hi]
+        if wmode == 1:
+            np.dot(xb.T, dz, dk)
+        else:
+            tmp = np.empty_like(dk)
+            np.dot(xb.T, dz, tmp)
+            dk += tmp
+        dkf = dk.reshape(-1)
+        c = 0
+        for k in range(dkf.shape[0]):  # branch-free, as the runtime's _rt_count_nonfinite
+            d = dkf[k] - dkf[k]
+            c += d != d
+        bad[p] = c
+        if mode != 0:  # dx[:, lo:hi] (over)written with dz @ kernel[lo:hi].T
+            t = np.empty((n, hi - lo), dz.dtype)
+            np.dot(dz, kernel[lo:hi].T, t)
+            for r in range(n):
+                for k in range(hi - lo):
+                    dx[r, lo + k] = t[r, k] if mode == 1 else dx[r, lo + k] + t[r, k]
+
+
 def dense_forward(z, x, kernel, bias, act):
     """z = act(x @ kernel + bias); returns nonzero if a value of
     x @ kernel + bias is NaN/Inf, else 0.
@@ -156,3 +242,9 @@ def dense_backward(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
         _dense_backward_serial(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
     else:
         _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode)
+
+
+def dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmode, bad):
+    """dense_backward in an owned-rows step (see _dense_backward_owned), on
+    one OpenBLAS thread per part."""
+    _blas_one_thread(_dense_backward_owned, dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmode, bad)

@@ -168,6 +168,39 @@ def adam_update(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t):
     (_adam_parallel if big else _adam_serial)(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t)
 
 
+
+# Owned-rows steps (dense.py): the update split by the same parts. spans
+# (S, 3) int64 rows (lo, hi, part) cover the flat buffer; part p's thread
+# updates its spans, part 0 also every value no part owns. The same
+# operations per value: the same bits as the serial update.
+
+
+@njit(parallel=True)
+def _sgd_owned(w, g, m, lr, momentum, nesterov, spans, parts):
+    dt = w.dtype.type
+    for p in prange(parts):
+        for s in range(spans.shape[0]):
+            if spans[s, 2] == p:
+                _sgd_span(spans[s, 0], spans[s, 1], w, g, m, dt(lr), dt(momentum), momentum, nesterov)
+
+
+@njit(parallel=True)
+def _rmsprop_owned(w, g, v, m, mg, lr, rho, momentum, epsilon, centered, spans, parts):
+    args = _rmsprop_args(w, lr, rho, momentum, epsilon, centered)
+    for p in prange(parts):
+        for s in range(spans.shape[0]):
+            if spans[s, 2] == p:
+                _rmsprop_span(spans[s, 0], spans[s, 1], w, g, v, m, mg, *args)
+
+
+@njit(parallel=True)
+def _adam_owned(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t, spans, parts):
+    args = _adam_args(w, lr, beta_1, beta_2, epsilon, t)
+    for p in prange(parts):
+        for s in range(spans.shape[0]):
+            if spans[s, 2] == p:
+                _adam_span(spans[s, 0], spans[s, 1], w, g, m, v, vhat, *args, amsgrad)
+
 # Row-sparse updates of an embedding table: only the rows a batch used. Exact
 # where Keras's update of a zero-gradient row leaves the weight unchanged:
 # SGD without momentum, and RMSprop without momentum or centering, whose
