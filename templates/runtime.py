@@ -138,9 +138,11 @@ def _rt_forward_small(training, rows, weights, fn, *args):
 def _rt_owned_threads():
     """numba's thread count for owned-rows steps (dense.py), or 0: one
     thread, or regions too slow to start for a step of ~100 us (the
-    workqueue layer; OpenMP threads that sleep at once, _RT_OMP_SPINS)."""
-    n = numba.get_num_threads()
-    if n < 2 or not _RT_OMP_SPINS:
+    workqueue layer; OpenMP threads that sleep at once: see
+    _omp_spin_between_regions)."""
+    spins = "GOMP_SPINCOUNT" in os.environ or os.environ.get("OMP_WAIT_POLICY", "passive").lower() != "passive"
+    n = numba.get_num_threads() if spins else 0
+    if n < 2:
         return 0
     try:
         layer = numba.threading_layer()

@@ -103,19 +103,23 @@ _CACHE = __name__ in sys.modules and _cache_by_import_name()
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER = "default"
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-# Within a training step with owned rows (dense.py) they must stay awake
-# though: that step starts three regions ~20-40 us apart, and a thread that
-# slept since the last one wakes late (mlp.py at batch 32: ~280 against ~103
-# us a step). GNU OpenMP's GOMP_SPINCOUNT=5000 (~50 us of spinning, and it
-# takes precedence over the wait policy) covers those gaps only.
-# Set only before numba starts its threads, when OpenMP reads it.
-if (not getattr(numba.np.ufunc.parallel, "_is_initialized", True)
-        and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ):
-    os.environ["GOMP_SPINCOUNT"] = "5000"
+_RT_USER_OMP = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-# Whether the threads spin between regions (else no owned-rows steps), as
-# the environment says (set, it is taken to have been set before they started).
-_RT_OMP_SPINS = "GOMP_SPINCOUNT" in os.environ or os.environ["OMP_WAIT_POLICY"].lower() != "passive"
+
+
+def _omp_spin_between_regions():
+    """Called by a module with owned-rows training steps (dense.py): those
+    start three regions ~20-40 us apart, and a thread that slept since the
+    last one wakes late (mlp.py at batch 32: ~280 against ~103 us a step).
+    GNU OpenMP's GOMP_SPINCOUNT=5000 (~50 us of spinning; it takes
+    precedence over the wait policy) covers those gaps. Not for every
+    module: spinning that long cost twitter.py's training 4-5%. Only if the
+    user set neither variable and numba has not started its threads yet
+    (OpenMP reads them then)."""
+    if not _RT_USER_OMP and not getattr(numba.np.ufunc.parallel, "_is_initialized", True):
+        os.environ.setdefault("GOMP_SPINCOUNT", "5000")
+
+
 # After a product, OpenBLAS's threads spin for 2^28 cycles (~0.1 s) by
 # default before they sleep, and take the core the next parallel kernel
 # needs (twitter batch 256: 6,100 samples/s against 7,300). Sleeping after
@@ -1451,9 +1455,11 @@ def _rt_forward_small(training, rows, weights, fn, *args):
 def _rt_owned_threads():
     """numba's thread count for owned-rows steps (dense.py), or 0: one
     thread, or regions too slow to start for a step of ~100 us (the
-    workqueue layer; OpenMP threads that sleep at once, _RT_OMP_SPINS)."""
-    n = numba.get_num_threads()
-    if n < 2 or not _RT_OMP_SPINS:
+    workqueue layer; OpenMP threads that sleep at once: see
+    _omp_spin_between_regions)."""
+    spins = "GOMP_SPINCOUNT" in os.environ or os.environ.get("OMP_WAIT_POLICY", "passive").lower() != "passive"
+    n = numba.get_num_threads() if spins else 0
+    if n < 2:
         return 0
     try:
         layer = numba.threading_layer()
