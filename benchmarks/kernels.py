@@ -113,13 +113,15 @@ def instrument(mod, rec):
     wrapped = {}
     for name, obj in list(vars(mod).items()):
         # the module's own test: numba kernels and its Python entry points;
-        # _forward_small is a whole forward pass (small batches of models
-        # without LSTM), timed as one kernel
-        if mod._rt_is_kernel(obj) and (not name.startswith("_") or name in ("_rt_first_nonfinite", "_forward_small")):
+        # _forward_small and _forward_owned are whole forward passes (small
+        # batches of models without LSTM), timed as one kernel; _*_owned the
+        # updates of owned-rows steps (runtime: _opt_owned)
+        if mod._rt_is_kernel(obj) and (not name.startswith("_") or name in (
+                "_rt_first_nonfinite", "_forward_small", "_forward_owned", "_sgd_owned", "_rmsprop_owned", "_adam_owned")):
             w = rec.wrap(name, obj)
             setattr(mod, name, w)
             wrapped[obj] = w
-    for table in ("_LOSS_KERNELS", "_ACCURACY_KERNELS", "_OPTIMIZER_KERNELS"):
+    for table in ("_LOSS_KERNELS", "_ACCURACY_KERNELS", "_OPTIMIZER_KERNELS", "_OPTIMIZER_OWNED_KERNELS"):
         t = getattr(mod, table, None)
         if not t:
             continue
@@ -136,7 +138,7 @@ def _restore(mod, wrapped):
         for name, obj in list(vars(mod).items()):
             if obj is w:
                 setattr(mod, name, orig)
-    for table in ("_LOSS_KERNELS", "_ACCURACY_KERNELS", "_OPTIMIZER_KERNELS"):
+    for table in ("_LOSS_KERNELS", "_ACCURACY_KERNELS", "_OPTIMIZER_KERNELS", "_OPTIMIZER_OWNED_KERNELS"):
         t = getattr(mod, table, None)
         for k, v in list((t or {}).items()):
             if isinstance(v, tuple):

@@ -974,7 +974,7 @@ def _rt_is_kernel(v):
     if isinstance(v, numba.core.dispatcher.Dispatcher):
         return True
     return (callable(v) and getattr(v, "__module__", None) == __name__ and not isinstance(v, type)
-            and v is not njit and v.__name__.endswith(("_forward", "_backward", "_update", "_update_rows")))
+            and v is not njit and v.__name__.endswith(("_forward", "_backward", "_update", "_update_rows", "_owned")))
 
 
 class History(dict):
