@@ -1249,25 +1249,42 @@ def _lstm_copy_rows(dst, src, rows, add):
 
 
 @njit
+def _lstm_gather_serial(dst, src, rows):
+    for k in range(rows.shape[0]):
+        s = src[rows[k]]
+        d = dst[k]
+        for j in range(d.shape[0]):
+            d[j] = s[j]
+
+
+@njit
+def _lstm_scatter_add_serial(dst, src, rows):
+    for k in range(rows.shape[0]):
+        row = rows[k]
+        for j in range(src.shape[1]):
+            dst[row, j] += src[k, j]
+
+
+# _lstm_copy_rows is called from plain Python only: a jitted caller compiled
+# in a process that had loaded it from numba's cache was cached broken, and
+# the next process to load that caller crashed (twitter.py: predict in one
+# process, train in a second, train again in a third: a segmentation fault).
+
+
 def _lstm_gather(dst, src, rows):
     """dst[k] = src[rows[k]] for every k; in parallel over k when big."""
     if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
         _lstm_copy_rows(dst, src, rows, np.bool_(False))
     else:
-        for k in range(rows.shape[0]):
-            s = src[rows[k]]
-            d = dst[k]
-            for j in range(d.shape[0]):
-                d[j] = s[j]
+        _lstm_gather_serial(dst, src, rows)
 
 
 @njit
-def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
-    """zs = (table[ids] @ kernel) through the distinct ids (see
-    lstm_embedded_forward for the buffers)."""
-    B, T, G = zs.shape
+def _lstm_distinct_ids(uniq, inv, slot, nu, ids):
+    """The distinct ids in order of first use into uniq, each step's index
+    in uniq into inv, their count into nu[0] (see lstm_embedded_forward)."""
     n = 0
-    for r in range(B * T):
+    for r in range(ids.shape[0]):
         v = ids[r]
         s = slot[v]
         if s < 0:
@@ -1279,17 +1296,29 @@ def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
     for k in range(n):
         slot[uniq[k]] = -1
     nu[0] = n
-    _lstm_gather(xu, table, uniq[:n])
-    np.dot(xu[:n], kernel, pu[:n])
+
+
+@njit
+def _lstm_rows_dot(out, a, b):
+    np.dot(a, b, out)
+
+
+def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
+    """zs = (table[ids] @ kernel) through the distinct ids (see
+    lstm_embedded_forward for the buffers)."""
+    B, T, G = zs.shape
+    _lstm_distinct_ids(uniq, inv, slot, nu, ids)
+    n = nu[0]
+    _lstm_gather(xu[:n], table, uniq[:n])
+    _lstm_rows_dot(pu[:n], xu[:n], kernel)
     _lstm_gather(zs.reshape(B * T, G), pu, inv)
 
 
 @njit
-def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wmode):
-    """dkernel (wmode 1 overwrite, 2 accumulate) and the table rows'
-    gradients (accumulated) through the distinct ids."""
+def _lstm_embedded_grads(dkernel, dzs, inv, nu, xu, pu, kernel, wmode):
+    """dkernel (wmode 1 overwrite, 2 accumulate) and, into xu[:n], the
+    distinct rows' gradients, through the distinct ids."""
     B, T, G = dzs.shape
-    I = xu.shape[1]
     n = nu[0]
     dzf = dzs.reshape(B * T, G)
     dzu = pu[:n]
@@ -1305,15 +1334,18 @@ def _lstm_embedded_grads(dtable, dkernel, dzs, uniq, inv, nu, xu, pu, kernel, wm
         np.dot(xu[:n].T, dzu, tmp)
         dkernel += tmp
     np.dot(dzu, kernel.T, xu[:n])
+
+
+def _lstm_table_grads(dtable, uniq, nu, xu):
+    """dtable[uniq[k]] += xu[k]: the distinct rows' gradients into the
+    table's (a (0, 0) dtable: left in xu, see lstm_embedded_backward)."""
+    n = nu[0]
     if dtable.shape[0] == 0:
-        return  # the caller reads the rows' gradients from xu[:n] (rows uniq[:n])
-    if n * I >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dtable, xu, uniq[:n], np.bool_(True))
+        return
+    if n * xu.shape[1] >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows(dtable, xu[:n], uniq[:n], np.bool_(True))
     else:
-        for k in range(n):
-            row = uniq[k]
-            for j in range(I):
-                dtable[row, j] += xu[k, j]
+        _lstm_scatter_add_serial(dtable, xu[:n], uniq[:n])
 
 
 # Predict reads each step's projection from p = table @ kernel, computed a
@@ -1442,7 +1474,8 @@ def lstm_embedded_backward(dtable, dw, dzs, dh, dc, dzt,
                               act, ract, return_sequences, per_step)
     I = kernel.shape[0]
     _lstm_weight_grads(dw[I:], xh, dzs, wmode)
-    _lstm_embedded_grads(dtable, dw[:I], dzs, uniq, inv, nu, xu, pu, kernel, wmode)
+    _lstm_embedded_grads(dw[:I], dzs, inv, nu, xu, pu, kernel, wmode)
+    _lstm_table_grads(dtable, uniq, nu, xu)
 
 
 # ---------------------------------------------------------------------------
