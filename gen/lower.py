@@ -301,17 +301,16 @@ class _Lowering:
         back = {(s.f["layer"], s.f["y"]): s for s in bwd if s.kind == "Dense"}
         kernels = []
         for s in (s for s in fwd if s.kind == "Dense"):
-            i = int(s.f["kernel"][2:-1])
+            i, k = s.f["kernel_index"], s.f["key"]
             K, N = self.g.params[i][1].shape
             if K * N < OWNED_MIN_VALUES or (s.f["layer"], s.f["y"]) not in back:
                 continue
             rows = s.f["size"] // N  # rows of the flat (rows, N) output per sample
-            k = s.f["y"][3:-2]
             j = len(kernels)
             kernels.append(i)
             xp = self.raw_buf(k + "_xp", f"np.empty(n * {rows * K} if p else 0, dt)",
                               f"owned rows: the input by column blocks (n * {rows * K},)")
-            zp = self.raw_buf(k + "_zp", f"np.empty((p, n * {rows}, {N}), dt)" if rows > 1 else f"np.empty((p, n, {N}), dt)",
+            zp = self.raw_buf(k + "_zp", f"np.empty((p, {self.shape_expr((None, N), rows)[1:-1]}), dt)",
                               f"owned rows: each part's share of the product (p, n, {N})")
             s.f["owned"] = {"zp": zp, "xp": xp}
             back[(s.f["layer"], s.f["y"])].f["owned"] = {"xp": xp, "bad": f"b['_owned_bad'][{j}]"}
@@ -368,7 +367,8 @@ class _Lowering:
         cls, cfg, t = node.layer.cls, node.layer.kind.cfg, node.outputs[0]
         f: dict = {"layer": node.layer.name}
         if cls == "Dense":
-            f.update(y=self.flat(t), x=self.flat(node.inputs[0]), kernel=self.weight(node, "kernel"),
+            f.update(y=self.flat(t), x=self.flat(node.inputs[0]), kernel=self.weight(node, "kernel"), key=self.key(t),
+                     kernel_index=self.weight_index[(id(node.layer), "kernel")],
                      bias=self.weight(node, "bias"), act=catalog.ACTIVATIONS[cfg["activation"]], act_name=cfg["activation"],
                      size=t.bmul * math.prod(t.shape[1:]),
                      into="nonfinite += " if self.input_pos.get(node.inputs[0].base().id) in self.checked_inputs else "")

@@ -382,7 +382,7 @@ def test_processes_that_each_compile_part_of_the_kernels(example, tmp_path):
     again in a third, which loads everything. A jitted kernel compiled while a
     parallel kernel it calls came from the cache was cached broken, and the
     third process crashed (twitter: a segmentation fault in the embedded
-    LSTM's projection, fixed by calling _lstm_copy_rows from Python only)."""
+    LSTM's projection, fixed by calling _lstm_copy_rows_parallel from Python only)."""
     shutil.copy(GENERATED / example / "model.py", tmp_path / "model.py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     for stage in ("predict", "train", "train", "predict"):

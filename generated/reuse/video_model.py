@@ -646,21 +646,28 @@ def _dense_forward_parallel(z, x, kernel, bias, act):
 
 
 @njit
-def _dense_param_grads(dkernel, dbias, dz, x, wmode):
-    """dkernel (wmode) x.T @ dz, dbias (wmode) the column sums of dz:
-    wmode 1 overwrite, 2 accumulate."""
+def _dense_bias_grad(dbias, dz, wmode):
+    """dbias (wmode 1 overwrite, 2 accumulate) the column sums of dz."""
     if wmode == 1:
-        np.dot(x.T, dz, dkernel)
         dbias[:] = 0
-    else:
-        tmp = np.empty_like(dkernel)
-        np.dot(x.T, dz, tmp)
-        dkernel += tmp
     if dbias.shape[0] > 0:
         for r in range(dz.shape[0]):  # row-major walk: contiguous reads of dz
             row = dz[r]
             for j in range(row.shape[0]):
                 dbias[j] += row[j]
+
+
+@njit
+def _dense_param_grads(dkernel, dbias, dz, x, wmode):
+    """dkernel (wmode) x.T @ dz, dbias (wmode) the column sums of dz:
+    wmode 1 overwrite, 2 accumulate."""
+    if wmode == 1:
+        np.dot(x.T, dz, dkernel)
+    else:
+        tmp = np.empty_like(dkernel)
+        np.dot(x.T, dz, tmp)
+        dkernel += tmp
+    _dense_bias_grad(dbias, dz, wmode)
 
 
 @njit
@@ -747,12 +754,7 @@ def _dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmod
     P = bad.shape[0]
     if act != 0:
         _activation_backward_rows_inplace(dz, y, np.int64(0), n, act)
-    if dbias.shape[0] > 0:
-        if wmode == 1:
-            dbias[:] = 0
-        for r in range(n):
-            for j in range(dz.shape[1]):
-                dbias[j] += dz[r, j]
+    _dense_bias_grad(dbias, dz, wmode)
     for p in prange(P):
         lo, hi = _dense_part(K, P, p)
         xb = xp[n * lo:n * hi].reshape((n, hi - lo))

@@ -645,21 +645,28 @@ def _dense_forward_parallel(z, x, kernel, bias, act):
 
 
 @njit
-def _dense_param_grads(dkernel, dbias, dz, x, wmode):
-    """dkernel (wmode) x.T @ dz, dbias (wmode) the column sums of dz:
-    wmode 1 overwrite, 2 accumulate."""
+def _dense_bias_grad(dbias, dz, wmode):
+    """dbias (wmode 1 overwrite, 2 accumulate) the column sums of dz."""
     if wmode == 1:
-        np.dot(x.T, dz, dkernel)
         dbias[:] = 0
-    else:
-        tmp = np.empty_like(dkernel)
-        np.dot(x.T, dz, tmp)
-        dkernel += tmp
     if dbias.shape[0] > 0:
         for r in range(dz.shape[0]):  # row-major walk: contiguous reads of dz
             row = dz[r]
             for j in range(row.shape[0]):
                 dbias[j] += row[j]
+
+
+@njit
+def _dense_param_grads(dkernel, dbias, dz, x, wmode):
+    """dkernel (wmode) x.T @ dz, dbias (wmode) the column sums of dz:
+    wmode 1 overwrite, 2 accumulate."""
+    if wmode == 1:
+        np.dot(x.T, dz, dkernel)
+    else:
+        tmp = np.empty_like(dkernel)
+        np.dot(x.T, dz, tmp)
+        dkernel += tmp
+    _dense_bias_grad(dbias, dz, wmode)
 
 
 @njit
@@ -746,12 +753,7 @@ def _dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmod
     P = bad.shape[0]
     if act != 0:
         _activation_backward_rows_inplace(dz, y, np.int64(0), n, act)
-    if dbias.shape[0] > 0:
-        if wmode == 1:
-            dbias[:] = 0
-        for r in range(n):
-            for j in range(dz.shape[1]):
-                dbias[j] += dz[r, j]
+    _dense_bias_grad(dbias, dz, wmode)
     for p in prange(P):
         lo, hi = _dense_part(K, P, p)
         xb = xp[n * lo:n * hi].reshape((n, hi - lo))
@@ -1483,51 +1485,42 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
 # per id. Same sums as Embedding + LSTM, grouped by id.
 
 
-@njit(parallel=True)
-def _lstm_copy_rows(dst, src, rows, add):
+@njit
+def _lstm_copy_row(dst, src, rows, k, add):
     """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
-    src[k] (scatter, rows distinct, so the tasks touch disjoint rows).
-    Callers pass np.bool_(...), not a literal (see activation.py)."""
-    n, d = rows.shape[0], src.shape[1]
-    for k in prange(n):
-        r = rows[k]
-        if add:
-            for j in range(d):
-                dst[r, j] += src[k, j]
-        else:
-            for j in range(d):
-                dst[k, j] = src[r, j]
-
-
-@njit
-def _lstm_gather_serial(dst, src, rows):
-    for k in range(rows.shape[0]):
-        s = src[rows[k]]
-        d = dst[k]
-        for j in range(d.shape[0]):
-            d[j] = s[j]
-
-
-@njit
-def _lstm_scatter_add_serial(dst, src, rows):
-    for k in range(rows.shape[0]):
-        row = rows[k]
+    src[k] (scatter, rows distinct, so rows k touch disjoint rows of dst)."""
+    r = rows[k]
+    if add:
         for j in range(src.shape[1]):
-            dst[row, j] += src[k, j]
-
-
-# _lstm_copy_rows is called from plain Python only: a jitted caller compiled
-# in a process that had loaded it from numba's cache was cached broken, and
-# the next process to load that caller crashed (twitter.py: predict in one
-# process, train in a second, train again in a third: a segmentation fault).
-
-
-def _lstm_gather(dst, src, rows):
-    """dst[k] = src[rows[k]] for every k; in parallel over k when big."""
-    if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dst, src, rows, np.bool_(False))
+            dst[r, j] += src[k, j]
     else:
-        _lstm_gather_serial(dst, src, rows)
+        for j in range(src.shape[1]):
+            dst[k, j] = src[r, j]
+
+
+@njit
+def _lstm_copy_rows_serial(dst, src, rows, add):
+    for k in range(rows.shape[0]):
+        _lstm_copy_row(dst, src, rows, k, add)
+
+
+@njit(parallel=True)
+def _lstm_copy_rows_parallel(dst, src, rows, add):
+    for k in prange(rows.shape[0]):
+        _lstm_copy_row(dst, src, rows, k, add)
+
+
+# The copies are chosen from plain Python, never from a jitted kernel: a
+# jitted caller compiled in a process that had loaded the parallel kernel
+# from numba's cache was cached broken, and the next process to load that
+# caller crashed (twitter.py: predict in one process, train in a second,
+# train again in a third: a segmentation fault).
+
+
+def _lstm_copy_rows(dst, src, rows, add):
+    """_lstm_copy_row for every k of rows; in parallel over k when big."""
+    big = rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN
+    (_lstm_copy_rows_parallel if big else _lstm_copy_rows_serial)(dst, src, rows, np.bool_(add))
 
 
 @njit
@@ -1549,20 +1542,15 @@ def _lstm_distinct_ids(uniq, inv, slot, nu, ids):
     nu[0] = n
 
 
-@njit
-def _lstm_rows_dot(out, a, b):
-    np.dot(a, b, out)
-
-
 def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
     """zs = (table[ids] @ kernel) through the distinct ids (see
     lstm_embedded_forward for the buffers)."""
     B, T, G = zs.shape
     _lstm_distinct_ids(uniq, inv, slot, nu, ids)
     n = nu[0]
-    _lstm_gather(xu[:n], table, uniq[:n])
-    _lstm_rows_dot(pu[:n], xu[:n], kernel)
-    _lstm_gather(zs.reshape(B * T, G), pu, inv)
+    _lstm_copy_rows(xu[:n], table, uniq[:n], False)
+    _lstm_project(pu[:n][None], xu[:n][None], kernel)
+    _lstm_copy_rows(zs.reshape(B * T, G), pu, inv, False)
 
 
 @njit
@@ -1593,10 +1581,7 @@ def _lstm_table_grads(dtable, uniq, nu, xu):
     n = nu[0]
     if dtable.shape[0] == 0:
         return
-    if n * xu.shape[1] >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows(dtable, xu[:n], uniq[:n], np.bool_(True))
-    else:
-        _lstm_scatter_add_serial(dtable, xu[:n], uniq[:n])
+    _lstm_copy_rows(dtable, xu[:n], uniq[:n], True)
 
 
 # Predict reads each step's projection from p = table @ kernel, computed a
@@ -1676,7 +1661,7 @@ def lstm_projected_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, ids, proj, rkern
     a row lookup per step, no product; for forward passes without a
     backward pass (it fills no uniq/inv/xu for one)."""
     B, T, G = zs.shape
-    _lstm_gather(zs.reshape(B * T, G), proj, ids)  # zs[b, t] = proj[ids[b * T + t]]
+    _lstm_copy_rows(zs.reshape(B * T, G), proj, ids, False)  # zs[b, t] = proj[ids[b * T + t]]
     _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
