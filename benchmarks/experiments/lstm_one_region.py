@@ -13,11 +13,10 @@ output is bit-identical, and prints medians and cycles per step by phase
 (barrier wait, product, cells). Batch 32, float32, Keras's default
 activations, return_sequences=False: the prototype covers that case only.
 
-Why it is not in the generated code: see benchmarks/README.md, "Fourteenth
-pass". A spin barrier deadlocks if the two parts of the region do not run at
-the same time (one numba thread, OMP_DYNAMIC, a nested region, tbb or
-workqueue may run both on one thread); a shipped version needs a start
-handshake in which either part can claim the other's half (compare-and-swap).
+The same design wired into the generator, with a deadlock-proof start
+(part 1 claims its half by compare-and-swap; part 0 waits a bounded time,
+then runs both halves): lstm_parts.patch next to this file. Why neither is
+in the generated code: benchmarks/README.md, "Fourteenth pass".
 """
 import argparse
 import importlib.util
