@@ -731,8 +731,11 @@ def _dense_forward_owned(z, zp, xp, x, kernel, bias, act):
         lo, hi = _dense_part(K, P, p)
         xb = xp[n * lo:n * hi].reshape((n, hi - lo))
         for r in range(n):
+            # through slices indexed from 0: x[r, lo + k] keeps numba's
+            # negative-index test and does not vectorize (32 x 392: 8.9 -> 1.2 us)
+            src, dst = x[r, lo:hi], xb[r]
             for k in range(hi - lo):
-                xb[r, k] = x[r, lo + k]
+                dst[k] = src[k]
         np.dot(xb, kernel[lo:hi], zp[p])
     for r in range(n):
         for j in range(z.shape[1]):
@@ -774,8 +777,9 @@ def _dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmod
             t = np.empty((n, hi - lo), dz.dtype)
             np.dot(dz, kernel[lo:hi].T, t)
             for r in range(n):
+                dst, src = dx[r, lo:hi], t[r]  # slices, as in _dense_forward_owned's copy
                 for k in range(hi - lo):
-                    dx[r, lo + k] = t[r, k] if mode == 1 else dx[r, lo + k] + t[r, k]
+                    dst[k] = src[k] if mode == 1 else dst[k] + src[k]
 
 
 def dense_forward(z, x, kernel, bias, act):
@@ -819,7 +823,9 @@ def dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmode
 # --------------------------------------------------------------- concat
 # Every input is viewed as (outer, width_k); the output as
 # (outer, sum_k width_k).  One call per input, each owning the column
-# range [offset, offset + width_k).
+# range [offset, offset + width_k). Rows are copied through slices indexed
+# from 0: out[r, offset + j] keeps numba's negative-index test, and the
+# loop then does not vectorize (a copy of 32 x 392 floats: 8.9 against 1.2 us).
 
 
 @njit
@@ -831,8 +837,9 @@ def concat_forward(out, x, offset):
     """
     n, w = x.shape
     for r in range(n):
+        dst, src = out[r, offset:offset + w], x[r]
         for j in range(w):
-            out[r, offset + j] = x[r, j]
+            dst[j] = src[j]
 
 
 @njit
@@ -845,14 +852,14 @@ def concat_backward(dx, dout, offset, mode):
     if mode == 0:
         return
     n, w = dx.shape
-    if mode == 1:
-        for r in range(n):
+    for r in range(n):
+        dst, src = dx[r], dout[r, offset:offset + w]
+        if mode == 1:
             for j in range(w):
-                dx[r, j] = dout[r, offset + j]
-    else:
-        for r in range(n):
+                dst[j] = src[j]
+        else:
             for j in range(w):
-                dx[r, j] += dout[r, offset + j]
+                dst[j] += src[j]
 
 # --------------------------------------------------------------- losses
 # Per-sample losses exactly as Keras 3 (torch backend), probabilities in,

@@ -731,8 +731,11 @@ def _dense_forward_owned(z, zp, xp, x, kernel, bias, act):
         lo, hi = _dense_part(K, P, p)
         xb = xp[n * lo:n * hi].reshape((n, hi - lo))
         for r in range(n):
+            # through slices indexed from 0: x[r, lo + k] keeps numba's
+            # negative-index test and does not vectorize (32 x 392: 8.9 -> 1.2 us)
+            src, dst = x[r, lo:hi], xb[r]
             for k in range(hi - lo):
-                xb[r, k] = x[r, lo + k]
+                dst[k] = src[k]
         np.dot(xb, kernel[lo:hi], zp[p])
     for r in range(n):
         for j in range(z.shape[1]):
@@ -774,8 +777,9 @@ def _dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmod
             t = np.empty((n, hi - lo), dz.dtype)
             np.dot(dz, kernel[lo:hi].T, t)
             for r in range(n):
+                dst, src = dx[r, lo:hi], t[r]  # slices, as in _dense_forward_owned's copy
                 for k in range(hi - lo):
-                    dx[r, lo + k] = t[r, k] if mode == 1 else dx[r, lo + k] + t[r, k]
+                    dst[k] = src[k] if mode == 1 else dst[k] + src[k]
 
 
 def dense_forward(z, x, kernel, bias, act):

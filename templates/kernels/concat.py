@@ -1,7 +1,9 @@
 # --------------------------------------------------------------- concat
 # Every input is viewed as (outer, width_k); the output as
 # (outer, sum_k width_k).  One call per input, each owning the column
-# range [offset, offset + width_k).
+# range [offset, offset + width_k). Rows are copied through slices indexed
+# from 0: out[r, offset + j] keeps numba's negative-index test, and the
+# loop then does not vectorize (a copy of 32 x 392 floats: 8.9 against 1.2 us).
 
 
 @njit
@@ -13,8 +15,9 @@ def concat_forward(out, x, offset):
     """
     n, w = x.shape
     for r in range(n):
+        dst, src = out[r, offset:offset + w], x[r]
         for j in range(w):
-            out[r, offset + j] = x[r, j]
+            dst[j] = src[j]
 
 
 @njit
@@ -27,11 +30,11 @@ def concat_backward(dx, dout, offset, mode):
     if mode == 0:
         return
     n, w = dx.shape
-    if mode == 1:
-        for r in range(n):
+    for r in range(n):
+        dst, src = dx[r], dout[r, offset:offset + w]
+        if mode == 1:
             for j in range(w):
-                dx[r, j] = dout[r, offset + j]
-    else:
-        for r in range(n):
+                dst[j] = src[j]
+        else:
             for j in range(w):
-                dx[r, j] += dout[r, offset + j]
+                dst[j] += src[j]
