@@ -731,9 +731,7 @@ def _dense_forward_owned(z, zp, xp, x, kernel, bias, act):
         lo, hi = _dense_part(K, P, p)
         xb = xp[n * lo:n * hi].reshape((n, hi - lo))
         for r in range(n):
-            # through slices indexed from 0: x[r, lo + k] keeps numba's
-            # negative-index test and does not vectorize (32 x 392: 8.9 -> 1.2 us)
-            src, dst = x[r, lo:hi], xb[r]
+            src, dst = x[r, lo:hi], xb[r]  # indexed from 0, so it vectorizes (DESIGN.md)
             for k in range(hi - lo):
                 dst[k] = src[k]
         np.dot(xb, kernel[lo:hi], zp[p])
