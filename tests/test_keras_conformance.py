@@ -480,3 +480,50 @@ def test_conformance_float64(stem, name, gen_modules):
         m.train_on_batch(x, y)
     assert_weights_close(f"float64 weights after {STEPS} steps", m.get_weights(),
                          want["weights"], RTOL64, ATOL64)
+
+
+# The LSTM's blocks schedule (templates/kernels/lstm.py, _lstm_blocks) needs 8
+# rows a block for layers above 64 units, 16 and two blocks below; BATCH keeps
+# the examples under that, so these two run it against Keras: a wide layer in
+# blocks of 10 rows (8 and 2 at a time through the packed product) and
+# twitter.py's 32 units in blocks of 18 and 19.
+WIDE_LSTM = textwrap.dedent("""\
+    from keras.layers import Input, LSTM, Dense
+    from keras.models import Model
+
+    seq = Input(shape=(12, 20), name='seq')
+    h = LSTM(128, return_sequences=True)(seq)
+    h = LSTM(80)(h)
+    out = Dense(1, activation='sigmoid')(h)
+    model = Model(inputs=seq, outputs=out)
+    model.compile(optimizer='rmsprop', loss='binary_crossentropy')
+    """)
+BLOCKS_CASES = {"wide": (20, [(128, True), (80, True)]), "twitter": (37, [(32, False)])}
+
+
+@pytest.mark.conformance
+@pytest.mark.parametrize("case", sorted(BLOCKS_CASES))
+def test_conformance_lstm_blocks_schedule(case, gen_modules, variant_dir):
+    batch, layers = BLOCKS_CASES[case]
+    if case == "wide":
+        path = variant_dir / "wide_lstm.py"
+        path.write_text(WIDE_LSTM, encoding="utf-8")
+    else:
+        path = EXAMPLES / "twitter.py"
+    mod, kmodel = load_pair(gen_modules, path, "model")
+    threads = mod.numba.get_num_threads()
+    for units, per_step in layers:  # the layers take the blocks schedule (narrow ones need two threads)
+        if per_step or threads > 1:
+            assert mod._lstm_blocks(batch, units, np.float32, per_step) > 0, units
+    m = mod.Model(seed=0)
+    kmodel.set_weights(m.get_weights())
+    x, y = ko.random_batch(kmodel, batch, np.random.default_rng(SEED))
+    want = ko.keras_step_results(kmodel, ko.recompile_kwargs(kmodel), x, y, steps=STEPS)
+    for k, (g, w) in enumerate(zip(as_list(m.predict(x, batch_size=batch)), want["predictions"])):
+        assert_close(f"prediction {k}", g, w, scaled=False)
+    metrics, grads = m.compute_gradients(x, y)
+    assert_metrics_close("compute_gradients metrics", metrics, want["metrics"][0])
+    assert_layer_grads_close("gradient", grads, want["layer_grads"])
+    for step in range(STEPS):
+        assert_metrics_close(f"train_on_batch step {step}", m.train_on_batch(x, y), want["metrics"][step])
+    assert_weights_close(f"weights after {STEPS} steps", m.get_weights(), want["weights"])

@@ -516,7 +516,7 @@ def lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, mode, dx=None, d
         dx = np.zeros((0, 0, 0), dt)
     dw = stacked(dW, dR, db)
     K.lstm_backward(dx, dw, nan(B, T, G), nan(B, U), nan(B, U), dzt,
-                    R, x, *caches, W, Rk, act, ract, rs, per_step, mode, wmode)
+                    R, x, *caches, W, Rk, nan(G, U), act, ract, rs, per_step, mode, wmode)
     unstack(dw, dW, dR, db)
 
 
@@ -586,7 +586,8 @@ def test_lstm_rows_schedule_same_bits_for_a_row_anywhere(parallel, U, monkeypatc
         n = len(rows)
         dzs = np.full((n, T, 4 * U), np.nan, F32)
         K._lstm_recurrence_backward(dzs, np.full((n, U), np.nan, F32), np.full((n, U), np.nan, F32),
-                                    np.zeros((0, 0), F32), dy[rows], zs, cp, tc, Rk, TANH, SIGMOID, True, False)
+                                    np.zeros((0, 0), F32), dy[rows], zs, cp, tc, Rk, np.zeros((0, 0), F32),
+                                    TANH, SIGMOID, True, False)
         return y, dzs
 
     y, dzs = run(list(range(B)))
@@ -728,6 +729,104 @@ def test_lstm_backward_fd_no_bias(per_step):
     assert_grad(dx, numgrad(loss, x))
 
 
+# ------------------------------------------------- lstm: blocks schedule
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 7, 8, 13, 16, 33])
+@pytest.mark.parametrize("K_,N", [(1, 16), (16, 16), (37, 48), (128, 512)])
+def test_lstm_panels_product(M, K_, N, dtype):
+    """The packed product (8, 4, 2 and 1 rows at a time, 16 columns a panel)
+    against float64 numpy; a may be one step of a (B, T, K) array and c a
+    block of rows, as the blocks schedule passes them."""
+    r = rng(60)
+    a3 = r.standard_normal((M, 3, K_)).astype(dtype)
+    w = r.standard_normal((K_, N)).astype(dtype)
+    panels = np.full((N // 16, K_, 16), np.nan, dtype)
+    K._lstm_pack_panels(panels, w)
+    np.testing.assert_array_equal(panels.transpose(1, 0, 2).reshape(K_, N), w)
+    panels_t = np.full((K_ // 16, N, 16), np.nan, dtype)
+    if K_ % 16 == 0:  # the panels of w.T (the backward pass's)
+        K._lstm_pack_panels_t(panels_t, w)
+        np.testing.assert_array_equal(panels_t.transpose(1, 0, 2).reshape(N, K_), w.T)
+    c = np.full((M + 2, N), np.nan, dtype)
+    K._lstm_panels_product(c[1:M + 1], a3[:, 1], panels)
+    want = a3[:, 1].astype(F64) @ w.astype(F64)
+    tol = 1e-5 if dtype == F32 else 1e-12
+    np.testing.assert_allclose(c[1:M + 1], want, rtol=tol, atol=tol * np.sqrt(K_))
+    assert np.isnan(c[0]).all() and np.isnan(c[M + 1]).all()  # rows outside the block untouched
+
+
+def blocks_forced(monkeypatch, Q):
+    """The blocks schedule with Q blocks whatever the dtype and batch (0: never)."""
+    monkeypatch.setattr(K, "_lstm_blocks", lambda B, U, dtype, per_step: Q)
+
+
+@pytest.mark.parametrize("B,U,Q", [(8, 16, 1), (13, 16, 2), (37, 32, 2), (17, 48, 3)])
+@pytest.mark.parametrize("act,ract", ACT_PAIRS)
+@pytest.mark.parametrize("rs", [True, False])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_lstm_blocks_schedule_equals_steps(B, U, Q, act, ract, rs, dtype, monkeypatch):
+    """The blocks schedule (Q blocks of rows, each running all T steps with
+    packed products) against the steps schedule on the same data: outputs,
+    caches and the weight and input gradients."""
+    r = rng(61)
+    T, I = 5, 7
+    G = 4 * U
+    x = r.standard_normal((B, T, I)).astype(dtype)
+    W = (0.3 * r.standard_normal((I, G))).astype(dtype)
+    Rk = (0.3 * r.standard_normal((U, G))).astype(dtype)
+    b = (0.3 * r.standard_normal(G)).astype(dtype)
+    R = r.standard_normal((B, T if rs else 1, U)).astype(dtype)
+    out = {}
+    for name, q in (("blocks", Q), ("steps", 0)):
+        blocks_forced(monkeypatch, q)
+        y, caches = lstm_run(x, W, Rk, b, act, ract, rs, True)
+        grads = [np.zeros_like(a) for a in (x, W, Rk, b)]
+        lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, True, 1, *grads, wmode=1)
+        out[name] = [y, *caches, *grads]
+    tol = 1e-5 if dtype == F32 else 1e-12  # of each array's largest value: sums of B T terms
+    for got, want in zip(out["blocks"], out["steps"]):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@pytest.mark.parametrize("act,ract", ACT_PAIRS)
+@pytest.mark.parametrize("rs", [True, False])
+@pytest.mark.parametrize("per_step", [False, True], ids=["narrow", "wide"])
+def test_lstm_blocks_backward_fd(act, ract, rs, per_step, monkeypatch):
+    """Finite differences of the blocks schedule's backward pass (float64):
+    two blocks of 4 and 5 rows."""
+    blocks_forced(monkeypatch, 2)
+    r = rng(62)
+    B, T, I, U = 9, 3, 2, 16
+    G = 4 * U
+    x = r.standard_normal((B, T, I))
+    W, Rk, b = 0.4 * r.standard_normal((I, G)), 0.4 * r.standard_normal((U, G)), 0.4 * r.standard_normal(G)
+    R = r.standard_normal((B, T if rs else 1, U))
+
+    def loss():
+        return float(np.sum(R * lstm_run(x, W, Rk, b, act, ract, rs, per_step)[0]))
+
+    _, caches = lstm_run(x, W, Rk, b, act, ract, rs, per_step)
+    grads = [np.full_like(a, np.nan) for a in (x, W, Rk, b)]
+    lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, 1, *grads, wmode=1)
+    for g, a in zip(grads, (x, W, Rk, b)):
+        assert_grad(g, numgrad(loss, a))
+
+
+def test_lstm_blocks_taken():
+    """The blocks schedule: float32, units a multiple of 16, 8 rows a block
+    for the wide layers of the steps schedule, 16 and two blocks for the
+    narrow ones of the rows schedule."""
+    n = K.numba.get_num_threads()
+    assert K._lstm_blocks(32, 128, F32, True) == min(n, 4)
+    assert K._lstm_blocks(8, 128, F32, True) == 1
+    assert K._lstm_blocks(7, 128, F32, True) == 0
+    assert K._lstm_blocks(32, 120, F32, True) == 0
+    assert K._lstm_blocks(32, 128, F64, True) == 0
+    assert K._lstm_blocks(32, 32, F32, False) == (min(n, 2) if n >= 2 else 0)
+    assert K._lstm_blocks(16, 32, F32, False) == 0
+
+
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
 @pytest.mark.parametrize("rs", [True, False])
 def test_lstm_parallel_path(rs, per_step):
@@ -813,7 +912,7 @@ def test_lstm_embedded_fd(rs, per_step, use_bias, wmode, monkeypatch):
     dw = stacked(dW, dR, db)
     K.lstm_embedded_backward(dtable, dw, nan(B, T, G), nan(B, U), nan(B, U),
                              nan(B, G) if per_step else np.zeros((0, 0)), D, st["uniq"], st["inv"], st["nu"], st["xu"], st["pu"], *st["caches"], W, Rk,
-                             TANH, SIGMOID, rs, per_step, wmode)
+                             nan(G, U), TANH, SIGMOID, rs, per_step, wmode)
     unstack(dw, dW, dR, db)
     for k, (a, d, g0) in enumerate(zip((table, W, Rk, b), (dtable, dW, dR, db), grads)):
         assert_grad(d - g0 if k == 0 or wmode == 2 else d, numgrad(loss, a))
@@ -841,7 +940,7 @@ def test_lstm_embedded_parallel_paths():
     nan = lambda *shape: np.full(shape, np.nan)
     dw = stacked(*grads[1:])
     K.lstm_embedded_backward(grads[0], dw, nan(B, T, G), nan(B, U), nan(B, U), np.zeros((0, 0)), D, st["uniq"], st["inv"], st["nu"], st["xu"], st["pu"], *st["caches"], W, Rk,
-                             TANH, SIGMOID, True, False, 2)
+                             nan(G, U), TANH, SIGMOID, True, False, 2)
     unstack(dw, *grads[1:])
     ref = [np.zeros_like(a) for a in (W, Rk, b)]
     dx = np.empty_like(x)

@@ -13,7 +13,10 @@ import time
 
 import numpy as np
 import numba
-from numba import prange
+from llvmlite import ir as llvm_ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 def _cache_by_import_name():

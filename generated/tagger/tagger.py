@@ -13,7 +13,10 @@ import time
 
 import numpy as np
 import numba
-from numba import prange
+from llvmlite import ir as llvm_ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 
 def _cache_by_import_name():
@@ -901,7 +904,10 @@ def embedding_check_ids(ids, input_dim):
 # the (B*T, 4U) gate gradients once where two products and a column sum
 # read them three times (B 256, T 25, U 32: 580 -> 390 us; B 32, T 100,
 # U 128: 1.9 -> 1.5 ms).
-# The recurrence is independent per batch row. Two schedules:
+# The recurrence is independent per batch row. Three schedules:
+#   blocks: each thread's block of rows runs all T steps on its own, with
+#         packed products (float32, U a multiple of 16, from 8 rows a
+#         block: see _lstm_blocks); taken first where it applies.
 #   steps: each step is one (B, U) @ (U, 4U) BLAS product over the whole
 #         batch, then the cells of every row, serially.
 #   rows:  each row runs all T steps on its own, h @ rkernel inline (rkernel
@@ -1236,6 +1242,193 @@ def _lstm_transpose(dst, src):
             dst[j, i] = src[i, j]
 
 
+# The blocks schedule (float32, U a multiple of 16; _lstm_blocks): one
+# parallel region for the whole sequence, each thread a block of rows that
+# runs all T steps on its own (the recurrence is independent per row), so no
+# thread waits for another within the sequence. A step's product of the
+# block's h_{t-1} with rkernel (dz_t with rkernel.T backward) reads the
+# weights as 16-column panels packed once a pass, (N / 16, K, 16), where
+# OpenBLAS packs them again at every step, and keeps 8 rows x 16 lanes of
+# accumulators in registers over all K (an FMA a lane, summed in k order;
+# _lstm_panel_rows_intrinsic: LLVM IR, as numba has no vector type).
+# On this 2-core Zen 4 one thread's packed product runs at ~115 GFLOP/s,
+# OpenBLAS's at 55-120 for these shapes; a training step of the sweep model
+# (benchmarks/sweep.py), the steps or rows schedule and the blocks one
+# alternating in one process: T 100 U 128 B 32 16.5 -> 10.9 ms, T 25 U 512
+# B 32 45.3 -> 33.4 ms, T 25 U 128 B 256 -44%, T 25 U 32 B 32 -18%. With
+# fewer rows a block than _LSTM_BLOCK_MIN_ROWS (_LSTM_NARROW_BLOCK_MIN_ROWS
+# and two blocks for the narrow layers of the rows schedule) it lost: T 25
+# U 32 B 16 +35%, U 128 B 2 +29%, U 128 B 4 +7%.
+_LSTM_LANES = 16
+_LSTM_BLOCK_MIN_ROWS = 8
+_LSTM_NARROW_BLOCK_MIN_ROWS = 16
+
+
+def _lstm_panel_rows_intrinsic(nr):
+    """An intrinsic c[r0:r0 + nr, 16 p:16 p + 16] = a[r0:r0 + nr] @ panel p of
+    panels (float32 or float64 arrays, C-contiguous rows)."""
+    @intrinsic
+    def panel_rows(typingctx, c, a, panels, p, r0):
+        def codegen(context, builder, sig, args):
+            cty, aty, pty = sig.args[:3]
+            c_arr, a_arr, p_arr = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
+            p, r0 = args[3], args[4]
+            i64, i32 = llvm_ir.IntType(64), llvm_ir.IntType(32)
+            vec = llvm_ir.VectorType(context.get_value_type(pty.dtype), _LSTM_LANES)
+            fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vec, [vec] * 3),
+                                                 f"llvm.fma.v{_LSTM_LANES}f{pty.dtype.bitwidth}")
+            row = [builder.add(r0, llvm_ir.Constant(i64, i)) for i in range(nr)]
+            zero = llvm_ir.Constant(i64, 0)
+            a_rows = [cgutils.get_item_pointer(context, builder, aty, a_arr, [r, zero], wraparound=False) for r in row]
+            accs = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * _LSTM_LANES)) for _ in row]
+            splat = llvm_ir.Constant(llvm_ir.VectorType(i32, _LSTM_LANES), [0] * _LSTM_LANES)
+            with cgutils.for_range(builder, builder.extract_value(a_arr.shape, 1)) as loop:
+                k = loop.index
+                w_ptr = cgutils.get_item_pointer(context, builder, pty, p_arr, [p, k, zero], wraparound=False)
+                w = builder.load(builder.bitcast(w_ptr, vec.as_pointer()), align=4)  # panel row k: 16 lanes
+                for a_row, acc in zip(a_rows, accs):
+                    one = builder.insert_element(llvm_ir.Constant(vec, llvm_ir.Undefined),
+                                                 builder.load(builder.gep(a_row, [k])), llvm_ir.Constant(i32, 0))
+                    a_k = builder.shuffle_vector(one, llvm_ir.Constant(vec, llvm_ir.Undefined), splat)  # a[r, k] in every lane
+                    builder.store(builder.call(fma, [a_k, w, builder.load(acc)]), acc)
+            col = builder.mul(p, llvm_ir.Constant(i64, _LSTM_LANES))
+            for r, acc in zip(row, accs):
+                c_ptr = cgutils.get_item_pointer(context, builder, cty, c_arr, [r, col], wraparound=False)
+                builder.store(builder.load(acc), builder.bitcast(c_ptr, vec.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.void(c, a, panels, p, r0), codegen
+    return panel_rows
+
+
+_lstm_panel_rows8, _lstm_panel_rows4, _lstm_panel_rows2, _lstm_panel_rows1 = (
+    _lstm_panel_rows_intrinsic(nr) for nr in (8, 4, 2, 1))
+
+
+@njit
+def _lstm_panel_product(c, a, panels, p):
+    """c[:, 16 p:16 p + 16] = a @ panel p: rows 8 at a time, then 4, 2, 1."""
+    M = a.shape[0]
+    r = 0
+    while r + 8 <= M:
+        _lstm_panel_rows8(c, a, panels, p, r)
+        r += 8
+    if r + 4 <= M:
+        _lstm_panel_rows4(c, a, panels, p, r)
+        r += 4
+    if r + 2 <= M:
+        _lstm_panel_rows2(c, a, panels, p, r)
+        r += 2
+    if r < M:
+        _lstm_panel_rows1(c, a, panels, p, r)
+
+
+@njit
+def _lstm_panels_product(c, a, panels):
+    """c (M, N) = a (M, K) @ w, panels (N / 16, K, 16) w's column panels
+    (_lstm_pack_panels); a's and c's rows contiguous, at any stride."""
+    for p in range(panels.shape[0]):
+        _lstm_panel_product(c, a, panels, p)
+
+
+@njit
+def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
+                        act, ract, return_sequences):
+    """All T steps of rows b0:b1 (the blocks schedule): each step one packed
+    product of the block's h_{t-1} with rkernel, then the block's cells."""
+    T = zs.shape[1]
+    U = hc.shape[1]
+    G = 4 * U
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    hb, rb = hc[b0:b1], rec[b0:b1]
+    hb[:] = 0
+    cc[b0:b1] = 0
+    for t in range(T):
+        _lstm_panels_product(rb, hb, panels)
+        k = t if keep else 0
+        for b in range(b0, b1):
+            z, r = zs[b, t], rec[b]
+            if bias.shape[0] > 0:
+                for j in range(G):
+                    z[j] += r[j] + bias[j]
+            else:
+                for j in range(G):
+                    z[j] += r[j]
+            _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
+            if return_sequences:
+                for u in range(U):
+                    y[b, t, u] = hc[b, u]
+    if not return_sequences:
+        for b in range(b0, b1):
+            for u in range(U):
+                y[b, 0, u] = hc[b, u]
+
+
+@njit(parallel=True)
+def _lstm_blocks_forward(y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
+                         return_sequences, Q):
+    """_lstm_block_forward over Q blocks of rows in parallel."""
+    B = zs.shape[0]
+    for q in prange(Q):
+        _lstm_block_forward(q * B // Q, (q + 1) * B // Q, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
+                            act, ract, return_sequences)
+
+
+@njit
+def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
+                         return_sequences):
+    """Backpropagation through time for rows b0:b1 (the blocks schedule):
+    the block's cells, then dh_{t-1} = dz_t @ rkernel.T as one packed
+    product (panels of rkernel.T) that reads dz_t where the cells left it."""
+    T = zs.shape[1]
+    U = dh.shape[1]
+    dh[b0:b1] = 0
+    dc[b0:b1] = 0
+    for t in range(T - 1, -1, -1):
+        for b in range(b0, b1):
+            if return_sequences:
+                for u in range(U):
+                    dh[b, u] += dy[b, t, u]
+            elif t == T - 1:
+                for u in range(U):
+                    dh[b, u] += dy[b, 0, u]
+            _lstm_cell_backward(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t], tc[b, t], act, ract)
+        if t > 0:
+            _lstm_panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
+
+
+@njit(parallel=True)
+def _lstm_blocks_backward(dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract, return_sequences, Q):
+    """_lstm_block_backward over Q blocks of rows in parallel."""
+    B = zs.shape[0]
+    for q in prange(Q):
+        _lstm_block_backward(q * B // Q, (q + 1) * B // Q, dzs, dh, dc, da, dy, zs, cp, tc, panels,
+                             act, ract, return_sequences)
+
+
+@njit
+def _lstm_pack_panels(panels, w):
+    """panels (N / 16, K, 16)[p, k, l] = w (K, N)[k, 16 p + l]."""
+    for p in range(panels.shape[0]):
+        for k in range(panels.shape[1]):
+            src, dst = w[k, 16 * p:16 * p + 16], panels[p, k]
+            for j in range(16):
+                dst[j] = src[j]
+
+
+@njit
+def _lstm_pack_panels_t(panels, w):
+    """panels (M / 16, N, 16)[p, k, l] = w (M, N)[16 p + l, k]: the panels of
+    w.T, read 16 values of a row at a time."""
+    N = panels.shape[1]
+    for p in range(panels.shape[0]):
+        for k0 in range(0, N, 16):
+            k1 = min(k0 + 16, N)
+            for j in range(16):
+                src = w[16 * p + j, k0:k1]
+                for k in range(k1 - k0):
+                    panels[p, k0 + k, j] = src[k]
+
+
 @njit
 def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias,
                         act, ract, return_sequences):
@@ -1324,12 +1517,31 @@ def _lstm_rows_forward_taken(B, T, G, per_step):
     return not per_step and B * T * G >= _LSTM_ROWS_FORWARD_MIN
 
 
+def _lstm_blocks(B, U, dtype, per_step):
+    """Blocks of rows (threads) of the blocks schedule for B rows, or 0 when
+    it is not taken: float32 and U a multiple of 16 only, and at least
+    _LSTM_BLOCK_MIN_ROWS rows a block (_LSTM_NARROW_BLOCK_MIN_ROWS, and two
+    blocks, for layers of the rows schedule)."""
+    if dtype != np.float32 or U % 16 != 0:
+        return 0
+    if per_step:
+        return min(numba.get_num_threads(), B // _LSTM_BLOCK_MIN_ROWS)
+    q = min(numba.get_num_threads(), B // _LSTM_NARROW_BLOCK_MIN_ROWS)
+    return q if q >= 2 else 0
+
+
 def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
                              act, ract, return_sequences, per_step):
     """The recurrence of lstm_forward, once zs holds x @ kernel."""
     B, T, G = zs.shape
+    U = rkernel.shape[0]
+    Q = _lstm_blocks(B, U, zs.dtype, per_step) if rkt.shape[0] == G else 0
+    if Q:
+        panels = rkt.reshape((G // 16, U, 16))  # rkt's memory, free in this schedule
+        _lstm_pack_panels(panels, rkernel)
+        _lstm_blocks_forward(y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract, return_sequences, Q)
+        return
     if not _lstm_rows_forward_taken(B, T, G, per_step):
-        U = rkernel.shape[0]
         if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
                 and rkt.shape[0] == G):
             _lstm_transpose(rkt, rkernel)
@@ -1342,13 +1554,19 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
     _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkt, bias, act, ract, return_sequences)
 
 
-def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
                               act, ract, return_sequences, per_step):
-    """The recurrence of lstm_backward: fills dzs."""
+    """The recurrence of lstm_backward: fills dzs. rkt (G, U) scratch (the
+    forward pass's), or (0, 0)."""
     B, T, G = zs.shape
+    U = dh.shape[1]
     da = np.empty_like(dh)  # scratch: act'(c_t) of a row
-    if per_step:
-        U = dh.shape[1]
+    Q = _lstm_blocks(B, U, zs.dtype, per_step) if rkt.shape[0] == G else 0
+    if Q:
+        panels = rkt.reshape((U // 16, G, 16))
+        _lstm_pack_panels_t(panels, rkernel)
+        _lstm_blocks_backward(dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract, return_sequences, Q)
+    elif per_step:
         transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
         dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)
         _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
@@ -1454,7 +1672,7 @@ def lstm_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
 
-def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkernel,
+def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkernel, rkt,
                   act, ract, return_sequences, per_step, mode, wmode):
     """Backpropagation through time for lstm_forward.
 
@@ -1470,8 +1688,9 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
     dy       (B, T, U) if return_sequences else (B, 1, U)
     x, zs, xh, cp, tc     input and caches of lstm_forward
     kernel (I, G)   rkernel (U, G)
+    rkt      (G, U)       scratch (lstm_forward's): the packed steps' panels
     """
-    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
                               act, ract, return_sequences, per_step)
     _lstm_weight_grads(dw, xh, dzs, wmode)
     _lstm_input_grads(dx, dzs, kernel, mode)
@@ -1695,7 +1914,7 @@ def lstm_embedded_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
 
 def lstm_embedded_backward(dtable, dw, dzs, dh, dc, dzt,
                            dy, uniq, inv, nu, xu, pu, zs, xh, cp, tc,
-                           kernel, rkernel, act, ract, return_sequences,
+                           kernel, rkernel, rkt, act, ract, return_sequences,
                            per_step, wmode):
     """Backpropagation for lstm_embedded_forward, into dtable (V, I) too.
 
@@ -1708,7 +1927,7 @@ def lstm_embedded_backward(dtable, dw, dzs, dh, dc, dzt,
     distinct). wmode applies to dw. The other arguments as in
     lstm_backward and lstm_embedded_forward.
     """
-    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
                               act, ract, return_sequences, per_step)
     I = kernel.shape[0]
     _lstm_weight_grads(dw[I:], xh, dzs, wmode)
@@ -3514,7 +3733,7 @@ class Model(_Runtime):
         # tagger.py:13  h = L.LSTM(24, return_sequences=True)(h)
         lstm_embedded_backward(self._table_grad(0), gb[0], b['lstm_dzs'], b['lstm_dh'], b['lstm_dc'], b['_e2'],
                                b['d_lstm'], b['lstm_uniq'], b['lstm_inv'], b['lstm_nu'], b['lstm_xu'], b['lstm_pu'], b['lstm_zs'], b['lstm_xh'], b['lstm_cp'], b['lstm_tc'],
-                               w[1], w[2], 3, 2, True, False, 1)
+                               w[1], w[2], b['lstm_rkt'], 3, 2, True, False, 1)
 
 
 if __name__ == "__main__":

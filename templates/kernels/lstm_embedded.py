@@ -217,7 +217,7 @@ def lstm_embedded_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
 
 def lstm_embedded_backward(dtable, dw, dzs, dh, dc, dzt,
                            dy, uniq, inv, nu, xu, pu, zs, xh, cp, tc,
-                           kernel, rkernel, act, ract, return_sequences,
+                           kernel, rkernel, rkt, act, ract, return_sequences,
                            per_step, wmode):
     """Backpropagation for lstm_embedded_forward, into dtable (V, I) too.
 
@@ -230,7 +230,7 @@ def lstm_embedded_backward(dtable, dw, dzs, dh, dc, dzt,
     distinct). wmode applies to dw. The other arguments as in
     lstm_backward and lstm_embedded_forward.
     """
-    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel,
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
                               act, ract, return_sequences, per_step)
     I = kernel.shape[0]
     _lstm_weight_grads(dw[I:], xh, dzs, wmode)
