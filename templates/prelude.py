@@ -1,3 +1,4 @@
+import concurrent.futures
 import math
 import os
 import sys

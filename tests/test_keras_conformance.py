@@ -483,10 +483,11 @@ def test_conformance_float64(stem, name, gen_modules):
 
 
 # The LSTM's blocks schedule (templates/kernels/lstm.py, _lstm_blocks) needs 8
-# rows a block for layers above 64 units, 16 and two blocks below; BATCH keeps
-# the examples under that, so these two run it against Keras: a wide layer in
-# blocks of 10 rows (8 and 2 at a time through the packed product) and
-# twitter.py's 32 units in blocks of 18 and 19.
+# rows a block for layers above 64 units, 16 and two blocks and a long pass
+# below; BATCH keeps the examples under that, so these two run it against
+# Keras: a wide layer in blocks of 10 rows (8 and 2 at a time through the
+# packed product), another in one block of 20, and twitter.py's 32 units in
+# blocks of 45.
 WIDE_LSTM = textwrap.dedent("""\
     from keras.layers import Input, LSTM, Dense
     from keras.models import Model
@@ -498,13 +499,13 @@ WIDE_LSTM = textwrap.dedent("""\
     model = Model(inputs=seq, outputs=out)
     model.compile(optimizer='rmsprop', loss='binary_crossentropy')
     """)
-BLOCKS_CASES = {"wide": (20, [(128, True), (80, True)]), "twitter": (37, [(32, False)])}
+BLOCKS_CASES = {"wide": (20, 12, [(128, True), (80, True)]), "twitter": (90, 100, [(32, False)])}
 
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("case", sorted(BLOCKS_CASES))
 def test_conformance_lstm_blocks_schedule(case, gen_modules, variant_dir):
-    batch, layers = BLOCKS_CASES[case]
+    batch, steps, layers = BLOCKS_CASES[case]
     if case == "wide":
         path = variant_dir / "wide_lstm.py"
         path.write_text(WIDE_LSTM, encoding="utf-8")
@@ -514,7 +515,7 @@ def test_conformance_lstm_blocks_schedule(case, gen_modules, variant_dir):
     threads = mod.numba.get_num_threads()
     for units, per_step in layers:  # the layers take the blocks schedule (narrow ones need two threads)
         if per_step or threads > 1:
-            assert mod._lstm_blocks(batch, units, np.float32, per_step) > 0, units
+            assert mod._lstm_blocks(batch, steps, units, np.float32, per_step) > 0, units
     m = mod.Model(seed=0)
     kmodel.set_weights(m.get_weights())
     x, y = ko.random_batch(kmodel, batch, np.random.default_rng(SEED))

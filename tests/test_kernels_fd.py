@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -758,7 +759,7 @@ def test_lstm_panels_product(M, K_, N, dtype):
 
 def blocks_forced(monkeypatch, Q):
     """The blocks schedule with Q blocks whatever the dtype and batch (0: never)."""
-    monkeypatch.setattr(K, "_lstm_blocks", lambda B, U, dtype, per_step: Q)
+    monkeypatch.setattr(K, "_lstm_blocks", lambda B, T, U, dtype, per_step: Q)
 
 
 @pytest.mark.parametrize("B,U,Q", [(8, 16, 1), (13, 16, 2), (37, 32, 2), (17, 48, 3)])
@@ -813,18 +814,55 @@ def test_lstm_blocks_backward_fd(act, ract, rs, per_step, monkeypatch):
         assert_grad(g, numgrad(loss, a))
 
 
-def test_lstm_blocks_taken():
+def test_lstm_blocks_taken(monkeypatch):
     """The blocks schedule: float32, units a multiple of 16, 8 rows a block
-    for the wide layers of the steps schedule, 16 and two blocks for the
-    narrow ones of the rows schedule."""
-    n = K.numba.get_num_threads()
-    assert K._lstm_blocks(32, 128, F32, True) == min(n, 4)
-    assert K._lstm_blocks(8, 128, F32, True) == 1
-    assert K._lstm_blocks(7, 128, F32, True) == 0
-    assert K._lstm_blocks(32, 120, F32, True) == 0
-    assert K._lstm_blocks(32, 128, F64, True) == 0
-    assert K._lstm_blocks(32, 32, F32, False) == (min(n, 2) if n >= 2 else 0)
-    assert K._lstm_blocks(16, 32, F32, False) == 0
+    for the wide layers of the steps schedule (one block for a small pass),
+    16 and two blocks for the narrow ones of the rows schedule, from a
+    bigger pass."""
+    monkeypatch.setattr(K.numba, "get_num_threads", lambda: 2)
+    assert K._lstm_blocks(32, 25, 128, F32, True) == 2
+    assert K._lstm_blocks(8, 25, 128, F32, True) == 1
+    assert K._lstm_blocks(32, 2, 128, F32, True) == 1  # 2^22 multiply-adds
+    assert K._lstm_blocks(7, 25, 128, F32, True) == 0
+    assert K._lstm_blocks(32, 25, 120, F32, True) == 0
+    assert K._lstm_blocks(32, 25, 128, F64, True) == 0
+    assert K._lstm_blocks(256, 100, 32, F32, False) == 2
+    assert K._lstm_blocks(32, 100, 32, F32, False) == 0  # 2^23.6 multiply-adds
+    assert K._lstm_blocks(16, 1000, 32, F32, False) == 0  # one block of 16
+    monkeypatch.setattr(K.numba, "get_num_threads", lambda: 1)
+    assert K._lstm_blocks(32, 25, 128, F32, True) == 1
+    assert K._lstm_blocks(256, 100, 32, F32, False) == 0
+
+
+def test_lstm_block_pool_after_fork():
+    """A forked child makes its own pool: the parent's threads are not in it."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    r = rng(63)
+    B, T, I, U = 16, 3, 2, 16
+    args = (r.standard_normal((B, T, I)).astype(F32), (0.3 * r.standard_normal((I, 4 * U))).astype(F32),
+            (0.3 * r.standard_normal((U, 4 * U))).astype(F32), np.zeros(4 * U, F32), TANH, SIGMOID, True, True)
+    K._LSTM_BLOCK_POOL.clear()
+    K._lstm_in_blocks(lambda b0, b1: None, 2, B)  # the parent's pool, with its thread
+    assert K._LSTM_BLOCK_POOL
+    y, _ = lstm_run(*args)
+    pid = os.fork()
+    if pid == 0:  # child: the same run through a new pool, or a hang the parent's timeout reports
+        code = 1
+        try:
+            code = 0 if not K._LSTM_BLOCK_POOL and np.array_equal(lstm_run(*args)[0], y) else 3
+            K._lstm_in_blocks(lambda b0, b1: None, 2, B)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung on the parent's block pool")
 
 
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])

@@ -6,6 +6,7 @@ Use:
     m.fit(x, y, epochs=..., batch_size=...)
     m.predict(x)
 """
+import concurrent.futures
 import math
 import os
 import sys
@@ -987,26 +988,32 @@ def _lstm_transpose(dst, src):
             dst[j, i] = src[i, j]
 
 
-# The blocks schedule (float32, U a multiple of 16; _lstm_blocks): one
-# parallel region for the whole sequence, each thread a block of rows that
-# runs all T steps on its own (the recurrence is independent per row), so no
-# thread waits for another within the sequence. A step's product of the
-# block's h_{t-1} with rkernel (dz_t with rkernel.T backward) reads the
-# weights as 16-column panels packed once a pass, (N / 16, K, 16), where
-# OpenBLAS packs them again at every step, and keeps 8 rows x 16 lanes of
-# accumulators in registers over all K (an FMA a lane, summed in k order;
-# _lstm_panel_rows_intrinsic: LLVM IR, as numba has no vector type).
-# On this 2-core Zen 4 one thread's packed product runs at ~115 GFLOP/s,
-# OpenBLAS's at 55-120 for these shapes; a training step of the sweep model
-# (benchmarks/sweep.py), the steps or rows schedule and the blocks one
-# alternating in one process: T 100 U 128 B 32 16.5 -> 10.9 ms, T 25 U 512
-# B 32 45.3 -> 33.4 ms, T 25 U 128 B 256 -44%, T 25 U 32 B 32 -18%. With
-# fewer rows a block than _LSTM_BLOCK_MIN_ROWS (_LSTM_NARROW_BLOCK_MIN_ROWS
-# and two blocks for the narrow layers of the rows schedule) it lost: T 25
-# U 32 B 16 +35%, U 128 B 2 +29%, U 128 B 4 +7%.
+# The blocks schedule (float32, U a multiple of 16; _lstm_blocks): each
+# thread takes a block of rows that runs all T steps on its own (the
+# recurrence is independent per row), so no thread waits for another within
+# the sequence (_lstm_in_blocks). A step's product of the block's h_{t-1}
+# with rkernel (dz_t with rkernel.T backward) reads the weights as 16-column
+# panels packed once a pass, (N / 16, K, 16), where OpenBLAS packs them
+# again at every step, and keeps 8 rows x 16 lanes of accumulators in
+# registers over all K (an FMA a lane, summed in k order;
+# _lstm_panel_rows_intrinsic: LLVM IR, as numba has no vector type). On
+# this 2-core Zen 4 one thread's packed product runs at ~115 GFLOP/s,
+# OpenBLAS's at 55-120 for these shapes. A training step of the sweep model
+# (benchmarks/sweep.py), the old schedules and the blocks one alternating in
+# one process: T 100 U 128 B 32 15.1 -> 10.2 ms, T 25 U 512 B 32 38.4 ->
+# 30.5 ms, T 25 U 128 B 256 -23%, T 25 U 64 B 256 -20%. Below
+# _LSTM_BLOCK_MIN_ROWS rows a block it lost (U 128 B 2 +29%, B 4 +7%), and
+# so did narrow layers (the rows schedule's) below two blocks of
+# _LSTM_NARROW_BLOCK_MIN_ROWS (U 32 B 16 +35%) or in short passes (U 32 B 32
+# T 25 +10-20% through the thread hand-off).
 _LSTM_LANES = 16
 _LSTM_BLOCK_MIN_ROWS = 8
 _LSTM_NARROW_BLOCK_MIN_ROWS = 16
+_LSTM_BLOCKS_MIN_MACS = 1 << 23
+_LSTM_NARROW_BLOCKS_MIN_MACS = 1 << 25
+_LSTM_BLOCK_POOL = []  # the executor of _lstm_in_blocks, made at first use
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
+    os.register_at_fork(after_in_child=_LSTM_BLOCK_POOL.clear)
 
 
 def _lstm_panel_rows_intrinsic(nr):
@@ -1075,7 +1082,7 @@ def _lstm_panels_product(c, a, panels):
         _lstm_panel_product(c, a, panels, p)
 
 
-@njit
+@njit(nogil=True)
 def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
                         act, ract, return_sequences):
     """All T steps of rows b0:b1 (the blocks schedule): each step one packed
@@ -1108,17 +1115,7 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
                 y[b, 0, u] = hc[b, u]
 
 
-@njit(parallel=True)
-def _lstm_blocks_forward(y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
-                         return_sequences, Q):
-    """_lstm_block_forward over Q blocks of rows in parallel."""
-    B = zs.shape[0]
-    for q in prange(Q):
-        _lstm_block_forward(q * B // Q, (q + 1) * B // Q, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
-                            act, ract, return_sequences)
-
-
-@njit
+@njit(nogil=True)
 def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
                          return_sequences):
     """Backpropagation through time for rows b0:b1 (the blocks schedule):
@@ -1141,13 +1138,25 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
             _lstm_panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
 
 
-@njit(parallel=True)
-def _lstm_blocks_backward(dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract, return_sequences, Q):
-    """_lstm_block_backward over Q blocks of rows in parallel."""
-    B = zs.shape[0]
-    for q in prange(Q):
-        _lstm_block_backward(q * B // Q, (q + 1) * B // Q, dzs, dh, dc, da, dy, zs, cp, tc, panels,
-                             act, ract, return_sequences)
+def _lstm_in_blocks(kernel, Q, B, *args):
+    """kernel(b0, b1, *args) over Q blocks of B rows at once: block 0 on this
+    thread, the others on _LSTM_BLOCK_POOL's (the block kernels release the
+    GIL). Python threads, not a numba parallel region: a region around a
+    block kernel compiles it a second time (twitter.py's first training
+    step: 3.3 s more on a cold cache), and one hand-off per pass costs
+    little next to a pass."""
+    if Q == 1:
+        kernel(0, B, *args)
+        return
+    if not _LSTM_BLOCK_POOL:
+        _LSTM_BLOCK_POOL.append(concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-lstm-block"))
+    pool = _LSTM_BLOCK_POOL[0]
+    if pool._max_workers < Q - 1:  # numba's thread count went up since
+        pool = _LSTM_BLOCK_POOL[0] = concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-lstm-block")
+    others = [pool.submit(kernel, q * B // Q, (q + 1) * B // Q, *args) for q in range(1, Q)]
+    kernel(0, B // Q, *args)
+    for f in others:
+        f.result()
 
 
 @njit
@@ -1163,15 +1172,9 @@ def _lstm_pack_panels(panels, w):
 @njit
 def _lstm_pack_panels_t(panels, w):
     """panels (M / 16, N, 16)[p, k, l] = w (M, N)[16 p + l, k]: the panels of
-    w.T, read 16 values of a row at a time."""
-    N = panels.shape[1]
+    w.T, each the transpose of 16 rows of w."""
     for p in range(panels.shape[0]):
-        for k0 in range(0, N, 16):
-            k1 = min(k0 + 16, N)
-            for j in range(16):
-                src = w[16 * p + j, k0:k1]
-                for k in range(k1 - k0):
-                    panels[p, k0 + k, j] = src[k]
+        _lstm_transpose(panels[p], w[16 * p:16 * p + 16])
 
 
 @njit
@@ -1262,17 +1265,22 @@ def _lstm_rows_forward_taken(B, T, G, per_step):
     return not per_step and B * T * G >= _LSTM_ROWS_FORWARD_MIN
 
 
-def _lstm_blocks(B, U, dtype, per_step):
+def _lstm_blocks(B, T, U, dtype, per_step):
     """Blocks of rows (threads) of the blocks schedule for B rows, or 0 when
-    it is not taken: float32 and U a multiple of 16 only, and at least
-    _LSTM_BLOCK_MIN_ROWS rows a block (_LSTM_NARROW_BLOCK_MIN_ROWS, and two
-    blocks, for layers of the rows schedule)."""
+    it is not taken: float32 and U a multiple of 16 only, at least
+    _LSTM_BLOCK_MIN_ROWS rows a block, and one block for a pass of fewer
+    than _LSTM_BLOCKS_MIN_MACS multiply-adds (the hand-off to another
+    thread costs more there). Layers of the rows schedule (not per_step)
+    take it only from _LSTM_NARROW_BLOCKS_MIN_MACS, in blocks of at least
+    _LSTM_NARROW_BLOCK_MIN_ROWS."""
     if dtype != np.float32 or U % 16 != 0:
         return 0
+    macs = B * T * 4 * U * U
     if per_step:
-        return min(numba.get_num_threads(), B // _LSTM_BLOCK_MIN_ROWS)
+        q = min(numba.get_num_threads(), B // _LSTM_BLOCK_MIN_ROWS)
+        return min(q, 1) if macs < _LSTM_BLOCKS_MIN_MACS else q
     q = min(numba.get_num_threads(), B // _LSTM_NARROW_BLOCK_MIN_ROWS)
-    return q if q >= 2 else 0
+    return q if q >= 2 and macs >= _LSTM_NARROW_BLOCKS_MIN_MACS else 0
 
 
 def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
@@ -1280,11 +1288,12 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
     """The recurrence of lstm_forward, once zs holds x @ kernel."""
     B, T, G = zs.shape
     U = rkernel.shape[0]
-    Q = _lstm_blocks(B, U, zs.dtype, per_step) if rkt.shape[0] == G else 0
+    Q = _lstm_blocks(B, T, U, zs.dtype, per_step) if rkt.shape[0] == G else 0
     if Q:
         panels = rkt.reshape((G // 16, U, 16))  # rkt's memory, free in this schedule
         _lstm_pack_panels(panels, rkernel)
-        _lstm_blocks_forward(y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract, return_sequences, Q)
+        _lstm_in_blocks(_lstm_block_forward, Q, B, y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
+                        return_sequences)
         return
     if not _lstm_rows_forward_taken(B, T, G, per_step):
         if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
@@ -1306,11 +1315,12 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
     B, T, G = zs.shape
     U = dh.shape[1]
     da = np.empty_like(dh)  # scratch: act'(c_t) of a row
-    Q = _lstm_blocks(B, U, zs.dtype, per_step) if rkt.shape[0] == G else 0
+    Q = _lstm_blocks(B, T, U, zs.dtype, per_step) if rkt.shape[0] == G else 0
     if Q:
         panels = rkt.reshape((U // 16, G, 16))
         _lstm_pack_panels_t(panels, rkernel)
-        _lstm_blocks_backward(dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract, return_sequences, Q)
+        _lstm_in_blocks(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
+                        return_sequences)
     elif per_step:
         transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
         dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)

@@ -6,6 +6,7 @@ Use:
     m.fit(x, y, epochs=..., batch_size=...)
     m.predict(x)
 """
+import concurrent.futures
 import math
 import os
 import sys
