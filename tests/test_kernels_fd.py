@@ -834,6 +834,21 @@ def test_lstm_blocks_taken(monkeypatch):
     assert K._lstm_blocks(256, 100, 32, F32, False) == 0
 
 
+def test_lstm_in_blocks_covers_the_rows():
+    """Q blocks cover rows 0..B-1 once each; a pool made for fewer threads is
+    replaced by a bigger one when more blocks come."""
+    K._LSTM_BLOCK_POOL.clear()
+    seen = []
+    K._lstm_in_blocks(lambda b0, b1: seen.append((b0, b1)), 2, 10)
+    assert sorted(seen) == [(0, 5), (5, 10)] and K._LSTM_BLOCK_POOL[0][1] == 1
+    seen.clear()
+    K._lstm_in_blocks(lambda b0, b1: seen.append((b0, b1)), 3, 10)
+    assert sorted(seen) == [(0, 3), (3, 6), (6, 10)] and K._LSTM_BLOCK_POOL[0][1] == 2
+    seen.clear()
+    K._lstm_in_blocks(lambda b0, b1: seen.append((b0, b1)), 1, 10)
+    assert seen == [(0, 10)]
+
+
 def test_lstm_block_pool_after_fork():
     """A forked child makes its own pool: the parent's threads are not in it."""
     if not hasattr(os, "fork"):
@@ -844,7 +859,7 @@ def test_lstm_block_pool_after_fork():
             (0.3 * r.standard_normal((U, 4 * U))).astype(F32), np.zeros(4 * U, F32), TANH, SIGMOID, True, True)
     K._LSTM_BLOCK_POOL.clear()
     K._lstm_in_blocks(lambda b0, b1: None, 2, B)  # the parent's pool, with its thread
-    assert K._LSTM_BLOCK_POOL
+    assert K._LSTM_BLOCK_POOL and K._LSTM_BLOCK_POOL[0][1] == 1
     y, _ = lstm_run(*args)
     pid = os.fork()
     if pid == 0:  # child: the same run through a new pool, or a hang the parent's timeout reports

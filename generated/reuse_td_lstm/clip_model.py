@@ -1198,7 +1198,7 @@ _LSTM_BLOCK_MIN_ROWS = 8
 _LSTM_NARROW_BLOCK_MIN_ROWS = 16
 _LSTM_BLOCKS_MIN_MACS = 1 << 23
 _LSTM_NARROW_BLOCKS_MIN_MACS = 1 << 25
-_LSTM_BLOCK_POOL = []  # the executor of _lstm_in_blocks, made at first use
+_LSTM_BLOCK_POOL = []  # (executor, its threads) of _lstm_in_blocks, made at first use
 if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
     os.register_at_fork(after_in_child=_LSTM_BLOCK_POOL.clear)
 
@@ -1273,7 +1273,8 @@ def _lstm_panels_product(c, a, panels):
 def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
                         act, ract, return_sequences):
     """All T steps of rows b0:b1 (the blocks schedule): each step one packed
-    product of the block's h_{t-1} with rkernel, then the block's cells."""
+    product of the block's h_{t-1} with rkernel, then the block's cells.
+    panels (G / 16, U, 16) rkernel's; the other arrays as lstm_forward's."""
     T = zs.shape[1]
     U = hc.shape[1]
     G = 4 * U
@@ -1307,7 +1308,8 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
                          return_sequences):
     """Backpropagation through time for rows b0:b1 (the blocks schedule):
     the block's cells, then dh_{t-1} = dz_t @ rkernel.T as one packed
-    product (panels of rkernel.T) that reads dz_t where the cells left it."""
+    product that reads dz_t where the cells left it. panels (U / 16, G, 16)
+    rkernel.T's; da (B, U) scratch; the other arrays as lstm_backward's."""
     T = zs.shape[1]
     U = dh.shape[1]
     dh[b0:b1] = 0
@@ -1335,11 +1337,11 @@ def _lstm_in_blocks(kernel, Q, B, *args):
     if Q == 1:
         kernel(0, B, *args)
         return
-    if not _LSTM_BLOCK_POOL:
-        _LSTM_BLOCK_POOL.append(concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-lstm-block"))
-    pool = _LSTM_BLOCK_POOL[0]
-    if pool._max_workers < Q - 1:  # numba's thread count went up since
-        pool = _LSTM_BLOCK_POOL[0] = concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-lstm-block")
+    if not _LSTM_BLOCK_POOL or _LSTM_BLOCK_POOL[0][1] < Q - 1:  # none yet, or numba's thread count went up
+        if _LSTM_BLOCK_POOL:
+            _LSTM_BLOCK_POOL.pop()[0].shutdown(wait=False)
+        _LSTM_BLOCK_POOL.append((concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-lstm-block"), Q - 1))
+    pool = _LSTM_BLOCK_POOL[0][0]
     others = [pool.submit(kernel, q * B // Q, (q + 1) * B // Q, *args) for q in range(1, Q)]
     kernel(0, B // Q, *args)
     for f in others:
