@@ -1137,6 +1137,39 @@ def _lstm_cell_backward(dz, gh, gc, da, z, cp, a, act, ract):
 
 
 @njit
+def _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, r, bias, act, ract, return_sequences):
+    """Step t of row b once r (G,) holds its h_{t-1} @ rkernel (the steps and
+    blocks schedules): z += r + bias, the cell, and h_t into y with
+    return_sequences; k is the caches' step (t, or 0 for scratch)."""
+    z = zs[b, t]
+    if bias.shape[0] > 0:
+        for j in range(z.shape[0]):
+            z[j] += r[j] + bias[j]
+    else:
+        for j in range(z.shape[0]):
+            z[j] += r[j]
+    _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
+    if return_sequences:
+        y[b, t] = hc[b]
+
+
+@njit
+def _lstm_row_backward(b, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences):
+    """Step t of row b backward: dy into dh_t (every step with
+    return_sequences, else only the last), then the cell into dzs[b, t]."""
+    gh = dh[b]
+    if return_sequences:
+        src = dy[b, t]
+        for u in range(gh.shape[0]):
+            gh[u] += src[u]
+    elif t == zs.shape[1] - 1:
+        src = dy[b, 0]
+        for u in range(gh.shape[0]):
+            gh[u] += src[u]
+    _lstm_cell_backward(dzs[b, t], gh, dc[b], da[b], zs[b, t], cp[b, t], tc[b, t], act, ract)
+
+
+@njit
 def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                        act, ract, return_sequences):
     """All T steps of rows b0..b1-1, two rows at a time, h @ rkernel inline
@@ -1261,7 +1294,6 @@ def _lstm_transpose(dst, src):
 # so did narrow layers (the rows schedule's) below two blocks of
 # _LSTM_NARROW_BLOCK_MIN_ROWS (U 32 B 16 +35%) or in short passes (U 32 B 32
 # T 25 +10-20% through the thread hand-off).
-_LSTM_LANES = 16
 _LSTM_BLOCK_MIN_ROWS = 8
 _LSTM_NARROW_BLOCK_MIN_ROWS = 16
 _LSTM_BLOCKS_MIN_MACS = 1 << 23
@@ -1281,14 +1313,15 @@ def _lstm_panel_rows_intrinsic(nr):
             c_arr, a_arr, p_arr = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
             p, r0 = args[3], args[4]
             i64, i32 = llvm_ir.IntType(64), llvm_ir.IntType(32)
-            vec = llvm_ir.VectorType(context.get_value_type(pty.dtype), _LSTM_LANES)
+            lanes = 16  # a panel's columns (one AVX-512 register of float32)
+            vec = llvm_ir.VectorType(context.get_value_type(pty.dtype), lanes)
             fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vec, [vec] * 3),
-                                                 f"llvm.fma.v{_LSTM_LANES}f{pty.dtype.bitwidth}")
+                                                 f"llvm.fma.v{lanes}f{pty.dtype.bitwidth}")
             row = [builder.add(r0, llvm_ir.Constant(i64, i)) for i in range(nr)]
             zero = llvm_ir.Constant(i64, 0)
             a_rows = [cgutils.get_item_pointer(context, builder, aty, a_arr, [r, zero], wraparound=False) for r in row]
-            accs = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * _LSTM_LANES)) for _ in row]
-            splat = llvm_ir.Constant(llvm_ir.VectorType(i32, _LSTM_LANES), [0] * _LSTM_LANES)
+            accs = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * lanes)) for _ in row]
+            splat = llvm_ir.Constant(llvm_ir.VectorType(i32, lanes), [0] * lanes)
             with cgutils.for_range(builder, builder.extract_value(a_arr.shape, 1)) as loop:
                 k = loop.index
                 w_ptr = cgutils.get_item_pointer(context, builder, pty, p_arr, [p, k, zero], wraparound=False)
@@ -1298,7 +1331,7 @@ def _lstm_panel_rows_intrinsic(nr):
                                                  builder.load(builder.gep(a_row, [k])), llvm_ir.Constant(i32, 0))
                     a_k = builder.shuffle_vector(one, llvm_ir.Constant(vec, llvm_ir.Undefined), splat)  # a[r, k] in every lane
                     builder.store(builder.call(fma, [a_k, w, builder.load(acc)]), acc)
-            col = builder.mul(p, llvm_ir.Constant(i64, _LSTM_LANES))
+            col = builder.mul(p, llvm_ir.Constant(i64, lanes))
             for r, acc in zip(row, accs):
                 c_ptr = cgutils.get_item_pointer(context, builder, cty, c_arr, [r, col], wraparound=False)
                 builder.store(builder.load(acc), builder.bitcast(c_ptr, vec.as_pointer()), align=4)
@@ -1344,8 +1377,6 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
     product of the block's h_{t-1} with rkernel, then the block's cells.
     panels (G / 16, U, 16) rkernel's; the other arrays as lstm_forward's."""
     T = zs.shape[1]
-    U = hc.shape[1]
-    G = 4 * U
     keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     hb, rb = hc[b0:b1], rec[b0:b1]
     hb[:] = 0
@@ -1354,21 +1385,9 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
         _lstm_panels_product(rb, hb, panels)
         k = t if keep else 0
         for b in range(b0, b1):
-            z, r = zs[b, t], rec[b]
-            if bias.shape[0] > 0:
-                for j in range(G):
-                    z[j] += r[j] + bias[j]
-            else:
-                for j in range(G):
-                    z[j] += r[j]
-            _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
-            if return_sequences:
-                for u in range(U):
-                    y[b, t, u] = hc[b, u]
+            _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, rec[b], bias, act, ract, return_sequences)
     if not return_sequences:
-        for b in range(b0, b1):
-            for u in range(U):
-                y[b, 0, u] = hc[b, u]
+        y[b0:b1, 0] = hb
 
 
 @njit(nogil=True)
@@ -1378,19 +1397,11 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
     the block's cells, then dh_{t-1} = dz_t @ rkernel.T as one packed
     product that reads dz_t where the cells left it. panels (U / 16, G, 16)
     rkernel.T's; da (B, U) scratch; the other arrays as lstm_backward's."""
-    T = zs.shape[1]
-    U = dh.shape[1]
     dh[b0:b1] = 0
     dc[b0:b1] = 0
-    for t in range(T - 1, -1, -1):
+    for t in range(zs.shape[1] - 1, -1, -1):
         for b in range(b0, b1):
-            if return_sequences:
-                for u in range(U):
-                    dh[b, u] += dy[b, t, u]
-            elif t == T - 1:
-                for u in range(U):
-                    dh[b, u] += dy[b, 0, u]
-            _lstm_cell_backward(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t], tc[b, t], act, ract)
+            _lstm_row_backward(b, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
         if t > 0:
             _lstm_panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
 
@@ -1440,8 +1451,7 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias
     """The recurrence, steps schedule: one BLAS product per step. With rect
     (G, B) scratch (not (0, 0)) each product is taken transposed, rkt @ hc.T
     with rkt = rkernel.T, and transposed back into rec."""
-    B, T, G = zs.shape
-    U = rkernel.shape[0]
+    B, T = zs.shape[0], zs.shape[1]
     keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     transposed = rect.shape[0] > 0
     hc[:] = 0
@@ -1454,21 +1464,9 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias
             np.dot(hc, rkernel, rec)
         k = t if keep else 0
         for b in range(B):
-            z = zs[b, t]
-            if bias.shape[0] > 0:
-                for j in range(G):
-                    z[j] += rec[b, j] + bias[j]
-            else:
-                for j in range(G):
-                    z[j] += rec[b, j]
-            _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
-            if return_sequences:
-                for u in range(U):
-                    y[b, t, u] = hc[b, u]
+            _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, rec[b], bias, act, ract, return_sequences)
     if not return_sequences:
-        for b in range(B):
-            for u in range(U):
-                y[b, 0, u] = hc[b, u]
+        y[:, 0] = hc
 
 
 @njit
@@ -1484,14 +1482,7 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
     dc[:] = 0
     for t in range(T - 1, -1, -1):
         for b in range(B):
-            if return_sequences:
-                for u in range(U):
-                    dh[b, u] += dy[b, t, u]
-            elif t == T - 1:
-                for u in range(U):
-                    dh[b, u] += dy[b, 0, u]
-            _lstm_cell_backward(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t],
-                                tc[b, t], act, ract)
+            _lstm_row_backward(b, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
             if t > 0:  # the row just written, copied while it is in cache
                 for j in range(G):
                     dzt[b, j] = dzs[b, t, j]
@@ -1700,7 +1691,7 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
     dy       (B, T, U) if return_sequences else (B, 1, U)
     x, zs, xh, cp, tc     input and caches of lstm_forward
     kernel (I, G)   rkernel (U, G)
-    rkt      (G, U)       scratch (lstm_forward's): the packed steps' panels
+    rkt      (G, U)       scratch (lstm_forward's): rkernel.T's panels in the blocks schedule
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
                               act, ract, return_sequences, per_step)
