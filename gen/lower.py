@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from . import __version__, catalog
 from .graph import ModelGraph, Node, Tensor
 from .ir import Program
+from .parts import Parts, lower_parts
 
 # Kernel files in the order they are pasted into a module.
-KERNEL_ORDER = ("activation", "dense", "embedding", "lstm", "lstm_embedded", "concat", "losses", "metrics", "optimizers")
+KERNEL_ORDER = ("activation", "panels", "dense", "embedding", "lstm", "lstm_embedded", "concat", "losses", "metrics", "optimizers")
 # Up to this many units an LSTM may run its recurrence row by row with
 # h @ recurrent_kernel inline (the backward pass always, the forward pass
 # for big batches: templates/kernels/lstm.py); above, one BLAS product per
@@ -33,8 +34,8 @@ _SMALL_KINDS = {"Dense", "Activation", "Embedding", "Concatenate"}
 # "Owned rows"): below, its update is too short for the invalidations the
 # owned split saves to pay for a parallel region.
 OWNED_MIN_VALUES = 1 << 14
-_KIND_KERNELS = {"Dense": ("activation", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
-                 "LSTM": ("activation", "lstm"), "Concatenate": ("concat",)}
+_KIND_KERNELS = {"Dense": ("activation", "panels", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
+                 "LSTM": ("activation", "panels", "lstm"), "Concatenate": ("concat",)}
 
 
 @dataclass
@@ -87,6 +88,7 @@ class ModulePlan:
     counts_nonfinite: bool              # _forward (and _forward_small) sum what the Dense steps of checked_inputs return
     grad_blocks: bool = False           # _backward reads gb, the runtime's gradient blocks
     owned: SmallForward | None = None   # _forward_owned: _forward_small with the owned-rows Dense kernels
+    parts: Parts | None = None          # _forward_part / _train_part: the data-parallel passes (parts.py)
 
 
 def comment_text(text: str) -> str:
@@ -576,6 +578,9 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
         attrs.append(("_owned_kernels", repr(low.owned_kernels)))
     if low.grad_blocks:
         attrs.append(("_grad_blocks", repr(tuple(low.grad_blocks))))
+    parts = lower_parts(low, fwd, bwd)
+    if parts:
+        attrs += [("_parts", "True"), ("_parts_macs", repr(parts.macs))]
     tables = []
     if c is not None:
         losses = sorted(set(c.losses))
@@ -592,4 +597,4 @@ def lower(g: ModelGraph, program: Program) -> ModulePlan:
     return ModulePlan(g.module, header, [k for k in KERNEL_ORDER if k in kinds], attrs, tables, kernel_flags(g.nodes),
                       low.buffers[:nf], low.buffers[nf:], fwd, bwd,
                       low.bind_inputs, low.bind_outputs, low.returns, low.small_forward(fwd), bool(low.checked_inputs),
-                      bool(low.grad_blocks), low.small_forward(fwd, owned=True))
+                      bool(low.grad_blocks), low.small_forward(fwd, owned=True), parts)

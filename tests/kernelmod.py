@@ -20,7 +20,7 @@ from gen.lower import kernel_flags
 KERNEL_DIR = os.environ.get("GEN_KERNEL_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates", "kernels")
 
-KINDS = ("dense", "activation", "embedding", "lstm", "lstm_embedded", "concat", "losses",
+KINDS = ("activation", "panels", "dense", "embedding", "lstm", "lstm_embedded", "concat", "losses",
          "metrics", "optimizers")
 
 # the generated modules' own prelude: njit (numpy's error model, cache) and

@@ -380,8 +380,8 @@ def test_with_optimizer_variants():
 # generated code vs Keras
 
 
-def _batch(kmodel, floatx=None):
-    x, y = ko.random_batch(kmodel, BATCH, np.random.default_rng(SEED))
+def _batch(kmodel, floatx=None, n=BATCH):
+    x, y = ko.random_batch(kmodel, n, np.random.default_rng(SEED))
     if floatx == "float64":
         cast = lambda a: a.astype(np.float64) if a.dtype == np.float32 else a  # noqa: E731
         x = [cast(a) for a in x] if isinstance(x, list) else cast(x)
@@ -528,3 +528,57 @@ def test_conformance_lstm_blocks_schedule(case, gen_modules, variant_dir):
     for step in range(STEPS):
         assert_metrics_close(f"train_on_batch step {step}", m.train_on_batch(x, y), want["metrics"][step])
     assert_weights_close(f"weights after {STEPS} steps", m.get_weights(), want["weights"])
+
+
+# Data-parallel passes (gen/parts.py): a model of Dense, Activation and
+# Concatenate layers runs a pass over 64 rows or more (and 2^21 multiply-adds,
+# lowered to 0 here) in parts of its rows, a thread each, with one-thread
+# products (panels.py). BATCH keeps the examples out of them, so these run
+# them against Keras: mlp.py at batch 96, in float32 and float64, and a model
+# with every step the parts take: a shared Dense, a concatenation, a Dense
+# without bias and with 48 columns, an Activation, two outputs with loss
+# weights, sparse targets, at batch 70 (parts of 35 rows: 8, 2 and 1 at a
+# time through the packed product).
+PARTS_MODEL = textwrap.dedent("""\
+    from keras.layers import Input, Dense, Activation, concatenate
+    from keras.models import Model
+
+    a = Input(shape=(40,), name='a')
+    b = Input(shape=(40,), name='b')
+    shared = Dense(32, activation='tanh')
+    h = concatenate([shared(a), shared(b)])
+    h = Dense(48, use_bias=False)(h)
+    h = Activation('relu')(h)
+    cls = Dense(5, activation='softmax', name='cls')(h)
+    reg = Dense(16, name='reg')(h)
+    model = Model(inputs=[a, b], outputs=[cls, reg])
+    model.compile(optimizer='adam', loss=['sparse_categorical_crossentropy', 'mse'], loss_weights=[1.0, 0.5])
+    """)
+PARTS_CASES = {"mlp": (96, None), "mlp-float64": (96, "float64"), "mixed": (70, None)}
+
+
+@pytest.mark.conformance
+@pytest.mark.parametrize("case", sorted(PARTS_CASES))
+def test_conformance_parts(case, gen_modules, variant_dir, monkeypatch):
+    batch, floatx = PARTS_CASES[case]
+    if case == "mixed":
+        path = variant_dir / "parts_model.py"
+        path.write_text(PARTS_MODEL, encoding="utf-8")
+    else:
+        path = EXAMPLES / "mlp.py"
+    mod, kmodel = load_pair(gen_modules, path, "model", floatx=floatx)
+    monkeypatch.setattr(mod, "_RT_PARTS_MIN_MACS", 0)
+    threads = mod.numba.get_num_threads()
+    m = mod.Model(seed=0, dtype=np.float64 if floatx else np.float32)
+    assert m._parts_for(batch) == (threads if threads > 1 else 0)
+    assert m._parts_for(63) == 0
+    kmodel.set_weights(m.get_weights())
+    x, y = _batch(kmodel, floatx, n=batch)
+    want = ko.keras_step_results(kmodel, ko.recompile_kwargs(kmodel), x, y, steps=STEPS)
+    rtol, atol = (RTOL64, ATOL64) if floatx else (RTOL, ATOL)
+    for k, (g, w) in enumerate(zip(as_list(m.predict(x, batch_size=batch)), want["predictions"])):
+        assert_close(f"prediction {k}", g, w, rtol, atol)
+    for step in range(STEPS):
+        assert_metrics_close(f"train_on_batch step {step}", m.train_on_batch(x, y), want["metrics"][step])
+    assert (m._pgrads is not None) == (threads > 1)  # the steps ran in parts
+    assert_weights_close(f"weights after {STEPS} steps", m.get_weights(), want["weights"], rtol, atol)

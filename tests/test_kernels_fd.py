@@ -247,6 +247,74 @@ def test_dense_owned_kernels_equal_serial(parts, act, mode, wmode, use_bias):
     assert bad.tolist() == [0] * (parts - 1) + [o]
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("M", [1, 5, 8, 13, 35])
+@pytest.mark.parametrize("K_,N", [(1, 16), (7, 32), (37, 48), (784, 64)])
+def test_panels_products_in_place_and_transposed(M, K_, N, dtype):
+    """panels.py: c = a @ w reading w (K, N) in place gives the bits of its
+    packed panels; c = a.T @ w (a Dense kernel's gradient, the sum over a's
+    rows) against float64 numpy, from w in place and packed, with rows of
+    c around the result and columns of a outside it untouched."""
+    r = rng(61)
+    a = r.standard_normal((M, K_ + 2)).astype(dtype)[:, 1:K_ + 1]  # rows contiguous, strided
+    w = r.standard_normal((K_, N)).astype(dtype)
+    packed = np.empty((N // 16, K_, 16), dtype)
+    K._lstm_pack_panels(packed, w)
+    c, c_packed = np.full((M, N), np.nan, dtype), np.full((M, N), np.nan, dtype)
+    K._panels_product(c, a, w)
+    K._panels_product(c_packed, a, packed)
+    np.testing.assert_array_equal(c, c_packed)
+    tol = 2e-5 if dtype == F32 else 1e-12
+    np.testing.assert_allclose(c, a.astype(F64) @ w.astype(F64), rtol=tol, atol=tol * np.sqrt(K_))
+    dz = r.standard_normal((M, N)).astype(dtype)
+    dz_packed = np.empty((N // 16, M, 16), dtype)
+    K._lstm_pack_panels(dz_packed, dz)
+    want = a.T.astype(F64) @ dz.astype(F64)
+    for src in (dz, dz_packed):
+        g = np.full((K_ + 2, N), np.nan, dtype)
+        K._panels_product_t(g[1:K_ + 1], a, src)
+        np.testing.assert_allclose(g[1:K_ + 1], want, rtol=tol, atol=tol * np.sqrt(M))
+        assert np.isnan(g[0]).all() and np.isnan(g[K_ + 1]).all()
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("o", [10, 16, 48])
+@pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, SOFTMAX])
+@pytest.mark.parametrize("mode,wmode,use_bias", [(0, 1, True), (1, 1, True), (2, 2, False), (1, 2, True)])
+def test_dense_one_thread_kernels_equal_serial(mode, wmode, use_bias, act, o, dtype):
+    """_dense_forward_one / _dense_backward_one (one part of a data-parallel
+    step) compute what the serial kernels do: through panels.py for float32
+    with a multiple of 16 columns (up to float32 rounding: another summation
+    order than OpenBLAS's), bit for bit through the same np.dot otherwise;
+    the forward pass reports a NaN/Inf pre-activation as the serial one."""
+    r = rng(47)
+    n, i = 21, 37
+    x = r.standard_normal((n, i)).astype(dtype)
+    w = (0.3 * r.standard_normal((i, o))).astype(dtype)
+    b = r.standard_normal(o).astype(dtype) if use_bias else np.zeros(0, dtype)
+    y, y_ref = np.full((n, o), np.nan, dtype), np.full((n, o), np.nan, dtype)
+    assert K._dense_forward_one(y, x, w, b, act) == 0
+    K._dense_forward_serial(y_ref, x, w, b, act)
+    panels = dtype == F32 and o % 16 == 0
+    check = (lambda a, b_: np.testing.assert_allclose(a, b_, rtol=2e-5, atol=2e-6)) if panels else np.testing.assert_array_equal
+    check(y, y_ref)
+    D = r.standard_normal((n, o)).astype(dtype)
+    start = [r.standard_normal((n, i)).astype(dtype) if mode == 2 else np.full((n, i), np.nan, dtype),
+             r.standard_normal((i, o)).astype(dtype) if wmode == 2 else np.full((i, o), np.nan, dtype),
+             (r.standard_normal(o).astype(dtype) if wmode == 2 else np.full(o, np.nan, dtype)) if use_bias
+             else np.zeros(0, dtype)]
+    if mode == 0:
+        start[0] = np.zeros((0, 0), dtype)
+    got, want = [a.copy() for a in start], [a.copy() for a in start]
+    K._dense_backward_one(*got, D.copy(), y_ref, x, w, act, mode, wmode)
+    K._dense_backward_serial(*want, D.copy(), y_ref, x, w, act, mode, wmode)
+    for a, b_ in zip(got, want):
+        check(a, b_)
+    xb = x.copy()
+    xb[3, 5] = np.inf
+    assert K._dense_forward_one(np.empty((n, o), dtype), xb, w, b, act) == 1
+
+
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])
 def test_optimizer_owned_spans_equal_serial(name):
     """The owned-rows update runs each part's spans on its thread; every
@@ -750,7 +818,7 @@ def test_lstm_panels_product(M, K_, N, dtype):
         K._lstm_pack_panels_t(panels_t, w)
         np.testing.assert_array_equal(panels_t.transpose(1, 0, 2).reshape(N, K_), w.T)
     c = np.full((M + 2, N), np.nan, dtype)
-    K._lstm_panels_product(c[1:M + 1], a3[:, 1], panels)
+    K._panels_product(c[1:M + 1], a3[:, 1], panels)
     want = a3[:, 1].astype(F64) @ w.astype(F64)
     tol = 1e-5 if dtype == F32 else 1e-12
     np.testing.assert_allclose(c[1:M + 1], want, rtol=tol, atol=tol * np.sqrt(K_))

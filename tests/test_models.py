@@ -171,6 +171,7 @@ def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
     mod = generated("mlp", "model")
     calls = _count_small_calls(mod, monkeypatch)
     monkeypatch.setattr(mod, "_rt_owned_threads", lambda: 0)  # the one-call path, not owned rows
+    monkeypatch.setattr(mod, "_RT_PARTS_MIN_ROWS", 1 << 40)  # ... nor parts (test_parts.py)
     one, per_layer = mod.Model(seed=3), mod.Model(seed=3)
     per_layer._fuse_small = False
     xs, ys = random_data(mod.Model, 32, np.random.default_rng(1))
@@ -206,6 +207,7 @@ def test_training_forward_of_small_batches_runs_on_one_blas_thread(monkeypatch):
     monkeypatch.setattr(mod, "_blas_one_thread", lambda fn, *a: one_thread.append(fn) or wrapped(fn, *a))
     calls = _count_small_calls(mod, monkeypatch)
     monkeypatch.setattr(mod, "_rt_owned_threads", lambda: 0)  # else its big kernel's rows are owned
+    monkeypatch.setattr(mod, "_RT_PARTS_MIN_ROWS", 1 << 40)  # ... or from 64 rows its passes run in parts
     m, rng = mod.Model(seed=0), np.random.default_rng(0)
     rows = mod._RT_TRAIN_ONE_THREAD_ROWS
     for n, trains, expected in ((rows - 1, True, 1), (rows, True, 0), (rows - 1, False, 0)):

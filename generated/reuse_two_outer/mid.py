@@ -567,6 +567,120 @@ def activation_backward(dz, dy, y, act, mode):
     else:
         _activation_backward_parallel(dz, dy, y, act, mode)
 
+# --------------------------------------------------------------- panels
+# A matrix product on one thread, c = a @ w, that reads w by 16-column
+# panels and keeps 8 rows x 16 lanes of c in registers over all of K: one
+# FMA a lane, summed in k order, so a row's bits depend neither on the
+# other rows nor on how many there are. numba has no vector type, so that
+# inner block is LLVM IR through numba's @intrinsic; the rest is plain
+# numba. On the 2-core Zen 4 one thread runs it at ~117 GFLOP/s, this
+# core's peak, where one OpenBLAS thread runs (128 x 784) x (784 x 64) at
+# 92 and its transposed form, x.T @ dz for a Dense kernel's gradient, at
+# 85. Used by the LSTM's blocks schedule (lstm.py) and by one part of a
+# data-parallel step (dense.py, _dense_forward_one / _dense_backward_one).
+# w is either a (K, N) matrix with contiguous rows, N a multiple of 16,
+# read in place (as fast as packed for these shapes: (512 x 784) x
+# (784 x 64) 451 against 443 us), or its panels packed (N / 16, K, 16).
+
+
+def _panel_rows_intrinsic(nr, transposed):
+    """An intrinsic c[r0:r0 + nr, 16 p:16 p + 16] = A[r0:r0 + nr] @ panel p
+    of w, where A is a (transposed False: rows contiguous) or a.T
+    (transposed True: a (K, M), the nr values of a k contiguous in a's row
+    k); float32 or float64."""
+    @intrinsic
+    def panel_rows(typingctx, c, a, w, p, r0):
+        def codegen(context, builder, sig, args):
+            cty, aty, wty = sig.args[:3]
+            c_arr, a_arr, w_arr = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
+            p, r0 = args[3], args[4]
+            i64, i32 = llvm_ir.IntType(64), llvm_ir.IntType(32)
+            lanes = 16  # a panel's columns (one AVX-512 register of float32)
+            vec = llvm_ir.VectorType(context.get_value_type(wty.dtype), lanes)
+            fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vec, [vec] * 3),
+                                                 f"llvm.fma.v{lanes}f{wty.dtype.bitwidth}")
+            row = [builder.add(r0, llvm_ir.Constant(i64, i)) for i in range(nr)]
+            zero = llvm_ir.Constant(i64, 0)
+            col = builder.mul(p, llvm_ir.Constant(i64, lanes))
+            if not transposed:
+                a_rows = [cgutils.get_item_pointer(context, builder, aty, a_arr, [r, zero], wraparound=False) for r in row]
+            accs = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * lanes)) for _ in row]
+            splat = llvm_ir.Constant(llvm_ir.VectorType(i32, lanes), [0] * lanes)
+            K = builder.extract_value(a_arr.shape, 0 if transposed else 1)
+            with cgutils.for_range(builder, K) as loop:
+                k = loop.index
+                at = [p, k, zero] if wty.ndim == 3 else [k, col]
+                w_ptr = cgutils.get_item_pointer(context, builder, wty, w_arr, at, wraparound=False)
+                w_k = builder.load(builder.bitcast(w_ptr, vec.as_pointer()), align=4)  # panel row k: 16 lanes
+                if transposed:
+                    a_k0 = cgutils.get_item_pointer(context, builder, aty, a_arr, [k, r0], wraparound=False)
+                for i, acc in enumerate(accs):
+                    a_ptr = builder.gep(a_k0, [llvm_ir.Constant(i64, i)]) if transposed else builder.gep(a_rows[i], [k])
+                    one = builder.insert_element(llvm_ir.Constant(vec, llvm_ir.Undefined), builder.load(a_ptr),
+                                                 llvm_ir.Constant(i32, 0))
+                    a_k = builder.shuffle_vector(one, llvm_ir.Constant(vec, llvm_ir.Undefined), splat)  # A[r, k] in every lane
+                    builder.store(builder.call(fma, [a_k, w_k, builder.load(acc)]), acc)
+            for r, acc in zip(row, accs):
+                c_ptr = cgutils.get_item_pointer(context, builder, cty, c_arr, [r, col], wraparound=False)
+                builder.store(builder.load(acc), builder.bitcast(c_ptr, vec.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.void(c, a, w, p, r0), codegen
+    return panel_rows
+
+
+_panel_rows8, _panel_rows4, _panel_rows2, _panel_rows1 = (_panel_rows_intrinsic(nr, False) for nr in (8, 4, 2, 1))
+_panel_rows_t8, _panel_rows_t4, _panel_rows_t2, _panel_rows_t1 = (_panel_rows_intrinsic(nr, True) for nr in (8, 4, 2, 1))
+
+
+@njit
+def _panel_product(c, a, w, p):
+    """c[:, 16 p:16 p + 16] = a @ panel p of w: rows 8 at a time, then 4, 2, 1."""
+    M = a.shape[0]
+    r = 0
+    while r + 8 <= M:
+        _panel_rows8(c, a, w, p, r)
+        r += 8
+    if r + 4 <= M:
+        _panel_rows4(c, a, w, p, r)
+        r += 4
+    if r + 2 <= M:
+        _panel_rows2(c, a, w, p, r)
+        r += 2
+    if r < M:
+        _panel_rows1(c, a, w, p, r)
+
+
+@njit
+def _panels_product(c, a, w):
+    """c (M, N) = a (M, K) @ w: w (K, N) or its panels (N / 16, K, 16)
+    (lstm.py, _lstm_pack_panels); a's and c's rows contiguous, at any stride."""
+    for p in range(w.shape[0] if w.ndim == 3 else w.shape[1] // 16):
+        _panel_product(c, a, w, p)
+
+
+@njit
+def _panels_product_t(c, a, w):
+    """c (K, N) = a.T @ w, a (M, K), w (M, N) or its panels (N / 16, M, 16):
+    the sum over a's rows in row order; a's and c's rows contiguous."""
+    P = w.shape[0] if w.ndim == 3 else w.shape[1] // 16
+    K = a.shape[1]
+    r = 0
+    while r + 8 <= K:
+        for p in range(P):
+            _panel_rows_t8(c, a, w, p, r)
+        r += 8
+    if r + 4 <= K:
+        for p in range(P):
+            _panel_rows_t4(c, a, w, p, r)
+        r += 4
+    if r + 2 <= K:
+        for p in range(P):
+            _panel_rows_t2(c, a, w, p, r)
+        r += 2
+    if r < K:
+        for p in range(P):
+            _panel_rows_t1(c, a, w, p, r)
+
 # ---------------------------------------------------------------- dense
 # y = act(x @ kernel + bias), the activation fused in (Keras's Dense has it
 # too): one kernel call and one pass over y per layer instead of two.
@@ -700,6 +814,51 @@ def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wm
     _dense_param_grads(dkernel, dbias, dz, x, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
+
+
+# One part of a data-parallel step (runtime: _parts_for; a model's
+# _forward_part and _train_part): each thread runs every layer on its own
+# rows of the batch, so these kernels compute on the calling thread alone.
+# float32 products with a multiple of 16 columns go through panels.py
+# (one thread: (128 x 784) x (784 x 64) 110 against OpenBLAS's 140 us, the
+# kernel's gradient x.T @ dz 110 against 150), the rest through np.dot on
+# the one OpenBLAS thread the caller set.
+
+
+@njit
+def _dense_panels_apply(c, a, w):
+    """Whether c = a @ w (or a.T @ w) can take panels.py's product: float32,
+    w's columns a multiple of 16, rows of all three contiguous."""
+    return (c.itemsize == 4 and w.shape[1] % 16 == 0 and c.strides[1] == c.itemsize
+            and a.strides[1] == a.itemsize and w.strides[1] == w.itemsize)
+
+
+@njit
+def _dense_forward_one(z, x, kernel, bias, act):
+    """_dense_forward_serial on this thread alone."""
+    if _dense_panels_apply(z, x, kernel):
+        _panels_product(z, x, kernel)
+    else:
+        np.dot(x, kernel, z)
+    return _dense_epilogue_rows(z, bias, np.int64(0), z.shape[0], act)
+
+
+@njit
+def _dense_backward_one(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
+    """_dense_backward_serial on this thread alone."""
+    if act != 0:
+        _activation_backward_rows_inplace(dz, y, np.int64(0), dz.shape[0], act)
+    if _dense_panels_apply(dkernel, x, dz):
+        if wmode == 1:
+            _panels_product_t(dkernel, x, dz)
+        else:
+            tmp = np.empty_like(dkernel)
+            _panels_product_t(tmp, x, dz)
+            dkernel += tmp
+        _dense_bias_grad(dbias, dz, wmode)
+    else:
+        _dense_param_grads(dkernel, dbias, dz, x, wmode)
+    _dense_input_grad(dx, dz, kernel, mode)
 
 
 # Owned rows: a training step at a small batch (runtime: _owned_step) splits
@@ -976,6 +1135,59 @@ def _rt_owned_threads():
     return n if layer in ("omp", "tbb") else 0
 
 
+# Parts (gen/parts.py): a model of Dense, Activation and Concatenate layers
+# on (n, features) tensors runs a pass over a batch of at least
+# _RT_PARTS_MIN_ROWS rows and _RT_PARTS_MIN_MACS multiply-adds (Dense
+# products) as P blocks of rows at once, a thread each, in one parallel
+# region: no OpenBLAS threads, and no thread waits for another inside it.
+_RT_PARTS_MIN_ROWS = 64
+_RT_PARTS_MIN_MACS = 1 << 21
+
+
+def _rt_parts_threads():
+    """numba's thread count for a parts pass, or 0: one thread, or the
+    workqueue layer (~80 us to start a region)."""
+    n = numba.get_num_threads()
+    if n < 2:
+        return 0
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet: the prelude's choice stands
+        return n
+    return n if layer in ("omp", "tbb") else 0
+
+
+@njit
+def _rt_gather_rows(dst, src, idx, r0, r1):
+    """dst[r0:r1] = src[idx[r0:r1]], 2-D: rows copied through slices
+    indexed from 0, which vectorize (128 x 784: 9.6 us; dst[r] = src[i], 29)."""
+    for r in range(r0, r1):
+        s, d = src[idx[r]], dst[r]
+        for k in range(s.shape[0]):
+            d[k] = s[k]
+
+
+@njit
+def _rt_gather_values(dst, src, idx, r0, r1):
+    """dst[r0:r1] = src[idx[r0:r1]], 1-D (sparse targets)."""
+    for r in range(r0, r1):
+        dst[r] = src[idx[r]]
+
+
+@njit
+def _rt_sum_parts(g, G):
+    """g = the sum of G's rows, in row order; returns how many of g's values
+    are NaN/Inf."""
+    first = G[0]
+    for i in range(g.shape[0]):  # loops over whole rows, which vectorize (55k values: 60 -> 12 us, the count included)
+        g[i] = first[i]
+    for p in range(1, G.shape[0]):
+        other = G[p]
+        for i in range(g.shape[0]):
+            g[i] += other[i]
+    return _rt_count_nonfinite(g)
+
+
 def _rt_is_kernel(v):
     """A numba kernel, or a kernel entry point written in Python (it picks
     and calls numba kernels)."""
@@ -1029,6 +1241,11 @@ class _Runtime:
     # finite check and the update follow it
     _owned_kernels = ()
     _owned_step = False
+    # a model with _forward_part / _train_part (gen/parts.py) and its
+    # multiply-adds a sample: passes over big enough batches run in parts
+    _parts = False
+    _parts_macs = 0
+    _pgrads = None  # (parts, weights): each part's gradients of a parts step
 
     def __init__(self, seed=0, dtype=np.float32, check_finite=True):
         self.dtype = np.dtype(dtype)
@@ -1157,6 +1374,12 @@ class _Runtime:
         if at < self._params.size:
             self._owned_free.append((at, self._params.size))
         self._owned_spans = np.array(spans + [(lo, hi, 0) for lo, hi in self._owned_free], np.int64)
+
+    def _parts_for(self, n):
+        """Threads to run a pass over n rows in, as parts (gen/parts.py), or 0."""
+        if not (self._parts and self._fuse_small) or n < _RT_PARTS_MIN_ROWS or n * self._parts_macs < _RT_PARTS_MIN_MACS:
+            return 0
+        return _rt_parts_threads()
 
     def _owned_parts_for(self, n):
         """Threads owning rows in a training step of n rows, or 0: the batches
@@ -1587,13 +1810,32 @@ class _Runtime:
         if bad is None:
             self._gradients(b, outs, tb, gathered=True)
             bad = "gradient" if self._grads_nonfinite() else None
+        self._update_unless(bad)
+        return logs
+
+    def _train_step_parts(self, b, xs, ts, idx, kinds, P):
+        """_train_step on the rows idx of xs and ts, its passes in P parts at
+        once (gen/parts.py): each part gathers its rows into b.xb and b.tb
+        and writes its gradients to its row of _pgrads, summed here."""
+        if self._pgrads is None or self._pgrads.shape[0] != P:
+            self._pgrads = np.zeros((P, self._params.size), self.dtype)  # written every step where nonzero
+        outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)
+        logs = self._metrics(b, outs, b.tb, kinds)
+        bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
+        if bad is None and _rt_sum_parts(self._grads, self._pgrads) > 0:
+            bad = "gradient"
+        self._owned_step = False
+        self._update_unless(bad)
+        return logs
+
+    def _update_unless(self, bad):
+        """The optimizer step, or FloatingPointError if bad names a non-finite value."""
         if bad is not None:
             raise FloatingPointError(
                 f"Non-finite {bad} at step {self.iterations + 1}: training stopped, the update "
                 f"was not applied and the weights are those of the last finite step. Try a "
                 f"lower learning rate or check the data.")
         self._apply_update()
-        return logs
 
     def _run(self, xs, ts, kinds, n, bs, order=None, train=False, epoch=None):
         """All batches of one pass; batch-size-weighted means, like Keras."""
@@ -1601,10 +1843,16 @@ class _Runtime:
         for s in range(0, n, bs):
             e = min(s + bs, n)
             b = self._batch(e - s, grads=train)
-            xb, tb = self._slice(xs, b.xb, s, e, order), self._slice(ts, b.tb, s, e, order)
+            parts = self._parts_for(e - s) if train else 0
+            if not parts:
+                xb, tb = self._slice(xs, b.xb, s, e, order), self._slice(ts, b.tb, s, e, order)
             if train:
                 try:
-                    logs = self._train_step(b, xb, tb, kinds)
+                    if parts:
+                        idx = order[s:e] if order is not None else np.arange(s, e)
+                        logs = self._train_step_parts(b, xs, ts, idx, kinds, parts)
+                    else:
+                        logs = self._train_step(b, xb, tb, kinds)
                 except FloatingPointError as err:
                     raise FloatingPointError(f"epoch {epoch}, batch {s // bs + 1}: {err}") from None
             else:
@@ -1706,7 +1954,11 @@ class _Runtime:
     def train_on_batch(self, x, y):
         """One optimizer step on the whole of x, y; metrics before the step."""
         xs, ts, kinds, n = self._prep(x, y)
-        logs = self._train_step(self._batch(n), xs, ts, kinds)
+        parts = self._parts_for(n)
+        if parts:
+            logs = self._train_step_parts(self._batch(n), xs, ts, np.arange(n), kinds, parts)
+        else:
+            logs = self._train_step(self._batch(n), xs, ts, kinds)
         return {k: logs[k] for k in sorted(logs)}
 
     def compute_gradients(self, x, y):
@@ -1999,6 +2251,34 @@ def _forward_small(params, b_dense, b_input_layer_1, b_dense_1):
     _dense_forward_serial(b_dense_1, b_dense, w2, w3, np.int64(0))  # linear
     return nonfinite
 
+
+@njit
+def _forward_part(r0, r1, params, b_dense, b_input_layer_1, b_dense_1):
+    """The forward pass on rows r0:r1 of the batch, every product on this
+    thread: one part of _forward_parts."""
+    w0 = params[0:12].reshape((3, 4))  # dense/kernel (3, 4)
+    w1 = params[12:16]  # dense/bias (4,)
+    w2 = params[16:24].reshape((4, 2))  # dense_1/kernel (4, 2)
+    w3 = params[24:26]  # dense_1/bias (2,)
+    nonfinite = 0  # NaN/Inf among the pre-activations of the Dense layers that read an input
+    # reuse_two_outer.py:9  base = Model(v, Dense(4, activation='relu')(v))  (via reuse_two_outer.py:12  mid = Model(w, Dense(2)(base(w))))
+    nonfinite += _dense_forward_one(b_dense[r0:r1], b_input_layer_1[r0:r1], w0, w1, np.int64(1))  # relu
+    # reuse_two_outer.py:12  mid = Model(w, Dense(2)(base(w)))
+    _dense_forward_one(b_dense_1[r0:r1], b_dense[r0:r1], w2, w3, np.int64(0))  # linear
+    return nonfinite
+
+
+@njit(parallel=True)
+def _forward_parts(P, params, b_dense, b_input_layer_1, b_dense_1):
+    """The forward pass in P parts of the batch's rows at once, a thread each;
+    returns _forward_part's count summed."""
+    n = b_dense_1.shape[0]
+    bad = np.zeros(P, np.int64)
+    for p in prange(P):
+        bad[p] = _forward_part(n * p // P, n * (p + 1) // P, params, b_dense, b_input_layer_1, b_dense_1)
+    return bad.sum()
+
+
 class Model(_Runtime):
     """mid: the layers of the model file, in Keras order."""
 
@@ -2015,6 +2295,8 @@ class Model(_Runtime):
     _sparse_tables = ()
     _checked_inputs = {0: (0,)}
     _grads_zeroed = ()
+    _parts = True
+    _parts_macs = 20
 
     def _alloc(self, n):
         """Every activation and cache buffer of the forward pass, for a batch of n samples."""
@@ -2036,6 +2318,9 @@ class Model(_Runtime):
         """The forward pass, one block per layer call; returns the outputs."""
         w = self._w
         b['input_layer_1'] = xs[0]  # input (n, 3)
+        if not training and self._parts_for(xs[0].shape[0]):
+            self._nonfinite = _blas_one_thread(_forward_parts, self._parts_for(xs[0].shape[0]), self._params, b['dense'], b['input_layer_1'], b['dense_1'])
+            return [b['dense_1']]
         if self._fuse_small and xs[0].shape[0] * 4 < _ACTIVATION_PARALLEL_MIN:
             self._nonfinite = _rt_forward_small(training, xs[0].shape[0], self._params.size, _forward_small, self._params, b['dense'], b['input_layer_1'], b['dense_1'])
             return [b['dense_1']]
@@ -2046,7 +2331,6 @@ class Model(_Runtime):
         dense_forward(b['dense_1'], b['dense'], w[2], w[3], 0)  # linear
         self._nonfinite = nonfinite
         return [b['dense_1']]
-
     def _backward(self, b, douts):
         """The backward pass in reverse order: writes the gradients g (adds to those in _grads_zeroed).
         Overwrites douts (they are scratch once the loss is computed)."""

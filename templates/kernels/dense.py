@@ -133,6 +133,51 @@ def _dense_backward_parallel(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wm
 
 
 
+# One part of a data-parallel step (runtime: _parts_for; a model's
+# _forward_part and _train_part): each thread runs every layer on its own
+# rows of the batch, so these kernels compute on the calling thread alone.
+# float32 products with a multiple of 16 columns go through panels.py
+# (one thread: (128 x 784) x (784 x 64) 110 against OpenBLAS's 140 us, the
+# kernel's gradient x.T @ dz 110 against 150), the rest through np.dot on
+# the one OpenBLAS thread the caller set.
+
+
+@njit
+def _dense_panels_apply(c, a, w):
+    """Whether c = a @ w (or a.T @ w) can take panels.py's product: float32,
+    w's columns a multiple of 16, rows of all three contiguous."""
+    return (c.itemsize == 4 and w.shape[1] % 16 == 0 and c.strides[1] == c.itemsize
+            and a.strides[1] == a.itemsize and w.strides[1] == w.itemsize)
+
+
+@njit
+def _dense_forward_one(z, x, kernel, bias, act):
+    """_dense_forward_serial on this thread alone."""
+    if _dense_panels_apply(z, x, kernel):
+        _panels_product(z, x, kernel)
+    else:
+        np.dot(x, kernel, z)
+    return _dense_epilogue_rows(z, bias, np.int64(0), z.shape[0], act)
+
+
+@njit
+def _dense_backward_one(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
+    """_dense_backward_serial on this thread alone."""
+    if act != 0:
+        _activation_backward_rows_inplace(dz, y, np.int64(0), dz.shape[0], act)
+    if _dense_panels_apply(dkernel, x, dz):
+        if wmode == 1:
+            _panels_product_t(dkernel, x, dz)
+        else:
+            tmp = np.empty_like(dkernel)
+            _panels_product_t(tmp, x, dz)
+            dkernel += tmp
+        _dense_bias_grad(dbias, dz, wmode)
+    else:
+        _dense_param_grads(dkernel, dbias, dz, x, wmode)
+    _dense_input_grad(dx, dz, kernel, mode)
+
+
 # Owned rows: a training step at a small batch (runtime: _owned_step) splits
 # each big kernel's rows into parts, one per thread, and part p's thread does
 # all the step's work on those rows: its share of the forward product,

@@ -391,8 +391,7 @@ def _lstm_transpose(dst, src):
 # with rkernel (dz_t with rkernel.T backward) reads the weights as 16-column
 # panels packed once a pass, (N / 16, K, 16), where OpenBLAS packs them
 # again at every step, and keeps 8 rows x 16 lanes of accumulators in
-# registers over all K (an FMA a lane, summed in k order;
-# _lstm_panel_rows_intrinsic: LLVM IR, as numba has no vector type). On
+# registers over all K (panels.py: an FMA a lane, summed in k order). On
 # this 2-core Zen 4 one thread's packed product runs at ~115 GFLOP/s,
 # OpenBLAS's at 55-120 for these shapes. A training step of the sweep model
 # (benchmarks/sweep.py), the old schedules and the blocks one alternating in
@@ -411,73 +410,6 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's thr
     os.register_at_fork(after_in_child=_LSTM_BLOCK_POOL.clear)
 
 
-def _lstm_panel_rows_intrinsic(nr):
-    """An intrinsic c[r0:r0 + nr, 16 p:16 p + 16] = a[r0:r0 + nr] @ panel p of
-    panels (float32 or float64 arrays, C-contiguous rows)."""
-    @intrinsic
-    def panel_rows(typingctx, c, a, panels, p, r0):
-        def codegen(context, builder, sig, args):
-            cty, aty, pty = sig.args[:3]
-            c_arr, a_arr, p_arr = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:3], args[:3]))
-            p, r0 = args[3], args[4]
-            i64, i32 = llvm_ir.IntType(64), llvm_ir.IntType(32)
-            lanes = 16  # a panel's columns (one AVX-512 register of float32)
-            vec = llvm_ir.VectorType(context.get_value_type(pty.dtype), lanes)
-            fma = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(vec, [vec] * 3),
-                                                 f"llvm.fma.v{lanes}f{pty.dtype.bitwidth}")
-            row = [builder.add(r0, llvm_ir.Constant(i64, i)) for i in range(nr)]
-            zero = llvm_ir.Constant(i64, 0)
-            a_rows = [cgutils.get_item_pointer(context, builder, aty, a_arr, [r, zero], wraparound=False) for r in row]
-            accs = [cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * lanes)) for _ in row]
-            splat = llvm_ir.Constant(llvm_ir.VectorType(i32, lanes), [0] * lanes)
-            with cgutils.for_range(builder, builder.extract_value(a_arr.shape, 1)) as loop:
-                k = loop.index
-                w_ptr = cgutils.get_item_pointer(context, builder, pty, p_arr, [p, k, zero], wraparound=False)
-                w = builder.load(builder.bitcast(w_ptr, vec.as_pointer()), align=4)  # panel row k: 16 lanes
-                for a_row, acc in zip(a_rows, accs):
-                    one = builder.insert_element(llvm_ir.Constant(vec, llvm_ir.Undefined),
-                                                 builder.load(builder.gep(a_row, [k])), llvm_ir.Constant(i32, 0))
-                    a_k = builder.shuffle_vector(one, llvm_ir.Constant(vec, llvm_ir.Undefined), splat)  # a[r, k] in every lane
-                    builder.store(builder.call(fma, [a_k, w, builder.load(acc)]), acc)
-            col = builder.mul(p, llvm_ir.Constant(i64, lanes))
-            for r, acc in zip(row, accs):
-                c_ptr = cgutils.get_item_pointer(context, builder, cty, c_arr, [r, col], wraparound=False)
-                builder.store(builder.load(acc), builder.bitcast(c_ptr, vec.as_pointer()), align=4)
-            return context.get_dummy_value()
-        return types.void(c, a, panels, p, r0), codegen
-    return panel_rows
-
-
-_lstm_panel_rows8, _lstm_panel_rows4, _lstm_panel_rows2, _lstm_panel_rows1 = (
-    _lstm_panel_rows_intrinsic(nr) for nr in (8, 4, 2, 1))
-
-
-@njit
-def _lstm_panel_product(c, a, panels, p):
-    """c[:, 16 p:16 p + 16] = a @ panel p: rows 8 at a time, then 4, 2, 1."""
-    M = a.shape[0]
-    r = 0
-    while r + 8 <= M:
-        _lstm_panel_rows8(c, a, panels, p, r)
-        r += 8
-    if r + 4 <= M:
-        _lstm_panel_rows4(c, a, panels, p, r)
-        r += 4
-    if r + 2 <= M:
-        _lstm_panel_rows2(c, a, panels, p, r)
-        r += 2
-    if r < M:
-        _lstm_panel_rows1(c, a, panels, p, r)
-
-
-@njit
-def _lstm_panels_product(c, a, panels):
-    """c (M, N) = a (M, K) @ w, panels (N / 16, K, 16) w's column panels
-    (_lstm_pack_panels); a's and c's rows contiguous, at any stride."""
-    for p in range(panels.shape[0]):
-        _lstm_panel_product(c, a, panels, p)
-
-
 @njit(nogil=True)
 def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
                         act, ract, return_sequences):
@@ -490,7 +422,7 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
     hb[:] = 0
     cc[b0:b1] = 0
     for t in range(T):
-        _lstm_panels_product(rb, hb, panels)
+        _panels_product(rb, hb, panels)
         k = t if keep else 0
         for b in range(b0, b1):
             _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, rec[b], bias, act, ract, return_sequences)
@@ -511,7 +443,7 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
         for b in range(b0, b1):
             _lstm_row_backward(b, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
         if t > 0:
-            _lstm_panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
+            _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
 
 
 def _lstm_in_blocks(kernel, Q, B, *args):
