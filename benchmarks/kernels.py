@@ -115,9 +115,12 @@ def instrument(mod, rec):
         # the module's own test: numba kernels and its Python entry points;
         # _forward_small and _forward_owned are whole forward passes (small
         # batches of models without LSTM), timed as one kernel; _*_owned the
-        # updates of owned-rows steps (runtime: _opt_owned)
+        # updates of owned-rows steps (runtime: _opt_owned); _train_parts and
+        # _forward_parts whole passes in parts (gen/parts.py), _rt_sum_parts
+        # their gradients' sum
         if mod._rt_is_kernel(obj) and (not name.startswith("_") or name in (
-                "_rt_first_nonfinite", "_forward_small", "_forward_owned", "_sgd_owned", "_rmsprop_owned", "_adam_owned")):
+                "_rt_first_nonfinite", "_forward_small", "_forward_owned", "_sgd_owned", "_rmsprop_owned", "_adam_owned",
+                "_train_parts", "_forward_parts", "_rt_sum_parts")):
             w = rec.wrap(name, obj)
             setattr(mod, name, w)
             wrapped[obj] = w

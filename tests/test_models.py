@@ -621,6 +621,18 @@ def test_benchmark_times_each_layer_of_a_one_call_forward(fuse):
     assert m._fuse_small is fuse
 
 
+def test_benchmark_also_times_the_steps_as_fit_runs_them():
+    """benchmark() reports the step as fit takes it too: in parts at batch 128
+    (mlp, two threads or more), with owned rows or layer kernels below."""
+    mod = generated("mlp", "model")
+    m = mod.Model(seed=0)
+    parts = m._parts_for(128)
+    res = m.benchmark(batch_size=128, steps=2, warmup=1)
+    assert res["fit_samples_per_s"] > 0
+    assert res["fit_path"] == (f"{parts} parts" if parts else "layer kernels")
+    assert m._fit_path(8) in ("owned rows", "layer kernels")
+
+
 def test_predict_projection_cache_follows_the_weights():
     """A fused Embedding -> LSTM predicts from rows of table @ kernel,
     computed as ids first need them; every API write of the weights drops

@@ -113,3 +113,18 @@ def test_parts_gradients_equal_one_call_gradients(example, name, monkeypatch):
     _, grads = ref.compute_gradients([x[order] for x in xs], [y[order] for y in ys])
     want = np.concatenate([np.ravel(g) for layer in grads.values() for g in layer])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_parts_predict_reports_a_non_finite_input():
+    """predict checks a big input for NaN/Inf through its first layer's
+    pre-activations (runtime: _defers_check); the parts count them too."""
+    mod = generated("mlp", "model")
+    m = mod.Model(seed=0)
+    x = np.random.default_rng(8).random((1024, 784), dtype=np.float32)
+    assert m._parts_for(512) or mod.numba.get_num_threads() == 1
+    for at, bad, batch in (((700, 5), np.nan, 1024), ((3, 0), np.inf, 512)):
+        y = x.copy()
+        y[at] = bad
+        with pytest.raises(ValueError, match=rf"contains {bad} at index \({at[0]}, {at[1]}\)"):
+            m.predict(y, batch_size=batch)
+    assert np.isfinite(m.predict(x, batch_size=1024)).all()

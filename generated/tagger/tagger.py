@@ -3757,9 +3757,31 @@ class _Runtime:
             module.update(kernels)
             self._fuse_small = fuse
         ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
+        # the same steps as fit takes them: in parts, with owned rows or the
+        # one-call forward pass where those apply (the timing above runs
+        # each layer's own kernel, to time it)
+        fit_steps = []
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            parts = self._parts_for(n)
+            if parts:
+                self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
+            else:
+                self._train_step(b, xs, ts, kinds)
+            if i >= warmup:
+                fit_steps.append(time.perf_counter() - t0)
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
+                "fit_samples_per_s": n / float(np.median(fit_steps)), "fit_path": self._fit_path(n),
                 "kernels_ms": {k: 1e3 * float(np.median(v))
                                for k, v in sorted(per_kernel.items(), key=lambda kv: -np.median(kv[1]))}}
+
+    def _fit_path(self, n):
+        """How fit runs a training step of n rows."""
+        if self._parts_for(n):
+            return f"{self._parts_for(n)} parts"
+        if self._owned_kernels and self._owned_parts_for(n):
+            return "owned rows"
+        return "layer kernels"
 
     @classmethod
     def _bench_main(cls, argv):
@@ -3775,7 +3797,8 @@ class _Runtime:
             ap.print_help()
             return
         r = cls(seed=0, dtype=np.float64 if args.float64 else np.float32).benchmark(args.batch_size, args.steps)
-        print(f"{cls.name}: batch {r['batch_size']}, {r['samples_per_s']:,.0f} samples/s (training, median of {args.steps} steps)")
+        print(f"{cls.name}: batch {r['batch_size']}, {r['samples_per_s']:,.0f} samples/s (training, median of {args.steps} steps, "
+              f"each layer's kernel timed); {r['fit_samples_per_s']:,.0f} samples/s as fit runs it ({r['fit_path']})")
         for name, v in r["phases_ms"].items():
             print(f"  {name:<10} {v:9.3f} ms")
         print("  kernels (ms per step, all calls):")
