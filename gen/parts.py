@@ -44,6 +44,11 @@ class Parts:
     macs: int                           # multiply-adds of the Dense products a sample
 
     @property
+    def train_params(self) -> list[str]:
+        """_train_part's parameters after (p, P, idx, params, G)."""
+        return [p for p, _ in self.sources] + self.targets + self.params
+
+    @property
     def train_call(self) -> list[str]:
         """_train_in_parts's arguments for _train_part's sources, targets and buffers."""
         return ([a for _, a in self.sources] + [f"b.tb[{t[2:]}]" for t in self.targets]

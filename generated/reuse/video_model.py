@@ -2378,6 +2378,14 @@ class _Runtime:
         self._update_unless(bad)
         return logs
 
+    def _train_all(self, b, xs, ts, kinds):
+        """One step on every row of xs and ts, in parts where they apply."""
+        n = xs[0].shape[0]
+        parts = self._parts_for(n)
+        if parts:
+            return self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
+        return self._train_step(b, xs, ts, kinds)
+
     def _update_unless(self, bad):
         """The optimizer step, or FloatingPointError if bad names a non-finite value."""
         if bad is not None:
@@ -2504,11 +2512,7 @@ class _Runtime:
     def train_on_batch(self, x, y):
         """One optimizer step on the whole of x, y; metrics before the step."""
         xs, ts, kinds, n = self._prep(x, y)
-        parts = self._parts_for(n)
-        if parts:
-            logs = self._train_step_parts(self._batch(n), xs, ts, np.arange(n), kinds, parts)
-        else:
-            logs = self._train_step(self._batch(n), xs, ts, kinds)
+        logs = self._train_all(self._batch(n), xs, ts, kinds)
         return {k: logs[k] for k in sorted(logs)}
 
     def compute_gradients(self, x, y):
@@ -2717,11 +2721,7 @@ class _Runtime:
         fit_steps = []
         for i in range(warmup + steps):
             t0 = time.perf_counter()
-            parts = self._parts_for(n)
-            if parts:
-                self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
-            else:
-                self._train_step(b, xs, ts, kinds)
+            self._train_all(b, xs, ts, kinds)
             if i >= warmup:
                 fit_steps.append(time.perf_counter() - t0)
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,

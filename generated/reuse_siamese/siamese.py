@@ -2417,6 +2417,14 @@ class _Runtime:
         self._update_unless(bad)
         return logs
 
+    def _train_all(self, b, xs, ts, kinds):
+        """One step on every row of xs and ts, in parts where they apply."""
+        n = xs[0].shape[0]
+        parts = self._parts_for(n)
+        if parts:
+            return self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
+        return self._train_step(b, xs, ts, kinds)
+
     def _update_unless(self, bad):
         """The optimizer step, or FloatingPointError if bad names a non-finite value."""
         if bad is not None:
@@ -2543,11 +2551,7 @@ class _Runtime:
     def train_on_batch(self, x, y):
         """One optimizer step on the whole of x, y; metrics before the step."""
         xs, ts, kinds, n = self._prep(x, y)
-        parts = self._parts_for(n)
-        if parts:
-            logs = self._train_step_parts(self._batch(n), xs, ts, np.arange(n), kinds, parts)
-        else:
-            logs = self._train_step(self._batch(n), xs, ts, kinds)
+        logs = self._train_all(self._batch(n), xs, ts, kinds)
         return {k: logs[k] for k in sorted(logs)}
 
     def compute_gradients(self, x, y):
@@ -2756,11 +2760,7 @@ class _Runtime:
         fit_steps = []
         for i in range(warmup + steps):
             t0 = time.perf_counter()
-            parts = self._parts_for(n)
-            if parts:
-                self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
-            else:
-                self._train_step(b, xs, ts, kinds)
+            self._train_all(b, xs, ts, kinds)
             if i >= warmup:
                 fit_steps.append(time.perf_counter() - t0)
         return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
@@ -3029,8 +3029,9 @@ class Model(_Runtime):
         w = self._w
         b['left'] = xs[0]  # input (n, 4)
         b['right'] = xs[1]  # input (n, 4)
-        if not training and self._parts_for(xs[0].shape[0]):
-            self._nonfinite = _blas_one_thread(_forward_parts, self._parts_for(xs[0].shape[0]), self._params, b['dense_call0'], b['left'], b['dense_1_call0'], b['dense_call1'], b['right'], b['dense_1_call1'], b['concatenate'], b['same'])
+        parts = 0 if training else self._parts_for(xs[0].shape[0])
+        if parts:
+            self._nonfinite = _blas_one_thread(_forward_parts, parts, self._params, b['dense_call0'], b['left'], b['dense_1_call0'], b['dense_call1'], b['right'], b['dense_1_call1'], b['concatenate'], b['same'])
             return [b['same']]
         if self._fuse_small and xs[0].shape[0] * 6 < _ACTIVATION_PARALLEL_MIN:
             self._nonfinite = _rt_forward_small(training, xs[0].shape[0], self._params.size, _forward_small, self._params, b['dense_call0'], b['left'], b['dense_1_call0'], b['dense_call1'], b['right'], b['dense_1_call1'], b['concatenate'], b['same'])
