@@ -29,11 +29,11 @@ PART_KINDS = {"Dense", "Activation", "Concatenate"}
 class Parts:
     """What templates/module.py.j2 needs for _forward_part / _train_part."""
     params: list[str]                   # buffer parameters after the fixed ones, e.g. "b_dense"
-    n_fwd: int                          # _forward_part's: the first n_fwd of them
-    fwd_args: list[str]                 # what _forward passes for each: "b['dense']"
-    train_args: list[str]               # what _train_parts passes: "b.xb[0]", "B['dense']", "b.dy[0]"
+    fwd_params: list[str]               # _forward_part's: the first of them
+    fwd_args: list[str]                 # what _forward passes for those: "b['dense']"
+    train_args: list[str]               # what _train_in_parts passes for params: "b.xb[0]", "B['dense']", "b.dy[0]"
     sources: list[tuple[str, str]]      # (parameter, argument): the whole inputs, then targets
-    targets: list[str]                  # the batch's targets: "tb0", passed b.tb[0]
+    targets: list[tuple[str, str]]      # (parameter, argument): the batch's targets, "tb0", "b.tb[0]"
     gathers: list[tuple[str, str, str]]  # (kernel, batch buffer, source): a part's rows gathered
     views: list[tuple[str, str, str]]   # weights as views of params: name, expression, comment
     gviews: list[tuple[str, str, str]]  # gradients as views of g, the part's row of G
@@ -46,13 +46,12 @@ class Parts:
     @property
     def train_params(self) -> list[str]:
         """_train_part's parameters after (p, P, idx, params, G)."""
-        return [p for p, _ in self.sources] + self.targets + self.params
+        return [p for p, _ in self.sources + self.targets] + self.params
 
     @property
     def train_call(self) -> list[str]:
         """_train_in_parts's arguments for _train_part's sources, targets and buffers."""
-        return ([a for _, a in self.sources] + [f"b.tb[{t[2:]}]" for t in self.targets]
-                + self.train_args)
+        return [a for _, a in self.sources + self.targets] + self.train_args
 
 
 def lower_parts(low, fwd, bwd) -> Parts | None:
@@ -72,7 +71,6 @@ def lower_parts(low, fwd, bwd) -> Parts | None:
     for _, w in g.params:
         ends.append(ends[-1] + math.prod(w.shape))
     names: dict[str, str] = {}
-    fwd_args: list[str] = []
     train_args: list[str] = []
     views: dict[str, tuple[str, str, str]] = {}
     bound = {f"b[{b.key!r}]": b.expr for b in low.bind_inputs + low.bind_outputs}
@@ -92,7 +90,6 @@ def lower_parts(low, fwd, bwd) -> Parts | None:
         if expr not in names:
             names[expr] = f"b_{m.group(1)}"
             fb = bound.get(expr, "")
-            fwd_args.append(expr)
             if fb.startswith("xs["):  # an input: its batch rows, gathered by the parts
                 train_args.append("b.xb[" + fb[3:])
             elif fb:  # an output's gradient: the loss gradient's buffer
@@ -146,6 +143,7 @@ def lower_parts(low, fwd, bwd) -> Parts | None:
                + [("_rt_gather_values" if c.losses[k] == "sparse_categorical_crossentropy" else "_rt_gather_rows",
                    f"tb{k}", f"t{k}") for k in range(len(losses))])
     params = list(names.values())
-    return Parts(params, n_fwd, fwd_args, train_args, sources, [f"tb{k}" for k in range(len(losses))], gathers,
+    targets = [(f"tb{k}", f"b.tb[{k}]") for k in range(len(losses))]
+    return Parts(params, params[:n_fwd], list(names)[:n_fwd], train_args, sources, targets, gathers,
                  [v for e, v in views.items() if e.startswith("w")], [v for e, v in views.items() if e.startswith("g")],
                  forward, losses, backward, returns, macs)

@@ -141,14 +141,7 @@ def _rt_owned_threads():
     workqueue layer; OpenMP threads that sleep at once: see
     _omp_spin_between_regions)."""
     spins = "GOMP_SPINCOUNT" in os.environ or os.environ.get("OMP_WAIT_POLICY", "passive").lower() != "passive"
-    n = numba.get_num_threads() if spins else 0
-    if n < 2:
-        return 0
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel region has run yet: the prelude's choice stands
-        return n
-    return n if layer in ("omp", "tbb") else 0
+    return _rt_parts_threads() if spins else 0
 
 
 # Parts (gen/parts.py): a model of Dense, Activation and Concatenate layers

@@ -844,20 +844,26 @@ def _dense_forward_one(z, x, kernel, bias, act):
 
 
 @njit
+def _dense_kernel_grad_one(out, x, dz):
+    """out = x.T @ dz on this thread alone."""
+    if _dense_panels_apply(out, x, dz):
+        _panels_product_t(out, x, dz)
+    else:
+        np.dot(x.T, dz, out)
+
+
+@njit
 def _dense_backward_one(dx, dkernel, dbias, dz, y, x, kernel, act, mode, wmode):
     """_dense_backward_serial on this thread alone."""
     if act != 0:
         _activation_backward_rows_inplace(dz, y, np.int64(0), dz.shape[0], act)
-    if _dense_panels_apply(dkernel, x, dz):
-        if wmode == 1:
-            _panels_product_t(dkernel, x, dz)
-        else:
-            tmp = np.empty_like(dkernel)
-            _panels_product_t(tmp, x, dz)
-            dkernel += tmp
-        _dense_bias_grad(dbias, dz, wmode)
+    if wmode == 1:
+        _dense_kernel_grad_one(dkernel, x, dz)
     else:
-        _dense_param_grads(dkernel, dbias, dz, x, wmode)
+        tmp = np.empty_like(dkernel)
+        _dense_kernel_grad_one(tmp, x, dz)
+        dkernel += tmp
+    _dense_bias_grad(dbias, dz, wmode)
     _dense_input_grad(dx, dz, kernel, mode)
 
 
@@ -1125,14 +1131,7 @@ def _rt_owned_threads():
     workqueue layer; OpenMP threads that sleep at once: see
     _omp_spin_between_regions)."""
     spins = "GOMP_SPINCOUNT" in os.environ or os.environ.get("OMP_WAIT_POLICY", "passive").lower() != "passive"
-    n = numba.get_num_threads() if spins else 0
-    if n < 2:
-        return 0
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel region has run yet: the prelude's choice stands
-        return n
-    return n if layer in ("omp", "tbb") else 0
+    return _rt_parts_threads() if spins else 0
 
 
 # Parts (gen/parts.py): a model of Dense, Activation and Concatenate layers
