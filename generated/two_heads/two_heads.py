@@ -1247,7 +1247,8 @@ def _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, r, bias, act, ract, re
             z[j] += r[j]
     _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
     if return_sequences:
-        y[b, t] = hc[b]
+        for u in range(hc.shape[1]):
+            y[b, t, u] = hc[b, u]
 
 
 @njit
@@ -1416,7 +1417,9 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
         for b in range(b0, b1):
             _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, rec[b], bias, act, ract, return_sequences)
     if not return_sequences:
-        y[b0:b1, 0] = hb
+        for b in range(b0, b1):
+            for u in range(hc.shape[1]):
+                y[b, 0, u] = hc[b, u]
 
 
 @njit(nogil=True)
@@ -1495,7 +1498,9 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias
         for b in range(B):
             _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, rec[b], bias, act, ract, return_sequences)
     if not return_sequences:
-        y[:, 0] = hc
+        for b in range(B):
+            for u in range(hc.shape[1]):
+                y[b, 0, u] = hc[b, u]
 
 
 @njit
