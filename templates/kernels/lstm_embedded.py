@@ -31,7 +31,7 @@ def _lstm_copy_rows_serial(dst, src, rows, add):
 @njit(parallel=True)
 def _lstm_copy_rows_parallel(dst, src, rows, add):
     for k in prange(rows.shape[0]):
-        _lstm_copy_row(dst, src, rows, k, add)
+        _lstm_copy_row(dst, src, rows, np.int64(k), add)  # int64: see _dense_forward_owned
 
 
 # The copies are chosen from plain Python, never from a jitted kernel: a
