@@ -58,8 +58,7 @@ def test_a_cold_first_step_compiles_each_kernel_once_and_no_strings(tmp_path, ex
     assert r.returncode == 0, r.stderr[-3000:]
     names = json.loads(r.stdout.strip().splitlines()[-1])
     ours = {k.split(".", 1)[1]: v for k, v in names.items() if k.startswith("cold_module.")}
-    assert "_lstm_steps_forward" in ours or "_train_parts" in ours or "_dense_forward_serial" in ours \
-        or "_forward_owned" in ours, sorted(ours)  # the events were read
+    assert len(ours) >= 5, sorted(ours)  # the events were read: a step compiles many kernels
     twice = {k: v for k, v in ours.items() if v > 1}
     assert not twice, f"compiled more than once on a cold cache: {twice}"
     strings = {k: v for k, v in names.items() if k.rsplit(".", 1)[-1] in STRING_MACHINERY}
