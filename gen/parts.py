@@ -73,7 +73,8 @@ def lower_parts(low, fwd, bwd) -> Parts | None:
     names: dict[str, str] = {}
     train_args: list[str] = []
     views: dict[str, tuple[str, str, str]] = {}
-    bound = {f"b[{b.key!r}]": b.expr for b in low.bind_inputs + low.bind_outputs}
+    in_pos = {low.key(t.base()): i for i, t in enumerate(g.inputs)}          # input buffer -> xs index
+    out_pos = {"d_" + low.key(t.base()): k for k, t in enumerate(g.outputs)}  # output gradient -> douts index
 
     def buf(expr: str) -> str:
         """A buffer's parameter, sliced to the part's rows (the empty
@@ -88,14 +89,14 @@ def lower_parts(low, fwd, bwd) -> Parts | None:
                                     f"{layer.name}/{w.name} {w.shape}" + (" gradient" if src == "g" else "")))
             return views[expr][0]
         if expr not in names:
-            names[expr] = f"b_{m.group(1)}"
-            fb = bound.get(expr, "")
-            if fb.startswith("xs["):  # an input: its batch rows, gathered by the parts
-                train_args.append("b.xb[" + fb[3:])
-            elif fb:  # an output's gradient: the loss gradient's buffer
-                train_args.append("b.dy[" + fb[len("douts["):fb.index("]")] + "]")
+            key = m.group(1)
+            names[expr] = f"b_{key}"
+            if key in in_pos:  # an input: its batch rows, gathered by the parts
+                train_args.append(f"b.xb[{in_pos[key]}]")
+            elif key in out_pos:  # an output's gradient: the loss gradient's buffer
+                train_args.append(f"b.dy[{out_pos[key]}]")
             else:
-                train_args.append("B" + expr[1:])
+                train_args.append(f"B[{key!r}]")
         return names[expr] + ("" if m.group(1).startswith("_e") else "[r0:r1]")
 
     def whole(expr: str) -> str:
@@ -137,7 +138,7 @@ def lower_parts(low, fwd, bwd) -> Parts | None:
                 calls = [("concat_backward", [buf(dx), buf(f["dy"]), f"np.int64({off})", f"np.int64({mode})"])
                          for dx, off, mode in f["parts"] if mode]
             backward.append((s.where, [(k, ", ".join(a), "") for k, a in calls]))
-    inputs = [(names[f"b[{b.key!r}]"], int(b.expr[3:-1])) for b in low.bind_inputs]
+    inputs = [(names[f"b[{b.key!r}]"], in_pos[b.key]) for b in low.bind_inputs]
     sources = [(f"x{i}", f"xs[{i}]") for _, i in inputs] + [(f"t{k}", f"ts[{k}]") for k in range(len(losses))]
     gathers = ([("_rt_gather_rows", p, f"x{i}") for p, i in inputs]
                + [("_rt_gather_values" if c.losses[k] == "sparse_categorical_crossentropy" else "_rt_gather_rows",

@@ -2732,8 +2732,9 @@ class _Runtime:
 
     def _fit_path(self, n):
         """How fit runs a training step of n rows."""
-        if self._parts_for(n):
-            return f"{self._parts_for(n)} parts"
+        parts = self._parts_for(n)
+        if parts:
+            return f"{parts} parts"
         if self._owned_kernels and self._owned_parts_for(n):
             return "owned rows"
         return "layer kernels"
