@@ -486,7 +486,7 @@ class _Lowering:
             hc=self.buf(k + "_hc", (None, U), "current h (n, u)", x.bmul),
             cc=self.buf(k + "_cc", (None, U), "current c (n, u)", x.bmul),
             rec=self.buf(k + "_rec", (None, 4 * U), "h_{t-1} @ recurrent_kernel (n, 4u)", x.bmul),
-            rkt=self.buf(k + "_rkt", (4 * U, U), "recurrent_kernel transposed (4u, u): rows schedule, transposed steps"),
+            rkt=self.buf(k + "_rkt", (4 * U, U), "recurrent_kernel transposed (4u, u), or its packed panels (blocks schedule)"),
             kernel=self.weight(node, "kernel"), rkernel=self.weight(node, "recurrent_kernel"), bias=self.weight(node, "bias"),
             act=catalog.ACTIVATIONS[cfg["activation"]], ract=catalog.ACTIVATIONS[cfg["recurrent_activation"]],
             return_sequences=cfg["return_sequences"], per_step=per_step)

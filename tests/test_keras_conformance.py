@@ -482,24 +482,25 @@ def test_conformance_float64(stem, name, gen_modules):
                          want["weights"], RTOL64, ATOL64)
 
 
-# The LSTM's blocks schedule (templates/kernels/lstm.py, _lstm_blocks) needs 8
-# rows a block for layers above 64 units, 16 and two blocks and a long pass
-# below; BATCH keeps the examples under that, so these two run it against
-# Keras: a wide layer in blocks of 10 rows (8 and 2 at a time through the
-# packed product), another in one block of 20, and twitter.py's 32 units in
-# blocks of 45.
+# The LSTM's blocks schedule (templates/kernels/lstm.py, _lstm_blocks) runs
+# float32 layers of 16k units from 2 rows, most passes in one block; two
+# blocks (threads) need a bigger pass than BATCH's examples. These two run
+# them against Keras: a wide layer in two blocks of 10 rows (8 and 2 at a
+# time through the packed product), another in one block of 20, and
+# twitter.py's 32 units in two blocks of 45.
 WIDE_LSTM = textwrap.dedent("""\
     from keras.layers import Input, LSTM, Dense
     from keras.models import Model
 
-    seq = Input(shape=(12, 20), name='seq')
+    seq = Input(shape=(24, 20), name='seq')
     h = LSTM(128, return_sequences=True)(seq)
     h = LSTM(80)(h)
     out = Dense(1, activation='sigmoid')(h)
     model = Model(inputs=seq, outputs=out)
     model.compile(optimizer='rmsprop', loss='binary_crossentropy')
     """)
-BLOCKS_CASES = {"wide": (20, 12, [(128, True), (80, True)]), "twitter": (90, 100, [(32, False)])}
+# batch, steps, [(units, per_step, blocks: one a thread, up to this many)]
+BLOCKS_CASES = {"wide": (20, 24, [(128, True, 2), (80, True, 1)]), "twitter": (90, 100, [(32, False, 5)])}
 
 
 @pytest.mark.conformance
@@ -513,9 +514,8 @@ def test_conformance_lstm_blocks_schedule(case, gen_modules, variant_dir):
         path = EXAMPLES / "twitter.py"
     mod, kmodel = load_pair(gen_modules, path, "model")
     threads = mod.numba.get_num_threads()
-    for units, per_step in layers:  # the layers take the blocks schedule (narrow ones need two threads)
-        if per_step or threads > 1:
-            assert mod._lstm_blocks(batch, steps, units, np.float32, per_step) > 0, units
+    for units, per_step, blocks in layers:
+        assert mod._lstm_blocks(batch, steps, units, np.float32, per_step) == min(blocks, threads), units
     m = mod.Model(seed=0)
     kmodel.set_weights(m.get_weights())
     x, y = ko.random_batch(kmodel, batch, np.random.default_rng(SEED))

@@ -681,10 +681,20 @@ def test_lstm_cell_forward_default_activations_bit_equal(U):
     c_ref = ref[U:2 * U] * c0 + ref[:U] * ref[2 * U:3 * U]
     a_ref = c_ref.copy()
     K._lstm_act(a_ref, TANH)
-    h, c, hp, cp, a = h0.copy(), c0.copy(), np.full(U, np.nan, F32), np.full(U, np.nan, F32), np.full(U, np.nan, F32)
-    K._lstm_cell_forward(z, h, c, hp, cp, a, TANH, SIGMOID)
-    for got, want in ((z, ref), (c, c_ref), (a, a_ref), (h, ref[3 * U:] * a_ref), (hp, h0), (cp, c0)):
+    # row 1 of step 2 of a batch of 3 (caches at step 1): the other rows stay NaN
+    zs = np.full((3, 4, 4 * U), np.nan, F32)
+    zs[1, 2] = z
+    hc, cc = np.full((3, U), np.nan, F32), np.full((3, U), np.nan, F32)
+    hc[1], cc[1] = h0, c0
+    hp, cp, tc = (np.full((3, 2, U), np.nan, F32) for _ in range(3))
+    y = np.full((3, 4, U), np.nan, F32)
+    K._lstm_cells_forward(1, 2, 2, 1, y, zs, hp, cp, tc, hc, cc, TANH, SIGMOID, True)
+    for got, want in ((zs[1, 2], ref), (cc[1], c_ref), (tc[1, 1], a_ref), (hc[1], ref[3 * U:] * a_ref),
+                      (hp[1, 1], h0), (cp[1, 1], c0), (y[1, 2], ref[3 * U:] * a_ref)):
         np.testing.assert_array_equal(got, want)
+    for arr in (np.delete(zs, 1, 0), np.delete(zs[1], 2, 0), np.delete(hc, 1, 0), np.delete(tc, 1, 0),
+                tc[1, 0], hp[1, 0], cp[1, 0]):
+        assert np.isnan(arr).all()
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
@@ -703,10 +713,20 @@ def test_lstm_cell_backward_default_activations_bit_equal(U, dtype):
     g = gc0 + gh0 * z[3 * U:] * da
     want = np.concatenate([d[:U] * (g * z[2 * U:3 * U]), d[U:2 * U] * (g * cp),
                            d[2 * U:3 * U] * (g * z[:U]), d[3 * U:] * (gh0 * a)])
-    dz, gc = np.full(4 * U, np.nan, dtype), gc0.copy()
-    K._lstm_cell_backward(dz, gh0.copy(), gc, np.empty(U, dtype), z, cp, a, TANH, SIGMOID)
-    np.testing.assert_array_equal(dz, want)
-    np.testing.assert_array_equal(gc, g * z[U:2 * U])
+    # row 1 of step 2 of a batch of 3: the other rows stay NaN
+    dzs, zs = np.full((3, 4, 4 * U), np.nan, dtype), np.full((3, 4, 4 * U), np.nan, dtype)
+    zs[1, 2] = z
+    cps, tcs = np.full((3, 4, U), np.nan, dtype), np.full((3, 4, U), np.nan, dtype)
+    cps[1, 2], tcs[1, 2] = cp, a
+    dh, dc = np.full((3, U), np.nan, dtype), np.full((3, U), np.nan, dtype)
+    dh[1], dc[1] = gh0, gc0
+    K._lstm_cells_backward(1, 2, 2, dzs, dh, dc, np.empty((3, U), dtype), np.zeros((3, 4, U), dtype), zs, cps,
+                           tcs, TANH, SIGMOID, True)
+    np.testing.assert_array_equal(dzs[1, 2], want)
+    np.testing.assert_array_equal(dc[1], g * z[U:2 * U])
+    np.testing.assert_array_equal(dh[1], gh0)
+    assert np.isnan(np.delete(dzs, 1, 0)).all() and np.isnan(np.delete(dzs[1], 2, 0)).all()
+    assert np.isnan(np.delete(dc, 1, 0)).all()
 
 
 @pytest.mark.parametrize("per_step,transposed", [(False, False), (True, False), (True, True)],
@@ -883,23 +903,26 @@ def test_lstm_blocks_backward_fd(act, ract, rs, per_step, monkeypatch):
 
 
 def test_lstm_blocks_taken(monkeypatch):
-    """The blocks schedule: float32, units a multiple of 16, 8 rows a block
-    for the wide layers of the steps schedule (one block for a small pass),
-    16 and two blocks for the narrow ones of the rows schedule, from a
-    bigger pass."""
+    """The blocks schedule: float32, units a multiple of 16, from 2 rows;
+    one block for a small pass, else a block a thread of 8 rows or more for
+    the wide layers of the steps schedule, 16 for the narrow ones."""
     monkeypatch.setattr(K.numba, "get_num_threads", lambda: 2)
     assert K._lstm_blocks(32, 25, 128, F32, True) == 2
-    assert K._lstm_blocks(8, 25, 128, F32, True) == 1
-    assert K._lstm_blocks(32, 2, 128, F32, True) == 1  # 2^22 multiply-adds
-    assert K._lstm_blocks(7, 25, 128, F32, True) == 0
+    assert K._lstm_blocks(8, 25, 128, F32, True) == 1  # 8 rows: one block of 8
+    assert K._lstm_blocks(32, 2, 128, F32, True) == 1  # 2^22.6 of work: one block
+    assert K._lstm_blocks(2, 25, 512, F32, True) == 1
+    assert K._lstm_blocks(1, 25, 128, F32, True) == 0  # one row: a vector product
     assert K._lstm_blocks(32, 25, 120, F32, True) == 0
     assert K._lstm_blocks(32, 25, 128, F64, True) == 0
-    assert K._lstm_blocks(256, 100, 32, F32, False) == 2
-    assert K._lstm_blocks(32, 100, 32, F32, False) == 0  # 2^23.6 multiply-adds
-    assert K._lstm_blocks(16, 1000, 32, F32, False) == 0  # one block of 16
+    assert K._lstm_blocks(256, 25, 32, F32, False) == 2
+    assert K._lstm_blocks(32, 100, 32, F32, False) == 2  # 2^25.1 of work
+    assert K._lstm_blocks(64, 25, 32, F32, False) == 1  # 2^24.1 of work
+    assert K._lstm_blocks(2, 25, 16, F32, False) == 1
+    assert K._lstm_blocks(1, 400, 32, F32, False) == 0
+    assert K._lstm_blocks(16, 1000, 32, F32, False) == 1  # 16 rows: one block of 16
     monkeypatch.setattr(K.numba, "get_num_threads", lambda: 1)
     assert K._lstm_blocks(32, 25, 128, F32, True) == 1
-    assert K._lstm_blocks(256, 100, 32, F32, False) == 0
+    assert K._lstm_blocks(256, 100, 32, F32, False) == 1
 
 
 def test_lstm_in_blocks_covers_the_rows():

@@ -15,14 +15,15 @@
 # U 128: 1.9 -> 1.5 ms).
 # The recurrence is independent per batch row. Three schedules:
 #   blocks: each thread's block of rows runs all T steps on its own, with
-#         packed products (float32, U a multiple of 16, from 8 rows a
-#         block: see _lstm_blocks); taken first where it applies.
+#         packed products (float32, U a multiple of 16, from 2 rows: see
+#         _lstm_blocks); taken first where it applies.
 #   steps: each step is one (B, U) @ (U, 4U) BLAS product over the whole
 #         batch, then the cells of every row, serially.
 #   rows:  each row runs all T steps on its own, h @ rkernel inline (rkernel
 #         stays in cache), two rows in step so they share each weight they
 #         read; one parallel region over the pairs for the whole sequence,
-#         so there is no thread hand-off per step.
+#         so there is no thread hand-off per step. Where blocks do not
+#         apply (float64, U not a multiple of 16, one row).
 # lower.py allows rows up to LSTM_ROWS_MAX_UNITS units (per_step False):
 # above, the inline products cost more than BLAS's. The backward pass then
 # always takes rows; the forward pass takes rows only for big batches
@@ -98,73 +99,115 @@ def _lstm_act(a, code):
 # axpy form at 32 units); the sums round differently from a sequential loop,
 # as BLAS's do. Two rows of the batch share each weight they read (a
 # row-step at 32 units: 262 -> 175 ns forward, 141 -> 113 ns backward); a
-# row without a partner goes with itself, into a spare output, so every row
-# rounds the same whatever its place in the batch.
+# row without a partner goes with itself, and its second sum is dropped
+# after it is computed, so every row rounds the same whatever its place in
+# the batch.
+# The cells of a step run for a range of rows in one call, and take whole
+# arrays and row indices, never a row's view (zs[b, t], hc[b]): a numba
+# kernel increments the reference count of every array it receives, and of
+# the array behind every view it makes, and decrements it on return: an
+# atomic operation on a counter that both threads of a pass share. With a
+# call and six views per row and step, they were 13% of a one-thread
+# blocks pass (perf), and the two threads slowed each other: U 32, T 25,
+# 128 rows a thread, forward 265-286 -> 205-210 ns a row-step on one
+# thread, and a two-thread pass over 256 rows 1.34-1.63 -> 0.78 ms (backward
+# 0.88-1.01 -> 0.59 ms). The same operations in the same order: same bits.
 @njit(fastmath={"reassoc", "contract"})
-def _lstm_matvec2(oa, ob, va, vb, m, add):
-    """oa[i] (+)= sum_k va[k] * m[i, k] for every row i of m, and ob from vb
-    likewise (two rows of the batch times a weight matrix stored with the
-    summed axis last)."""
-    for i in range(m.shape[0]):
-        sa = oa.dtype.type(0.0)
+def _lstm_pair_gates(zs, t, hc, b, two, rkt):
+    """zs[r, t] += hc[r] @ rkt.T for r = b and, if two, b + 1: the recurrent
+    product of a pair of rows (rkt = rkernel.T, (G, U), the summed axis last)."""
+    b2 = b + 1 if two else b
+    for i in range(rkt.shape[0]):
+        sa = zs.dtype.type(0.0)
         sb = sa
-        for k in range(m.shape[1]):
-            w = m[i, k]
-            sa += va[k] * w
-            sb += vb[k] * w
-        oa[i] = oa[i] + sa if add else sa
-        ob[i] = ob[i] + sb if add else sb
+        for k in range(rkt.shape[1]):
+            w = rkt[i, k]
+            sa += hc[b, k] * w
+            sb += hc[b2, k] * w
+        zs[b, t, i] += sa
+        zs[b2, t, i] = zs[b2, t, i] + sb if two else zs[b2, t, i]
+
+
+@njit(fastmath={"reassoc", "contract"})
+def _lstm_pair_dh(dh, b, two, dzs, t, rkernel):
+    """dh[r] = dzs[r, t] @ rkernel.T for r = b and, if two, b + 1: dh_{t-1}
+    of a pair of rows (rkernel (U, G), the summed axis last)."""
+    b2 = b + 1 if two else b
+    for i in range(rkernel.shape[0]):
+        sa = dh.dtype.type(0.0)
+        sb = sa
+        for k in range(rkernel.shape[1]):
+            w = rkernel[i, k]
+            sa += dzs[b, t, k] * w
+            sb += dzs[b2, t, k] * w
+        dh[b2, i] = sb
+        dh[b, i] = sa
 
 
 @njit
-def _lstm_cell_forward(z, h, c, hp, cp, a, act, ract):
-    """One row of one step, after z holds its pre-activations.
+def _lstm_cells_forward(b0, b1, t, k, y, zs, hp, cp, tc, hc, cc, act, ract, return_sequences):
+    """Step t of rows b0:b1, once zs[b, t] holds their pre-activations: the
+    cells, and h_t into y with return_sequences.
 
-    z (G,)  in: pre-activations; out: gate values [i f g o]
-    h, c (U,) in: h_{t-1}, c_{t-1}; out: h_t, c_t
-    hp, cp (U,) cache: h_{t-1}, c_{t-1}      a (U,) cache: act(c_t)
+    zs (B, T, G)     [b, t] in: pre-activations; out: gate values [i f g o]
+    hc, cc (B, U)    [b] in: h_{t-1}, c_{t-1}; out: h_t, c_t
+    hp, cp (B, ., U) cache, [b, k]: h_{t-1}, c_{t-1} (k is t, or 0 for scratch)
+    tc (B, ., U)     cache, [b, k]: act(c_t)
     """
+    U = hc.shape[1]
+    for b in range(b0, b1):
+        if _LSTM_TANH_SIGMOID_ONLY or (act == 3 and ract == 2):
+            # Keras's default (tanh, sigmoid): three passes over the units
+            # instead of six (float32: 1.4-1.6x faster); each writes few
+            # arrays, so LLVM's run-time overlap checks stay few enough to
+            # vectorize. The same operations in the same order as
+            # _lstm_cell_forward_general: same bits. A module whose LSTMs all
+            # take this pair (_LSTM_TANH_SIGMOID_ONLY) never compiles that.
+            if zs.itemsize == 4:
+                half = zs.dtype.type(0.5)
+                for u in range(U):
+                    zs[b, t, u] = half + half * _activation_tanh32(half * zs[b, t, u])
+                    zs[b, t, U + u] = half + half * _activation_tanh32(half * zs[b, t, U + u])
+                    zs[b, t, 2 * U + u] = _activation_tanh32(zs[b, t, 2 * U + u])
+                    zs[b, t, 3 * U + u] = half + half * _activation_tanh32(half * zs[b, t, 3 * U + u])
+            else:
+                one = zs.dtype.type(1.0)
+                for u in range(U):
+                    zs[b, t, u] = one / (one + math.exp(-zs[b, t, u]))
+                    zs[b, t, U + u] = one / (one + math.exp(-zs[b, t, U + u]))
+                    zs[b, t, 2 * U + u] = _activation_tanh(zs[b, t, 2 * U + u], one)
+                    zs[b, t, 3 * U + u] = one / (one + math.exp(-zs[b, t, 3 * U + u]))
+            for u in range(U):
+                hp[b, k, u] = hc[b, u]
+                cp[b, k, u] = cc[b, u]
+            if zs.itemsize == 4:
+                for u in range(U):
+                    cn = zs[b, t, U + u] * cc[b, u] + zs[b, t, u] * zs[b, t, 2 * U + u]
+                    cc[b, u] = cn
+                    th = _activation_tanh32(cn)
+                    tc[b, k, u] = th
+                    hc[b, u] = zs[b, t, 3 * U + u] * th
+            else:
+                one = zs.dtype.type(1.0)
+                for u in range(U):
+                    cn = zs[b, t, U + u] * cc[b, u] + zs[b, t, u] * zs[b, t, 2 * U + u]
+                    cc[b, u] = cn
+                    th = _activation_tanh(cn, one)
+                    tc[b, k, u] = th
+                    hc[b, u] = zs[b, t, 3 * U + u] * th
+        else:
+            _lstm_cell_forward_general(zs[b, t], hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
+        if return_sequences:
+            for u in range(U):
+                y[b, t, u] = hc[b, u]
+
+
+@njit
+def _lstm_cell_forward_general(z, h, c, hp, cp, a, act, ract):
+    """One row of one step for any activations, over the row's views: z (G,)
+    in: pre-activations, out: gate values; h, c (U,) in: h_{t-1}, c_{t-1},
+    out: h_t, c_t; hp, cp (U,) cache: h_{t-1}, c_{t-1}; a (U,): act(c_t)."""
     U = h.shape[0]
-    if _LSTM_TANH_SIGMOID_ONLY or (act == 3 and ract == 2):
-        # Keras's default (tanh, sigmoid): three passes over the units
-        # instead of six (float32: 1.4-1.6x faster); each writes few arrays,
-        # so LLVM's run-time overlap checks stay few enough to vectorize.
-        # The same operations in the same order as the general passes below:
-        # same bits. A module whose LSTMs all take this pair
-        # (_LSTM_TANH_SIGMOID_ONLY) never compiles those passes.
-        if z.itemsize == 4:
-            half = z.dtype.type(0.5)
-            for u in range(U):
-                z[u] = half + half * _activation_tanh32(half * z[u])
-                z[U + u] = half + half * _activation_tanh32(half * z[U + u])
-                z[2 * U + u] = _activation_tanh32(z[2 * U + u])
-                z[3 * U + u] = half + half * _activation_tanh32(half * z[3 * U + u])
-        else:
-            one = z.dtype.type(1.0)
-            for u in range(U):
-                z[u] = one / (one + math.exp(-z[u]))
-                z[U + u] = one / (one + math.exp(-z[U + u]))
-                z[2 * U + u] = _activation_tanh(z[2 * U + u], one)
-                z[3 * U + u] = one / (one + math.exp(-z[3 * U + u]))
-        for u in range(U):
-            hp[u] = h[u]
-            cp[u] = c[u]
-        if z.itemsize == 4:
-            for u in range(U):
-                cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
-                c[u] = cn
-                t = _activation_tanh32(cn)
-                a[u] = t
-                h[u] = z[3 * U + u] * t
-        else:
-            one = z.dtype.type(1.0)
-            for u in range(U):
-                cn = z[U + u] * c[u] + z[u] * z[2 * U + u]
-                c[u] = cn
-                t = _activation_tanh(cn, one)
-                a[u] = t
-                h[u] = z[3 * U + u] * t
-        return
     _lstm_act(z[:2 * U], ract)          # i, f
     _lstm_act(z[2 * U:3 * U], act)      # g
     _lstm_act(z[3 * U:], ract)          # o
@@ -200,35 +243,53 @@ def _lstm_deriv_segment(d, y, code):
 
 
 @njit
-def _lstm_cell_backward(dz, gh, gc, da, z, cp, a, act, ract):
-    """One row of one step of backpropagation through time.
+def _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences):
+    """Step t of rows b0:b1 of backpropagation through time: dy into dh_t
+    (every step with return_sequences, else only the last), then the cells.
 
-    dz (G,)  out: gradient w.r.t. the gate pre-activations
-    gh (U,)  in: dL/dh_t (carried from t+1, plus dy)
-    gc (U,)  in: dL/dc_t carried from t+1; out: dL/dc_{t-1}
-    da (U,)  scratch
-    z (G,) gate values   cp (U,) c_{t-1}   a (U,) act(c_t)
+    dzs (B, T, G)  [b, t] out: gradient w.r.t. the gate pre-activations
+    dh (B, U)      [b] in: dL/dh_t carried from t+1
+    dc (B, U)      [b] in: dL/dc_t carried from t+1; out: dL/dc_{t-1}
+    da (B, U)      scratch
+    zs (B, T, G) gate values   cp (B, T, U) c_{t-1}   tc (B, T, U) act(c_t)
     """
+    U = dh.shape[1]
+    for b in range(b0, b1):
+        if return_sequences:
+            for u in range(U):
+                dh[b, u] += dy[b, t, u]
+        elif t == zs.shape[1] - 1:
+            for u in range(U):
+                dh[b, u] += dy[b, 0, u]
+        if _LSTM_TANH_SIGMOID_ONLY or (act == 3 and ract == 2):
+            # Keras's default (tanh, sigmoid): one pass over the units, each
+            # derivative inline (2.2x faster than the general passes; the
+            # same operations in the same order: same bits)
+            one = zs.dtype.type(1.0)
+            for u in range(U):
+                i = zs[b, t, u]
+                f = zs[b, t, U + u]
+                g = zs[b, t, 2 * U + u]
+                o = zs[b, t, 3 * U + u]
+                au = tc[b, t, u]
+                ghu = dh[b, u]
+                gg = dc[b, u] + ghu * o * (one - au * au)
+                dzs[b, t, u] = i * (one - i) * (gg * g)
+                dzs[b, t, U + u] = f * (one - f) * (gg * cp[b, t, u])
+                dzs[b, t, 2 * U + u] = (one - g * g) * (gg * i)
+                dzs[b, t, 3 * U + u] = o * (one - o) * (ghu * au)
+                dc[b, u] = gg * f
+        else:
+            _lstm_cell_backward_general(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t], tc[b, t], act, ract)
+
+
+@njit
+def _lstm_cell_backward_general(dz, gh, gc, da, z, cp, a, act, ract):
+    """One row of one step backward for any activations, over the row's
+    views: dz (G,) out; gh (U,) dL/dh_t; gc (U,) in: dL/dc_t, out:
+    dL/dc_{t-1}; da (U,) scratch; z (G,) gate values, cp (U,) c_{t-1}, a
+    (U,) act(c_t)."""
     U = gh.shape[0]
-    if _LSTM_TANH_SIGMOID_ONLY or (act == 3 and ract == 2):
-        # Keras's default (tanh, sigmoid): one pass over the units, each
-        # derivative inline (2.2x faster than the passes below; the same
-        # operations in the same order: same bits)
-        one = z.dtype.type(1.0)
-        for u in range(U):
-            i = z[u]
-            f = z[U + u]
-            g = z[2 * U + u]
-            o = z[3 * U + u]
-            au = a[u]
-            ghu = gh[u]
-            gg = gc[u] + ghu * o * (one - au * au)
-            dz[u] = i * (one - i) * (gg * g)
-            dz[U + u] = f * (one - f) * (gg * cp[u])
-            dz[2 * U + u] = (one - g * g) * (gg * i)
-            dz[3 * U + u] = o * (one - o) * (ghu * au)
-            gc[u] = gg * f
-        return
     # the activations' derivatives first, each segment a plain loop
     _lstm_deriv_segment(dz[:2 * U], z[:2 * U], ract)
     _lstm_deriv_segment(dz[2 * U:3 * U], z[2 * U:3 * U], act)
@@ -245,37 +306,17 @@ def _lstm_cell_backward(dz, gh, gc, da, z, cp, a, act, ract):
 
 
 @njit
-def _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, r, bias, act, ract, return_sequences):
-    """Step t of row b once r (G,) holds its h_{t-1} @ rkernel (the steps and
-    blocks schedules): z += r + bias, the cell, and h_t into y with
-    return_sequences; k is the caches' step (t, or 0 for scratch)."""
-    z = zs[b, t]
-    if bias.shape[0] > 0:
-        for j in range(z.shape[0]):
-            z[j] += r[j] + bias[j]
-    else:
-        for j in range(z.shape[0]):
-            z[j] += r[j]
-    _lstm_cell_forward(z, hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
-    if return_sequences:
-        for u in range(hc.shape[1]):
-            y[b, t, u] = hc[b, u]
-
-
-@njit
-def _lstm_row_backward(b, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences):
-    """Step t of row b backward: dy into dh_t (every step with
-    return_sequences, else only the last), then the cell into dzs[b, t]."""
-    gh = dh[b]
-    if return_sequences:
-        src = dy[b, t]
-        for u in range(gh.shape[0]):
-            gh[u] += src[u]
-    elif t == zs.shape[1] - 1:
-        src = dy[b, 0]
-        for u in range(gh.shape[0]):
-            gh[u] += src[u]
-    _lstm_cell_backward(dzs[b, t], gh, dc[b], da[b], zs[b, t], cp[b, t], tc[b, t], act, ract)
+def _lstm_add_recurrent(b0, b1, t, zs, rec, bias):
+    """zs[b, t] += rec[b] + bias for rows b0:b1, once rec (B, G) holds their
+    h_{t-1} @ rkernel (the steps and blocks schedules); bias (G,) or (0,)."""
+    G = zs.shape[2]
+    for b in range(b0, b1):
+        if bias.shape[0] > 0:
+            for j in range(G):
+                zs[b, t, j] += rec[b, j] + bias[j]
+        else:
+            for j in range(G):
+                zs[b, t, j] += rec[b, j]
 
 
 @njit
@@ -288,29 +329,20 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
     G = 4 * U
     zero = zs.dtype.type(0.0)
     keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
-    spare = np.empty(G, zs.dtype)  # the output of a row's missing partner
     for b in range(b0, b1, 2):
         rows = 2 if b + 1 < b1 else 1
         for r in range(b, b + rows):
             for u in range(U):
                 hc[r, u] = zero
                 cc[r, u] = zero
-        h2 = hc[b + rows - 1]
         for t in range(T):
-            z = zs[b, t]
-            z2 = zs[b + 1, t] if rows == 2 else spare
             if bias.shape[0] > 0:
                 for r in range(b, b + rows):
-                    zr = zs[r, t]
                     for j in range(G):
-                        zr[j] += bias[j]
-            _lstm_matvec2(z, z2, hc[b], h2, rkt, np.bool_(True))
-            k = t if keep else 0
-            for r in range(b, b + rows):
-                _lstm_cell_forward(zs[r, t], hc[r], cc[r], hp[r, k], cp[r, k], tc[r, k], act, ract)
-                if return_sequences:
-                    for u in range(U):
-                        y[r, t, u] = hc[r, u]
+                        zs[r, t, j] += bias[j]
+            _lstm_pair_gates(zs, t, hc, b, rows == 2, rkt)
+            _lstm_cells_forward(b, b + rows, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract,
+                                return_sequences)
         if not return_sequences:
             for r in range(b, b + rows):
                 for u in range(U):
@@ -336,27 +368,16 @@ def _lstm_rows_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, r
     T = zs.shape[1]
     U = dh.shape[1]
     zero = zs.dtype.type(0.0)
-    spare = np.empty(U, zs.dtype)  # the output of a row's missing partner
     for b in range(b0, b1, 2):
         rows = 2 if b + 1 < b1 else 1
         for r in range(b, b + rows):
             for u in range(U):
                 dh[r, u] = zero
                 dc[r, u] = zero
-        gh2 = dh[b + 1] if rows == 2 else spare
         for t in range(T - 1, -1, -1):
-            for r in range(b, b + rows):
-                gh = dh[r]
-                # dy feeds h_t: every step with return_sequences, else only the last
-                if return_sequences:
-                    for u in range(U):
-                        gh[u] += dy[r, t, u]
-                elif t == T - 1:
-                    for u in range(U):
-                        gh[u] += dy[r, 0, u]
-                _lstm_cell_backward(dzs[r, t], gh, dc[r], da[r], zs[r, t], cp[r, t], tc[r, t], act, ract)
+            _lstm_cells_backward(b, b + rows, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
             if t > 0:
-                _lstm_matvec2(dh[b], gh2, dzs[b, t], dzs[b + rows - 1, t], rkernel, np.bool_(False))
+                _lstm_pair_dh(dh, b, rows == 2, dzs, t, rkernel)
 
 
 @njit(parallel=True)
@@ -397,15 +418,20 @@ def _lstm_transpose(dst, src):
 # OpenBLAS's at 55-120 for these shapes. A training step of the sweep model
 # (benchmarks/sweep.py), the old schedules and the blocks one alternating in
 # one process: T 100 U 128 B 32 15.1 -> 10.2 ms, T 25 U 512 B 32 38.4 ->
-# 30.5 ms, T 25 U 128 B 256 -23%, T 25 U 64 B 256 -20%. Below
-# _LSTM_BLOCK_MIN_ROWS rows a block it lost (U 128 B 2 +29%, B 4 +7%), and
-# so did narrow layers (the rows schedule's) below two blocks of
-# _LSTM_NARROW_BLOCK_MIN_ROWS (U 32 B 16 +35%) or in short passes (U 32 B 32
-# T 25 +10-20% through the thread hand-off).
-_LSTM_BLOCK_MIN_ROWS = 8
-_LSTM_NARROW_BLOCK_MIN_ROWS = 16
-_LSTM_BLOCKS_MIN_MACS = 1 << 23
-_LSTM_NARROW_BLOCKS_MIN_MACS = 1 << 25
+# 30.5 ms, T 25 U 128 B 256 -23%, T 25 U 64 B 256 -20%. Since the cells
+# run a block's rows in one call (above), it also wins in one block on this
+# thread from 2 rows, narrow layers included (a step at T 25, the other
+# schedule / one block / two blocks: U 32 B 32 0.99 / 0.54 / 0.90 ms; U 64 B 8
+# 0.65 / 0.37 / 0.81; U 128 B 4 1.08 / 0.59; U 512 B 2 9.9 / 7.3), but not
+# for one row, a vector product (U 512 B 1: 2.65 against 6.44 ms). Two
+# blocks pay from about _LSTM_BLOCKS_MIN_WORK (U 16 B 256: 4.78 / 4.23 /
+# 3.26 ms; U 32 B 64 at 2^24.1: 1.81 / 1.02 / 1.23; U 32 B 128 at 2^25.1:
+# 4.75 / 3.78 / 2.70), counting a cell as _LSTM_CELL_MACS multiply-adds a
+# unit (U 32: 73 ns a row-step for the product, ~130 for the cell).
+_LSTM_BLOCK_MIN_ROWS = 8  # rows a block from which a wide layer's pass splits
+_LSTM_NARROW_BLOCK_MIN_ROWS = 16  # the same for narrow layers (the rows schedule's)
+_LSTM_CELL_MACS = 230  # a cell's cost a unit, in multiply-adds of the product
+_LSTM_BLOCKS_MIN_WORK = 25 << 20  # B T U (4 U + _LSTM_CELL_MACS) from which a pass splits
 _LSTM_BLOCK_POOL = []  # (executor, its threads) of _lstm_in_blocks, made at first use
 if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
     os.register_at_fork(after_in_child=_LSTM_BLOCK_POOL.clear)
@@ -419,14 +445,15 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
     panels (G / 16, U, 16) rkernel's; the other arrays as lstm_forward's."""
     T = zs.shape[1]
     keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
-    hb, rb = hc[b0:b1], rec[b0:b1]
-    hb[:] = 0
+    # hb typed as a strided view, like the backward pass's dz_t
+    # (dzs[b0:b1, t]): _panels_product then compiles once, not twice
+    hb, rb = hc[b0:b1, :hc.shape[1]], rec[b0:b1]
+    hc[b0:b1] = 0
     cc[b0:b1] = 0
     for t in range(T):
         _panels_product(rb, hb, panels)
-        k = t if keep else 0
-        for b in range(b0, b1):
-            _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, rec[b], bias, act, ract, return_sequences)
+        _lstm_add_recurrent(b0, b1, t, zs, rec, bias)
+        _lstm_cells_forward(b0, b1, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract, return_sequences)
     if not return_sequences:
         for b in range(b0, b1):
             for u in range(hc.shape[1]):
@@ -443,8 +470,7 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
     dh[b0:b1] = 0
     dc[b0:b1] = 0
     for t in range(zs.shape[1] - 1, -1, -1):
-        for b in range(b0, b1):
-            _lstm_row_backward(b, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
+        _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
         if t > 0:
             _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
 
@@ -505,9 +531,8 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias
             _lstm_transpose(rec, rect)
         else:
             np.dot(hc, rkernel, rec)
-        k = t if keep else 0
-        for b in range(B):
-            _lstm_row_forward(b, t, k, y, zs, hp, cp, tc, hc, cc, rec[b], bias, act, ract, return_sequences)
+        _lstm_add_recurrent(np.int64(0), B, t, zs, rec, bias)
+        _lstm_cells_forward(np.int64(0), B, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract, return_sequences)
     if not return_sequences:
         for b in range(B):
             for u in range(hc.shape[1]):
@@ -526,13 +551,12 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
     dh[:] = 0
     dc[:] = 0
     for t in range(T - 1, -1, -1):
-        for b in range(B):
-            _lstm_row_backward(b, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
-            if t > 0:  # the row just written, copied while it is in cache
-                for j in range(G):
-                    dzt[b, j] = dzs[b, t, j]
+        _lstm_cells_backward(np.int64(0), B, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
         if t == 0:
             break
+        for b in range(B):
+            for j in range(G):
+                dzt[b, j] = dzs[b, t, j]
         if transposed:
             # dzt.T is a no-copy F view: OpenBLAS reads it transposed as
             # fast as a (G, B) copy (U 128, B 32: 16.7 against 16.6 us),
@@ -560,20 +584,17 @@ def _lstm_rows_forward_taken(B, T, G, per_step):
 
 def _lstm_blocks(B, T, U, dtype, per_step):
     """Blocks of rows (threads) of the blocks schedule for B rows, or 0 when
-    it is not taken: float32 and U a multiple of 16 only, at least
-    _LSTM_BLOCK_MIN_ROWS rows a block, and one block for a pass of fewer
-    than _LSTM_BLOCKS_MIN_MACS multiply-adds (the hand-off to another
-    thread costs more there). Layers of the rows schedule (not per_step)
-    take it only from _LSTM_NARROW_BLOCKS_MIN_MACS, in blocks of at least
-    _LSTM_NARROW_BLOCK_MIN_ROWS."""
-    if dtype != np.float32 or U % 16 != 0:
+    it is not taken: float32, U a multiple of 16 and 2 rows or more only.
+    One block (this thread) below _LSTM_BLOCKS_MIN_WORK, where the hand-off
+    to another thread costs more than it saves; else a block a thread, of
+    at least _LSTM_BLOCK_MIN_ROWS rows (_LSTM_NARROW_BLOCK_MIN_ROWS for the
+    narrow layers of the rows schedule, not per_step)."""
+    if dtype != np.float32 or U % 16 != 0 or B < 2:
         return 0
-    macs = B * T * 4 * U * U
-    if per_step:
-        q = min(numba.get_num_threads(), B // _LSTM_BLOCK_MIN_ROWS)
-        return min(q, 1) if macs < _LSTM_BLOCKS_MIN_MACS else q
-    q = min(numba.get_num_threads(), B // _LSTM_NARROW_BLOCK_MIN_ROWS)
-    return q if q >= 2 and macs >= _LSTM_NARROW_BLOCKS_MIN_MACS else 0
+    if B * T * U * (4 * U + _LSTM_CELL_MACS) < _LSTM_BLOCKS_MIN_WORK:
+        return 1
+    rows = _LSTM_BLOCK_MIN_ROWS if per_step else _LSTM_NARROW_BLOCK_MIN_ROWS
+    return max(1, min(numba.get_num_threads(), B // rows))
 
 
 def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
