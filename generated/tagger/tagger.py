@@ -1836,28 +1836,39 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
 
 
 @njit
-def _lstm_copy_row(dst, src, rows, k, add):
-    """add False: dst[k] = src[rows[k]] (gather); add True: dst[rows[k]] +=
-    src[k] (scatter, rows distinct, so rows k touch disjoint rows of dst)."""
-    r = rows[k]
+def _lstm_copy_rows_range(dst, src, rows, k0, k1, add):
+    """For k in k0:k1, add False: dst[k] = src[rows[k]] (gather); add True:
+    dst[rows[k]] += src[k] (scatter, rows distinct, so rows k touch disjoint
+    rows of dst)."""
     if add:
-        for j in range(src.shape[1]):
-            dst[r, j] += src[k, j]
+        for k in range(k0, k1):
+            r = rows[k]
+            for j in range(src.shape[1]):
+                dst[r, j] += src[k, j]
     else:
-        for j in range(src.shape[1]):
-            dst[k, j] = src[r, j]
+        for k in range(k0, k1):
+            r = rows[k]
+            for j in range(src.shape[1]):
+                dst[k, j] = src[r, j]
 
 
 @njit
 def _lstm_copy_rows_serial(dst, src, rows, add):
-    for k in range(rows.shape[0]):
-        _lstm_copy_row(dst, src, rows, k, add)
+    _lstm_copy_rows_range(dst, src, rows, np.int64(0), rows.shape[0], add)
 
 
+# One call a thread, not one a row: each call counts references to its
+# three arrays, an atomic operation on counters the threads share (see
+# lstm.py, the cells). twitter.py at batch 32 gathers 3,200 rows a step.
 @njit(parallel=True)
-def _lstm_copy_rows_parallel(dst, src, rows, add):
-    for k in prange(rows.shape[0]):
-        _lstm_copy_row(dst, src, rows, np.int64(k), add)  # int64: see _dense_forward_owned
+def _lstm_copy_rows_parallel(dst, src, rows, add, Q):
+    """_lstm_copy_rows_range over Q ranges of k in parallel (Q: numba's
+    thread count, passed in: read inside a kernel, it keeps numba from
+    caching it)."""
+    n = rows.shape[0]
+    for q in prange(Q):
+        p = np.int64(q)  # int64: see _dense_forward_owned
+        _lstm_copy_rows_range(dst, src, rows, p * n // Q, (p + 1) * n // Q, add)
 
 
 # The copies are chosen from plain Python, never from a jitted kernel: a
@@ -1868,9 +1879,11 @@ def _lstm_copy_rows_parallel(dst, src, rows, add):
 
 
 def _lstm_copy_rows(dst, src, rows, add):
-    """_lstm_copy_row for every k of rows; in parallel over k when big."""
-    big = rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN
-    (_lstm_copy_rows_parallel if big else _lstm_copy_rows_serial)(dst, src, rows, np.bool_(add))
+    """_lstm_copy_rows_range over every k of rows; in parallel over k when big."""
+    if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
+        _lstm_copy_rows_parallel(dst, src, rows, np.bool_(add), numba.get_num_threads())
+    else:
+        _lstm_copy_rows_serial(dst, src, rows, np.bool_(add))
 
 
 @njit
