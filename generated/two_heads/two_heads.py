@@ -1091,9 +1091,9 @@ def _lstm_act(a, code):
 # axpy form at 32 units); the sums round differently from a sequential loop,
 # as BLAS's do. Two rows of the batch share each weight they read (a
 # row-step at 32 units: 262 -> 175 ns forward, 141 -> 113 ns backward); a
-# row without a partner goes with itself, and its second sum is dropped
-# after it is computed, so every row rounds the same whatever its place in
-# the batch.
+# row without a partner goes with itself (both sums computed and stored,
+# its own last), so every row rounds the same whatever its place in the
+# batch.
 # The cells of a step run for a range of rows in one call, and take whole
 # arrays and row indices, never a row's view (zs[b, t], hc[b]): a numba
 # kernel increments the reference count of every array it receives, and of
@@ -1105,10 +1105,10 @@ def _lstm_act(a, code):
 # thread, and a two-thread pass over 256 rows 1.34-1.63 -> 0.78 ms (backward
 # 0.88-1.01 -> 0.59 ms). The same operations in the same order: same bits.
 @njit(fastmath={"reassoc", "contract"})
-def _lstm_pair_gates(zs, t, hc, b, two, rkt):
-    """zs[r, t] += hc[r] @ rkt.T for r = b and, if two, b + 1: the recurrent
-    product of a pair of rows (rkt = rkernel.T, (G, U), the summed axis last)."""
-    b2 = b + 1 if two else b
+def _lstm_pair_gates(zs, t, hc, b, b2, rkt):
+    """zs[r, t] += hc[r] @ rkt.T for the rows r = b and b2: the recurrent
+    product of a pair of rows (rkt = rkernel.T, (G, U), the summed axis
+    last). b2 == b for a row without a partner: row b's sum is stored last."""
     for i in range(rkt.shape[0]):
         sa = zs.dtype.type(0.0)
         sb = sa
@@ -1116,15 +1116,16 @@ def _lstm_pair_gates(zs, t, hc, b, two, rkt):
             w = rkt[i, k]
             sa += hc[b, k] * w
             sb += hc[b2, k] * w
-        zs[b, t, i] += sa
-        zs[b2, t, i] = zs[b2, t, i] + sb if two else zs[b2, t, i]
+        za, zb = zs[b, t, i], zs[b2, t, i]
+        zs[b2, t, i] = zb + sb
+        zs[b, t, i] = za + sa
 
 
 @njit(fastmath={"reassoc", "contract"})
-def _lstm_pair_dh(dh, b, two, dzs, t, rkernel):
-    """dh[r] = dzs[r, t] @ rkernel.T for r = b and, if two, b + 1: dh_{t-1}
-    of a pair of rows (rkernel (U, G), the summed axis last)."""
-    b2 = b + 1 if two else b
+def _lstm_pair_dh(dh, b, b2, dzs, t, rkernel):
+    """dh[r] = dzs[r, t] @ rkernel.T for the rows r = b and b2: dh_{t-1} of a
+    pair of rows (rkernel (U, G), the summed axis last). b2 == b for a row
+    without a partner: row b's sum is stored last."""
     for i in range(rkernel.shape[0]):
         sa = dh.dtype.type(0.0)
         sb = sa
@@ -1332,7 +1333,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                 for r in range(b, b + rows):
                     for j in range(G):
                         zs[r, t, j] += bias[j]
-            _lstm_pair_gates(zs, t, hc, b, rows == 2, rkt)
+            _lstm_pair_gates(zs, t, hc, b, b + rows - 1, rkt)
             _lstm_cells_forward(b, b + rows, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract,
                                 return_sequences)
         if not return_sequences:
@@ -1369,7 +1370,7 @@ def _lstm_rows_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, r
         for t in range(T - 1, -1, -1):
             _lstm_cells_backward(b, b + rows, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
             if t > 0:
-                _lstm_pair_dh(dh, b, rows == 2, dzs, t, rkernel)
+                _lstm_pair_dh(dh, b, b + rows - 1, dzs, t, rkernel)
 
 
 @njit(parallel=True)
