@@ -1032,11 +1032,14 @@ def dense_backward_owned(dx, dkernel, dbias, dz, y, xp, kernel, act, mode, wmode
 
 _LSTM_PARALLEL_MIN = 1 << 17  # B * T * G gate values below which rows run serially
 _LSTM_ROWS_FORWARD_MIN = 1 << 19  # B * T * G from which the forward pass takes rows
-# Below this many flops the input projection before a rows forward pass runs
-# on one BLAS thread (_blas_one_thread): a rows region started right after a
-# two-thread product loses the ~0.4 ms OpenBLAS's second thread then spins.
-# B 256, T 25, I 32, U 32 (52 Mflop): projection 140 -> 265 us, rows region
-# 1.19-1.21 -> 0.88-0.92 ms. Above ~120 Mflop the projection would lose more.
+# Below this many flops the input projection of a narrow layer's big batch
+# (_lstm_rows_forward_taken) runs on one BLAS thread (_blas_one_thread): a
+# rows region started right after a two-thread product loses the ~0.4 ms
+# OpenBLAS's second thread then spins. B 256, T 25, I 32, U 32 (52 Mflop):
+# projection 140 -> 265 us, rows region 1.19-1.21 -> 0.88-0.92 ms. Above ~120
+# Mflop the projection would lose more. Such a batch now mostly takes two
+# blocks, where one or two projection threads measured the same (T 25 and
+# 100, U 32, B 256: within 2%).
 _LSTM_SERIAL_PROJECTION_MAX = 1 << 26
 # from these units, up to this batch, the backward steps take dh_{t-1}.T =
 # rkernel @ dz_t.T: OpenBLAS runs (U, 4U) x (4U, B) faster than
