@@ -621,17 +621,20 @@ def test_lstm_forward(act, ract, rs, use_bias, per_step, transposed, monkeypatch
     np.testing.assert_allclose(hp[:, -1], ref_seq[:, -2], rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("M", [1, 15, 16, 17, 48, 2048])
+@pytest.mark.parametrize("M", [1, 7, 8, 9, 15, 16, 17, 48, 2048])
 @pytest.mark.parametrize("N", [1, 3, 32])
-def test_lstm_transpose(M, N):
-    """_lstm_transpose copies 16 source rows at a time, then the rest; the
-    source may be one step of a (B, T, G) array (the backward steps)."""
+@pytest.mark.parametrize("kernel", ["_lstm_transpose", "_lstm_transpose_weights"])
+def test_lstm_transpose(kernel, M, N):
+    """Both transposes copy blocks of source rows (16, 8 for weights), then
+    the rest; the source may be one step of a (B, T, G) array (the backward
+    steps)."""
+    transpose = getattr(K, kernel)
     src = rng(46).standard_normal((M, N)).astype(F32)
     dst = np.full((N, M), np.nan, F32)
-    K._lstm_transpose(dst, src)
+    transpose(dst, src)
     np.testing.assert_array_equal(dst, src.T)
     steps = rng(47).standard_normal((M, 3, N)).astype(F32)
-    K._lstm_transpose(dst, steps[:, 1, :])
+    transpose(dst, steps[:, 1, :])
     np.testing.assert_array_equal(dst, steps[:, 1, :].T)
 
 
