@@ -928,22 +928,22 @@ def test_lstm_blocks_taken(monkeypatch):
     assert K._lstm_blocks(256, 100, 32, F32, False) == 1
 
 
-def test_lstm_in_blocks_covers_the_rows():
-    """Q blocks cover rows 0..B-1 once each; a pool made for fewer threads is
-    replaced by a bigger one when more blocks come."""
-    K._LSTM_BLOCK_POOL.clear()
+def test_in_ranges_covers_the_rows():
+    """Q ranges cover rows 0..n-1 once each; a pool made for fewer threads is
+    replaced by a bigger one when more ranges come."""
+    K._RANGE_POOL.clear()
     seen = []
-    K._lstm_in_blocks(lambda b0, b1: seen.append((b0, b1)), 2, 10)
-    assert sorted(seen) == [(0, 5), (5, 10)] and K._LSTM_BLOCK_POOL[0][1] == 1
+    K._in_ranges(lambda b0, b1: seen.append((b0, b1)), 2, 10)
+    assert sorted(seen) == [(0, 5), (5, 10)] and K._RANGE_POOL[0][1] == 1
     seen.clear()
-    K._lstm_in_blocks(lambda b0, b1: seen.append((b0, b1)), 3, 10)
-    assert sorted(seen) == [(0, 3), (3, 6), (6, 10)] and K._LSTM_BLOCK_POOL[0][1] == 2
+    K._in_ranges(lambda b0, b1: seen.append((b0, b1)), 3, 10)
+    assert sorted(seen) == [(0, 3), (3, 6), (6, 10)] and K._RANGE_POOL[0][1] == 2
     seen.clear()
-    K._lstm_in_blocks(lambda b0, b1: seen.append((b0, b1)), 1, 10)
+    K._in_ranges(lambda b0, b1: seen.append((b0, b1)), 1, 10)
     assert seen == [(0, 10)]
 
 
-def test_lstm_block_pool_after_fork():
+def test_range_pool_after_fork():
     """A forked child makes its own pool: the parent's threads are not in it."""
     if not hasattr(os, "fork"):
         pytest.skip("no fork")
@@ -951,16 +951,16 @@ def test_lstm_block_pool_after_fork():
     B, T, I, U = 16, 3, 2, 16
     args = (r.standard_normal((B, T, I)).astype(F32), (0.3 * r.standard_normal((I, 4 * U))).astype(F32),
             (0.3 * r.standard_normal((U, 4 * U))).astype(F32), np.zeros(4 * U, F32), TANH, SIGMOID, True, True)
-    K._LSTM_BLOCK_POOL.clear()
-    K._lstm_in_blocks(lambda b0, b1: None, 2, B)  # the parent's pool, with its thread
-    assert K._LSTM_BLOCK_POOL and K._LSTM_BLOCK_POOL[0][1] == 1
+    K._RANGE_POOL.clear()
+    K._in_ranges(lambda b0, b1: None, 2, B)  # the parent's pool, with its thread
+    assert K._RANGE_POOL and K._RANGE_POOL[0][1] == 1
     y, _ = lstm_run(*args)
     pid = os.fork()
     if pid == 0:  # child: the same run through a new pool, or a hang the parent's timeout reports
         code = 1
         try:
-            code = 0 if not K._LSTM_BLOCK_POOL and np.array_equal(lstm_run(*args)[0], y) else 3
-            K._lstm_in_blocks(lambda b0, b1: None, 2, B)
+            code = 0 if not K._RANGE_POOL and np.array_equal(lstm_run(*args)[0], y) else 3
+            K._in_ranges(lambda b0, b1: None, 2, B)
         finally:
             os._exit(code)
     deadline = time.monotonic() + 60
@@ -971,7 +971,7 @@ def test_lstm_block_pool_after_fork():
             return
         time.sleep(0.05)
     os.kill(pid, 9)
-    pytest.fail("the forked child hung on the parent's block pool")
+    pytest.fail("the forked child hung on the parent's range pool")
 
 
 @pytest.mark.parametrize("per_step", [False, True], ids=["rows", "steps"])
@@ -1556,33 +1556,41 @@ def test_lstm_matches_keras_torch(tmp_path):
 @pytest.mark.parametrize("gathered", [False, True], ids=["table-grad", "gathered"])
 @pytest.mark.parametrize("name", ["sgd", "rmsprop"])
 def test_row_updates_in_parallel_equal_serial(name, gathered, monkeypatch):
-    """From _OPTIMIZER_PARALLEL_MIN values the row-sparse updates run blocks
-    of rows on every thread (the last block partial); every weight, state
-    value, step count and zeroed gradient must be the serial result."""
+    """From _OPTIMIZER_PARALLEL_MIN values the row-sparse updates run a
+    range of rows a thread (three here, of unequal sizes); every weight,
+    state value, step count and zeroed gradient must be the serial result."""
     V, D = 3000, 512
-    n = -(-K._OPTIMIZER_PARALLEL_MIN // D) + 37
-    assert n % K._OPTIMIZER_ROWS_BLOCK != 0 and n <= V
+    n = -(-K._OPTIMIZER_PARALLEL_MIN // D) + 38
+    assert n % 3 != 0 and n <= V
     rng = np.random.default_rng(4)
     rows = np.sort(rng.choice(V, n, replace=False)).astype(np.int64)
     w0 = rng.normal(size=(V, D)).astype(np.float32)
     g0 = rng.normal(size=(n, D) if gathered else (V, D)).astype(np.float32)
     v0 = np.abs(rng.normal(size=(V, D))).astype(np.float32)
     last0 = rng.integers(0, 5, V).astype(np.int64)
-    par = getattr(K, f"_{name}_rows_parallel")
+    monkeypatch.setattr(K.numba, "get_num_threads", lambda: 3)
+    split = K._in_ranges
     calls = []
-    monkeypatch.setattr(K, f"_{name}_rows_parallel", lambda *a: calls.append(1) or par(*a))
+    monkeypatch.setattr(K, "_in_ranges", lambda kernel, Q, *a: calls.append(Q) or split(kernel, Q, *a))
+    serial = getattr(K, f"_{name}_rows")
     results = []
-    for fn in (getattr(K, f"{name}_update_rows"), getattr(K, f"_{name}_rows_serial")):
+    for fn in (getattr(K, f"{name}_update_rows"), lambda *a: serial(0, n, *a)):
         w, g, v, last = w0.copy(), g0.copy(), v0.copy(), last0.copy()
         if name == "sgd":
             fn(w, g, rows, gathered, 0.01)
         else:
             fn(w, g, v, last, rows, gathered, 7, 0.001, 0.9, 1e-7)
         results.append((w, g, v, last))
-    assert calls == [1]
+    assert calls == [3]
     for a, b in zip(*results):
         assert np.array_equal(a, b)
     assert not np.array_equal(results[0][0], w0)
+    calls.clear()  # below _OPTIMIZER_PARALLEL_MIN values: one range, on this thread
+    w, g, v, last = w0.copy(), g0.copy(), v0.copy(), last0.copy()
+    args = (0.01,) if name == "sgd" else (7, 0.001, 0.9, 1e-7)
+    state = () if name == "sgd" else (v, last)
+    getattr(K, f"{name}_update_rows")(w, g, *state, rows[:10], gathered, *args)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam"])

@@ -384,7 +384,8 @@ def test_processes_that_each_compile_part_of_the_kernels(example, tmp_path):
     again in a third, which loads everything. A jitted kernel compiled while a
     parallel kernel it calls came from the cache was cached broken, and the
     third process crashed (twitter: a segmentation fault in the embedded
-    LSTM's projection, fixed by calling _lstm_copy_rows_parallel from Python only)."""
+    LSTM's projection, fixed by calling the parallel row copy from Python only;
+    the copy now runs on Python threads)."""
     shutil.copy(GENERATED / example / "model.py", tmp_path / "model.py")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     for stage in ("predict", "train", "train", "predict"):
@@ -681,8 +682,7 @@ def test_predict_projection_cache_survives_an_interrupt(monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as mp:
-        mp.setattr(mod, "_lstm_project_rows_serial", interrupted)
-        mp.setattr(mod, "_lstm_project_rows_parallel", interrupted)
+        mp.setattr(mod, "_lstm_project_rows_range", interrupted)
         with pytest.raises(KeyboardInterrupt):
             m.predict(xs)
     for a, b in zip(m.predict(xs), want):

@@ -227,6 +227,37 @@ def _blas_one_thread(fn, *args):
         f[0](n)
 
 
+# The LSTM's blocks, the embedded LSTM's row copies and projections, and the
+# row-sparse optimizer updates split their rows over the threads on Python
+# threads of one pool, not in a numba parallel region: each such kernel
+# releases the GIL (nogil) and takes its range as arguments, so one compiled
+# function serves every split. A region around a kernel compiles it a second
+# time, with numba's parfor passes on top (twitter.py's first training step:
+# the LSTM blocks 3.3 s more on a cold cache; the row copies and RMSprop
+# rows 0.6 and 0.9 s against 0.1 and 0.2 s for the kernels alone), and one
+# hand-off costs about what a region's start does.
+_RANGE_POOL = []  # (executor, its threads) of _in_ranges, made at first use
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
+    os.register_at_fork(after_in_child=_RANGE_POOL.clear)
+
+
+def _in_ranges(kernel, Q, n, *args):
+    """kernel(lo, hi, *args) over Q ranges of range(n) at once: the first on
+    this thread, the others on _RANGE_POOL's (kernel releases the GIL)."""
+    if Q <= 1:
+        kernel(0, n, *args)
+        return
+    if not _RANGE_POOL or _RANGE_POOL[0][1] < Q - 1:  # none yet, or numba's thread count went up
+        if _RANGE_POOL:
+            _RANGE_POOL.pop()[0].shutdown(wait=False)
+        _RANGE_POOL.append((concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-range"), Q - 1))
+    pool = _RANGE_POOL[0][0]
+    others = [pool.submit(kernel, q * n // Q, (q + 1) * n // Q, *args) for q in range(1, Q)]
+    kernel(0, n // Q, *args)
+    for f in others:
+        f.result()
+
+
 def njit(*args, **kwargs):
     """numba.njit with the on-disk cache on, so a second process skips compiling,
     and numpy's error model: x / 0 gives inf or nan as in numpy instead of a

@@ -227,6 +227,37 @@ def _blas_one_thread(fn, *args):
         f[0](n)
 
 
+# The LSTM's blocks, the embedded LSTM's row copies and projections, and the
+# row-sparse optimizer updates split their rows over the threads on Python
+# threads of one pool, not in a numba parallel region: each such kernel
+# releases the GIL (nogil) and takes its range as arguments, so one compiled
+# function serves every split. A region around a kernel compiles it a second
+# time, with numba's parfor passes on top (twitter.py's first training step:
+# the LSTM blocks 3.3 s more on a cold cache; the row copies and RMSprop
+# rows 0.6 and 0.9 s against 0.1 and 0.2 s for the kernels alone), and one
+# hand-off costs about what a region's start does.
+_RANGE_POOL = []  # (executor, its threads) of _in_ranges, made at first use
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
+    os.register_at_fork(after_in_child=_RANGE_POOL.clear)
+
+
+def _in_ranges(kernel, Q, n, *args):
+    """kernel(lo, hi, *args) over Q ranges of range(n) at once: the first on
+    this thread, the others on _RANGE_POOL's (kernel releases the GIL)."""
+    if Q <= 1:
+        kernel(0, n, *args)
+        return
+    if not _RANGE_POOL or _RANGE_POOL[0][1] < Q - 1:  # none yet, or numba's thread count went up
+        if _RANGE_POOL:
+            _RANGE_POOL.pop()[0].shutdown(wait=False)
+        _RANGE_POOL.append((concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-range"), Q - 1))
+    pool = _RANGE_POOL[0][0]
+    others = [pool.submit(kernel, q * n // Q, (q + 1) * n // Q, *args) for q in range(1, Q)]
+    kernel(0, n // Q, *args)
+    for f in others:
+        f.result()
+
+
 def njit(*args, **kwargs):
     """numba.njit with the on-disk cache on, so a second process skips compiling,
     and numpy's error model: x / 0 gives inf or nan as in numpy instead of a
@@ -1424,7 +1455,7 @@ def _lstm_transpose_weights(dst, src):
 # The blocks schedule (float32, U a multiple of 16; _lstm_blocks): each
 # thread takes a block of rows that runs all T steps on its own (the
 # recurrence is independent per row), so no thread waits for another within
-# the sequence (_lstm_in_blocks). A step's product of the block's h_{t-1}
+# the sequence (_in_ranges, prelude). A step's product of the block's h_{t-1}
 # with rkernel (dz_t with rkernel.T backward) reads the weights as 16-column
 # panels packed once a pass, (N / 16, K, 16), where OpenBLAS packs them
 # again at every step, and keeps 8 rows x 16 lanes of accumulators in
@@ -1447,9 +1478,6 @@ _LSTM_BLOCK_MIN_ROWS = 8  # rows a block from which a wide layer's pass splits
 _LSTM_NARROW_BLOCK_MIN_ROWS = 16  # the same for narrow layers (the rows schedule's)
 _LSTM_CELL_MACS = 230  # a cell's cost a unit, in multiply-adds of the product
 _LSTM_BLOCKS_MIN_WORK = 25 << 20  # B T U (4 U + _LSTM_CELL_MACS) from which a pass splits
-_LSTM_BLOCK_POOL = []  # (executor, its threads) of _lstm_in_blocks, made at first use
-if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
-    os.register_at_fork(after_in_child=_LSTM_BLOCK_POOL.clear)
 
 
 @njit(nogil=True)
@@ -1488,27 +1516,6 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
         _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
         if t > 0:
             _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
-
-
-def _lstm_in_blocks(kernel, Q, B, *args):
-    """kernel(b0, b1, *args) over Q blocks of B rows at once: block 0 on this
-    thread, the others on _LSTM_BLOCK_POOL's (the block kernels release the
-    GIL). Python threads, not a numba parallel region: a region around a
-    block kernel compiles it a second time (twitter.py's first training
-    step: 3.3 s more on a cold cache), and one hand-off per pass costs
-    little next to a pass."""
-    if Q == 1:
-        kernel(0, B, *args)
-        return
-    if not _LSTM_BLOCK_POOL or _LSTM_BLOCK_POOL[0][1] < Q - 1:  # none yet, or numba's thread count went up
-        if _LSTM_BLOCK_POOL:
-            _LSTM_BLOCK_POOL.pop()[0].shutdown(wait=False)
-        _LSTM_BLOCK_POOL.append((concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-lstm-block"), Q - 1))
-    pool = _LSTM_BLOCK_POOL[0][0]
-    others = [pool.submit(kernel, q * B // Q, (q + 1) * B // Q, *args) for q in range(1, Q)]
-    kernel(0, B // Q, *args)
-    for f in others:
-        f.result()
 
 
 @njit
@@ -1621,8 +1628,8 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
     if Q:
         panels = rkt.reshape((G // 16, U, 16))  # rkt's memory, free in this schedule
         _lstm_pack_panels(panels, rkernel)
-        _lstm_in_blocks(_lstm_block_forward, Q, B, y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
-                        return_sequences)
+        _in_ranges(_lstm_block_forward, Q, B, y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
+                   return_sequences)
         return
     if not _lstm_rows_forward_taken(B, T, G, per_step):
         if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
@@ -1648,8 +1655,8 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
     if Q:
         panels = rkt.reshape((U // 16, G, 16))
         _lstm_pack_panels_t(panels, rkernel)
-        _lstm_in_blocks(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                        return_sequences)
+        _in_ranges(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
+                   return_sequences)
     elif per_step:
         transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
         dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)
@@ -2232,23 +2239,29 @@ def _adam_owned(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t, spans
 
 
 # Distinct rows write disjoint memory, so from _OPTIMIZER_PARALLEL_MIN values
-# the rows split into blocks over the threads (twitter.py's RMSprop over the
-# ~2,700 rows of 512 a batch of 32 uses: 1.35 -> 0.93 ms a step inside fit;
-# ~9,000 rows at batch 256: 4.7 -> 3.0 ms). Below, a region costs more than
-# it saves. The same operations per row: the same bits.
-_OPTIMIZER_ROWS_BLOCK = 64
+# the rows split into a range a thread (_rows_threads, _in_ranges; twitter.py's
+# RMSprop over the ~2,700 rows of 512 a batch of 32 uses: 1.35 -> 0.93 ms a
+# step inside fit; ~9,000 rows at batch 256: 4.7 -> 3.0 ms). Below, a
+# hand-off costs more than it saves. The same operations per row: the same
+# bits.
 
 
-@njit
-def _sgd_rows_serial(w, g, rows, gathered, lr):
-    """w (V, D) -= lr * gradient on the given (distinct) rows only.
+def _rows_threads(rows, width):
+    """How many threads update `rows` rows of `width` values: numba's count
+    from _OPTIMIZER_PARALLEL_MIN values, else 1."""
+    return numba.get_num_threads() if rows * width >= _OPTIMIZER_PARALLEL_MIN else 1
+
+
+@njit(nogil=True)
+def _sgd_rows(k0, k1, w, g, rows, gathered, lr):
+    """w (V, D) -= lr * gradient on rows[k0:k1] (distinct) only.
     gathered False: row r's gradient is g[r] (g (V, D)), and it is zeroed
     while in cache, so the next backward pass adds into a zero gradient
     without a separate pass to clear it. gathered True: the gradient of
     rows[k] is g[k] (g (n, D), a kernel's scratch, left as it is)."""
     lr_ = w.dtype.type(lr)
     zero = w.dtype.type(0.0)
-    for k in range(rows.shape[0]):
+    for k in range(k0, k1):
         r = rows[k]
         wr = w[r]
         if gathered:
@@ -2262,30 +2275,22 @@ def _sgd_rows_serial(w, g, rows, gathered, lr):
                 gr[j] = zero
 
 
-@njit(parallel=True)
-def _sgd_rows_parallel(w, g, rows, gathered, lr):
-    n, blk = rows.shape[0], _OPTIMIZER_ROWS_BLOCK
-    for c in prange((n + blk - 1) // blk):
-        lo, hi = c * blk, min(n, c * blk + blk)
-        _sgd_rows_serial(w, g[lo:hi] if gathered else g, rows[lo:hi], gathered, lr)
-
-
 def sgd_update_rows(w, g, rows, gathered, lr):
     """w (V, D) -= lr * gradient on the given (distinct) rows only; see
-    _sgd_rows_serial. rows (n,) int64."""
-    big = rows.shape[0] * w.shape[1] >= _OPTIMIZER_PARALLEL_MIN
-    (_sgd_rows_parallel if big else _sgd_rows_serial)(w, g, rows, gathered, lr)
+    _sgd_rows. rows (n,) int64."""
+    n = rows.shape[0]
+    _in_ranges(_sgd_rows, _rows_threads(n, w.shape[1]), n, w, g, rows, gathered, lr)
 
 
-@njit
-def _rmsprop_rows_serial(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
-    """RMSprop (momentum 0, not centered) on the given (distinct) rows of w
-    and v (V, D); g and gathered as in _sgd_rows_serial; last (V,) int64;
+@njit(nogil=True)
+def _rmsprop_rows(k0, k1, w, g, v, last, rows, gathered, step, lr, rho, epsilon):
+    """RMSprop (momentum 0, not centered) on rows[k0:k1] (distinct) of w
+    and v (V, D); g and gathered as in _sgd_rows; last (V,) int64;
     step = iterations before this update."""
     dt = w.dtype.type
     lr_, rho_, one_m_rho, eps = dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon)
     zero = dt(0.0)
-    for k in range(rows.shape[0]):
+    for k in range(k0, k1):
         r = rows[k]
         decay = rho_ ** dt(step - last[r])
         last[r] = step + 1
@@ -2301,20 +2306,11 @@ def _rmsprop_rows_serial(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
                 gr[j] = zero
 
 
-@njit(parallel=True)
-def _rmsprop_rows_parallel(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
-    n, blk = rows.shape[0], _OPTIMIZER_ROWS_BLOCK
-    for c in prange((n + blk - 1) // blk):
-        lo, hi = c * blk, min(n, c * blk + blk)
-        _rmsprop_rows_serial(w, g[lo:hi] if gathered else g, v, last, rows[lo:hi], gathered, step, lr, rho,
-                             epsilon)
-
-
 def rmsprop_update_rows(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
-    """RMSprop on the given (distinct) rows; see _rmsprop_rows_serial."""
-    big = rows.shape[0] * w.shape[1] >= _OPTIMIZER_PARALLEL_MIN
-    (_rmsprop_rows_parallel if big else _rmsprop_rows_serial)(w, g, v, last, rows, gathered, step, lr, rho,
-                                                              epsilon)
+    """RMSprop on the given (distinct) rows; see _rmsprop_rows."""
+    n = rows.shape[0]
+    _in_ranges(_rmsprop_rows, _rows_threads(n, w.shape[1]), n, w, g, v, last, rows, gathered, step, lr,
+               rho, epsilon)
 
 
 @njit

@@ -227,6 +227,37 @@ def _blas_one_thread(fn, *args):
         f[0](n)
 
 
+# The LSTM's blocks, the embedded LSTM's row copies and projections, and the
+# row-sparse optimizer updates split their rows over the threads on Python
+# threads of one pool, not in a numba parallel region: each such kernel
+# releases the GIL (nogil) and takes its range as arguments, so one compiled
+# function serves every split. A region around a kernel compiles it a second
+# time, with numba's parfor passes on top (twitter.py's first training step:
+# the LSTM blocks 3.3 s more on a cold cache; the row copies and RMSprop
+# rows 0.6 and 0.9 s against 0.1 and 0.2 s for the kernels alone), and one
+# hand-off costs about what a region's start does.
+_RANGE_POOL = []  # (executor, its threads) of _in_ranges, made at first use
+if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
+    os.register_at_fork(after_in_child=_RANGE_POOL.clear)
+
+
+def _in_ranges(kernel, Q, n, *args):
+    """kernel(lo, hi, *args) over Q ranges of range(n) at once: the first on
+    this thread, the others on _RANGE_POOL's (kernel releases the GIL)."""
+    if Q <= 1:
+        kernel(0, n, *args)
+        return
+    if not _RANGE_POOL or _RANGE_POOL[0][1] < Q - 1:  # none yet, or numba's thread count went up
+        if _RANGE_POOL:
+            _RANGE_POOL.pop()[0].shutdown(wait=False)
+        _RANGE_POOL.append((concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-range"), Q - 1))
+    pool = _RANGE_POOL[0][0]
+    others = [pool.submit(kernel, q * n // Q, (q + 1) * n // Q, *args) for q in range(1, Q)]
+    kernel(0, n // Q, *args)
+    for f in others:
+        f.result()
+
+
 def njit(*args, **kwargs):
     """numba.njit with the on-disk cache on, so a second process skips compiling,
     and numpy's error model: x / 0 gives inf or nan as in numpy instead of a
@@ -1492,7 +1523,7 @@ def _lstm_transpose_weights(dst, src):
 # The blocks schedule (float32, U a multiple of 16; _lstm_blocks): each
 # thread takes a block of rows that runs all T steps on its own (the
 # recurrence is independent per row), so no thread waits for another within
-# the sequence (_lstm_in_blocks). A step's product of the block's h_{t-1}
+# the sequence (_in_ranges, prelude). A step's product of the block's h_{t-1}
 # with rkernel (dz_t with rkernel.T backward) reads the weights as 16-column
 # panels packed once a pass, (N / 16, K, 16), where OpenBLAS packs them
 # again at every step, and keeps 8 rows x 16 lanes of accumulators in
@@ -1515,9 +1546,6 @@ _LSTM_BLOCK_MIN_ROWS = 8  # rows a block from which a wide layer's pass splits
 _LSTM_NARROW_BLOCK_MIN_ROWS = 16  # the same for narrow layers (the rows schedule's)
 _LSTM_CELL_MACS = 230  # a cell's cost a unit, in multiply-adds of the product
 _LSTM_BLOCKS_MIN_WORK = 25 << 20  # B T U (4 U + _LSTM_CELL_MACS) from which a pass splits
-_LSTM_BLOCK_POOL = []  # (executor, its threads) of _lstm_in_blocks, made at first use
-if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
-    os.register_at_fork(after_in_child=_LSTM_BLOCK_POOL.clear)
 
 
 @njit(nogil=True)
@@ -1556,27 +1584,6 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
         _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
         if t > 0:
             _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
-
-
-def _lstm_in_blocks(kernel, Q, B, *args):
-    """kernel(b0, b1, *args) over Q blocks of B rows at once: block 0 on this
-    thread, the others on _LSTM_BLOCK_POOL's (the block kernels release the
-    GIL). Python threads, not a numba parallel region: a region around a
-    block kernel compiles it a second time (twitter.py's first training
-    step: 3.3 s more on a cold cache), and one hand-off per pass costs
-    little next to a pass."""
-    if Q == 1:
-        kernel(0, B, *args)
-        return
-    if not _LSTM_BLOCK_POOL or _LSTM_BLOCK_POOL[0][1] < Q - 1:  # none yet, or numba's thread count went up
-        if _LSTM_BLOCK_POOL:
-            _LSTM_BLOCK_POOL.pop()[0].shutdown(wait=False)
-        _LSTM_BLOCK_POOL.append((concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-lstm-block"), Q - 1))
-    pool = _LSTM_BLOCK_POOL[0][0]
-    others = [pool.submit(kernel, q * B // Q, (q + 1) * B // Q, *args) for q in range(1, Q)]
-    kernel(0, B // Q, *args)
-    for f in others:
-        f.result()
 
 
 @njit
@@ -1689,8 +1696,8 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
     if Q:
         panels = rkt.reshape((G // 16, U, 16))  # rkt's memory, free in this schedule
         _lstm_pack_panels(panels, rkernel)
-        _lstm_in_blocks(_lstm_block_forward, Q, B, y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
-                        return_sequences)
+        _in_ranges(_lstm_block_forward, Q, B, y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
+                   return_sequences)
         return
     if not _lstm_rows_forward_taken(B, T, G, per_step):
         if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
@@ -1716,8 +1723,8 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
     if Q:
         panels = rkt.reshape((U // 16, G, 16))
         _lstm_pack_panels_t(panels, rkernel)
-        _lstm_in_blocks(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                        return_sequences)
+        _in_ranges(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
+                   return_sequences)
     elif per_step:
         transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
         dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)
@@ -1858,8 +1865,8 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
 # per id. Same sums as Embedding + LSTM, grouped by id.
 
 
-@njit
-def _lstm_copy_rows_range(dst, src, rows, k0, k1, add):
+@njit(nogil=True)
+def _lstm_copy_rows_range(k0, k1, dst, src, rows, add):
     """For k in k0:k1, add False: dst[k] = src[rows[k]] (gather); add True:
     dst[rows[k]] += src[k] (scatter, rows distinct, so rows k touch disjoint
     rows of dst)."""
@@ -1875,38 +1882,28 @@ def _lstm_copy_rows_range(dst, src, rows, k0, k1, add):
                 dst[k, j] = src[r, j]
 
 
-@njit
-def _lstm_copy_rows_serial(dst, src, rows, add):
-    _lstm_copy_rows_range(dst, src, rows, np.int64(0), rows.shape[0], add)
+# One call a thread over a range of rows, not one a row: each call counts
+# references to its three arrays, an atomic operation on counters the
+# threads share (see lstm.py, the cells). twitter.py at batch 32 gathers
+# 3,200 rows a step. The copies are chosen from plain Python, never from a
+# jitted kernel: a jitted caller compiled in a process that had loaded a
+# parallel kernel from numba's cache was cached broken, and the next process
+# to load that caller crashed (twitter.py: predict in one process, train in
+# a second, train again in a third: a segmentation fault).
 
 
-# One call a thread, not one a row: each call counts references to its
-# three arrays, an atomic operation on counters the threads share (see
-# lstm.py, the cells). twitter.py at batch 32 gathers 3,200 rows a step.
-@njit(parallel=True)
-def _lstm_copy_rows_parallel(dst, src, rows, add, Q):
-    """_lstm_copy_rows_range over Q ranges of k in parallel (Q: numba's
-    thread count, passed in: read inside a kernel, it keeps numba from
-    caching it)."""
-    n = rows.shape[0]
-    for q in prange(Q):
-        p = np.int64(q)  # int64: see _dense_forward_owned
-        _lstm_copy_rows_range(dst, src, rows, p * n // Q, (p + 1) * n // Q, add)
-
-
-# The copies are chosen from plain Python, never from a jitted kernel: a
-# jitted caller compiled in a process that had loaded the parallel kernel
-# from numba's cache was cached broken, and the next process to load that
-# caller crashed (twitter.py: predict in one process, train in a second,
-# train again in a third: a segmentation fault).
+# Copies of this many values or more split over the threads: a hand-off
+# costs 30-60 us here. twitter.py at batch 32, one thread against two:
+# gathering 2,737 rows of 512 233 against 196 us, scattering 3,200 rows of
+# 128 47 against 109 us; at batch 256 (25,600 rows) 455 against 308 us.
+_LSTM_COPY_PARALLEL_MIN = 1 << 20
 
 
 def _lstm_copy_rows(dst, src, rows, add):
-    """_lstm_copy_rows_range over every k of rows; in parallel over k when big."""
-    if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows_parallel(dst, src, rows, np.bool_(add), numba.get_num_threads())
-    else:
-        _lstm_copy_rows_serial(dst, src, rows, np.bool_(add))
+    """_lstm_copy_rows_range over every k of rows; over the threads when big."""
+    n = rows.shape[0]
+    Q = numba.get_num_threads() if n * src.shape[1] >= _LSTM_COPY_PARALLEL_MIN else 1
+    _in_ranges(_lstm_copy_rows_range, Q, n, dst, src, rows, np.bool_(add))
 
 
 @njit
@@ -2008,15 +2005,9 @@ def _lstm_missing_rows(done, ids):
     return rows[:n]
 
 
-@njit
-def _lstm_project_rows_serial(p, rows, table, kernel):
-    for i in range(rows.shape[0]):
-        _lstm_project_row(p, rows[i], table, kernel)
-
-
-@njit(parallel=True)
-def _lstm_project_rows_parallel(p, rows, table, kernel):
-    for i in prange(rows.shape[0]):
+@njit(nogil=True)
+def _lstm_project_rows_range(i0, i1, p, rows, table, kernel):
+    for i in range(i0, i1):
         _lstm_project_row(p, rows[i], table, kernel)
 
 
@@ -2032,10 +2023,9 @@ def lstm_project_rows(p, done, ids, table, kernel):
     try:
         # threads from 2^23 multiply-adds (128 of twitter's rows, ~150 us on
         # one core): below, waking them (~40 us) costs more than it saves
-        if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23:
-            _lstm_project_rows_parallel(p, rows, table, kernel)
-        else:
-            _lstm_project_rows_serial(p, rows, table, kernel)
+        big = rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23
+        _in_ranges(_lstm_project_rows_range, numba.get_num_threads() if big else 1, rows.shape[0], p, rows,
+                   table, kernel)
     except BaseException:  # interrupted: these rows were marked done but not computed
         done[rows] = False
         raise
@@ -2543,23 +2533,29 @@ def _adam_owned(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t, spans
 
 
 # Distinct rows write disjoint memory, so from _OPTIMIZER_PARALLEL_MIN values
-# the rows split into blocks over the threads (twitter.py's RMSprop over the
-# ~2,700 rows of 512 a batch of 32 uses: 1.35 -> 0.93 ms a step inside fit;
-# ~9,000 rows at batch 256: 4.7 -> 3.0 ms). Below, a region costs more than
-# it saves. The same operations per row: the same bits.
-_OPTIMIZER_ROWS_BLOCK = 64
+# the rows split into a range a thread (_rows_threads, _in_ranges; twitter.py's
+# RMSprop over the ~2,700 rows of 512 a batch of 32 uses: 1.35 -> 0.93 ms a
+# step inside fit; ~9,000 rows at batch 256: 4.7 -> 3.0 ms). Below, a
+# hand-off costs more than it saves. The same operations per row: the same
+# bits.
 
 
-@njit
-def _sgd_rows_serial(w, g, rows, gathered, lr):
-    """w (V, D) -= lr * gradient on the given (distinct) rows only.
+def _rows_threads(rows, width):
+    """How many threads update `rows` rows of `width` values: numba's count
+    from _OPTIMIZER_PARALLEL_MIN values, else 1."""
+    return numba.get_num_threads() if rows * width >= _OPTIMIZER_PARALLEL_MIN else 1
+
+
+@njit(nogil=True)
+def _sgd_rows(k0, k1, w, g, rows, gathered, lr):
+    """w (V, D) -= lr * gradient on rows[k0:k1] (distinct) only.
     gathered False: row r's gradient is g[r] (g (V, D)), and it is zeroed
     while in cache, so the next backward pass adds into a zero gradient
     without a separate pass to clear it. gathered True: the gradient of
     rows[k] is g[k] (g (n, D), a kernel's scratch, left as it is)."""
     lr_ = w.dtype.type(lr)
     zero = w.dtype.type(0.0)
-    for k in range(rows.shape[0]):
+    for k in range(k0, k1):
         r = rows[k]
         wr = w[r]
         if gathered:
@@ -2573,30 +2569,22 @@ def _sgd_rows_serial(w, g, rows, gathered, lr):
                 gr[j] = zero
 
 
-@njit(parallel=True)
-def _sgd_rows_parallel(w, g, rows, gathered, lr):
-    n, blk = rows.shape[0], _OPTIMIZER_ROWS_BLOCK
-    for c in prange((n + blk - 1) // blk):
-        lo, hi = c * blk, min(n, c * blk + blk)
-        _sgd_rows_serial(w, g[lo:hi] if gathered else g, rows[lo:hi], gathered, lr)
-
-
 def sgd_update_rows(w, g, rows, gathered, lr):
     """w (V, D) -= lr * gradient on the given (distinct) rows only; see
-    _sgd_rows_serial. rows (n,) int64."""
-    big = rows.shape[0] * w.shape[1] >= _OPTIMIZER_PARALLEL_MIN
-    (_sgd_rows_parallel if big else _sgd_rows_serial)(w, g, rows, gathered, lr)
+    _sgd_rows. rows (n,) int64."""
+    n = rows.shape[0]
+    _in_ranges(_sgd_rows, _rows_threads(n, w.shape[1]), n, w, g, rows, gathered, lr)
 
 
-@njit
-def _rmsprop_rows_serial(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
-    """RMSprop (momentum 0, not centered) on the given (distinct) rows of w
-    and v (V, D); g and gathered as in _sgd_rows_serial; last (V,) int64;
+@njit(nogil=True)
+def _rmsprop_rows(k0, k1, w, g, v, last, rows, gathered, step, lr, rho, epsilon):
+    """RMSprop (momentum 0, not centered) on rows[k0:k1] (distinct) of w
+    and v (V, D); g and gathered as in _sgd_rows; last (V,) int64;
     step = iterations before this update."""
     dt = w.dtype.type
     lr_, rho_, one_m_rho, eps = dt(lr), dt(rho), dt(1.0 - rho), dt(epsilon)
     zero = dt(0.0)
-    for k in range(rows.shape[0]):
+    for k in range(k0, k1):
         r = rows[k]
         decay = rho_ ** dt(step - last[r])
         last[r] = step + 1
@@ -2612,20 +2600,11 @@ def _rmsprop_rows_serial(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
                 gr[j] = zero
 
 
-@njit(parallel=True)
-def _rmsprop_rows_parallel(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
-    n, blk = rows.shape[0], _OPTIMIZER_ROWS_BLOCK
-    for c in prange((n + blk - 1) // blk):
-        lo, hi = c * blk, min(n, c * blk + blk)
-        _rmsprop_rows_serial(w, g[lo:hi] if gathered else g, v, last, rows[lo:hi], gathered, step, lr, rho,
-                             epsilon)
-
-
 def rmsprop_update_rows(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
-    """RMSprop on the given (distinct) rows; see _rmsprop_rows_serial."""
-    big = rows.shape[0] * w.shape[1] >= _OPTIMIZER_PARALLEL_MIN
-    (_rmsprop_rows_parallel if big else _rmsprop_rows_serial)(w, g, v, last, rows, gathered, step, lr, rho,
-                                                              epsilon)
+    """RMSprop on the given (distinct) rows; see _rmsprop_rows."""
+    n = rows.shape[0]
+    _in_ranges(_rmsprop_rows, _rows_threads(n, w.shape[1]), n, w, g, v, last, rows, gathered, step, lr,
+               rho, epsilon)
 
 
 @njit

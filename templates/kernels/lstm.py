@@ -432,7 +432,7 @@ def _lstm_transpose_weights(dst, src):
 # The blocks schedule (float32, U a multiple of 16; _lstm_blocks): each
 # thread takes a block of rows that runs all T steps on its own (the
 # recurrence is independent per row), so no thread waits for another within
-# the sequence (_lstm_in_blocks). A step's product of the block's h_{t-1}
+# the sequence (_in_ranges, prelude). A step's product of the block's h_{t-1}
 # with rkernel (dz_t with rkernel.T backward) reads the weights as 16-column
 # panels packed once a pass, (N / 16, K, 16), where OpenBLAS packs them
 # again at every step, and keeps 8 rows x 16 lanes of accumulators in
@@ -455,9 +455,6 @@ _LSTM_BLOCK_MIN_ROWS = 8  # rows a block from which a wide layer's pass splits
 _LSTM_NARROW_BLOCK_MIN_ROWS = 16  # the same for narrow layers (the rows schedule's)
 _LSTM_CELL_MACS = 230  # a cell's cost a unit, in multiply-adds of the product
 _LSTM_BLOCKS_MIN_WORK = 25 << 20  # B T U (4 U + _LSTM_CELL_MACS) from which a pass splits
-_LSTM_BLOCK_POOL = []  # (executor, its threads) of _lstm_in_blocks, made at first use
-if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
-    os.register_at_fork(after_in_child=_LSTM_BLOCK_POOL.clear)
 
 
 @njit(nogil=True)
@@ -496,27 +493,6 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
         _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
         if t > 0:
             _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
-
-
-def _lstm_in_blocks(kernel, Q, B, *args):
-    """kernel(b0, b1, *args) over Q blocks of B rows at once: block 0 on this
-    thread, the others on _LSTM_BLOCK_POOL's (the block kernels release the
-    GIL). Python threads, not a numba parallel region: a region around a
-    block kernel compiles it a second time (twitter.py's first training
-    step: 3.3 s more on a cold cache), and one hand-off per pass costs
-    little next to a pass."""
-    if Q == 1:
-        kernel(0, B, *args)
-        return
-    if not _LSTM_BLOCK_POOL or _LSTM_BLOCK_POOL[0][1] < Q - 1:  # none yet, or numba's thread count went up
-        if _LSTM_BLOCK_POOL:
-            _LSTM_BLOCK_POOL.pop()[0].shutdown(wait=False)
-        _LSTM_BLOCK_POOL.append((concurrent.futures.ThreadPoolExecutor(Q - 1, "gen-lstm-block"), Q - 1))
-    pool = _LSTM_BLOCK_POOL[0][0]
-    others = [pool.submit(kernel, q * B // Q, (q + 1) * B // Q, *args) for q in range(1, Q)]
-    kernel(0, B // Q, *args)
-    for f in others:
-        f.result()
 
 
 @njit
@@ -629,8 +605,8 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
     if Q:
         panels = rkt.reshape((G // 16, U, 16))  # rkt's memory, free in this schedule
         _lstm_pack_panels(panels, rkernel)
-        _lstm_in_blocks(_lstm_block_forward, Q, B, y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
-                        return_sequences)
+        _in_ranges(_lstm_block_forward, Q, B, y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
+                   return_sequences)
         return
     if not _lstm_rows_forward_taken(B, T, G, per_step):
         if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
@@ -656,8 +632,8 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
     if Q:
         panels = rkt.reshape((U // 16, G, 16))
         _lstm_pack_panels_t(panels, rkernel)
-        _lstm_in_blocks(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                        return_sequences)
+        _in_ranges(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
+                   return_sequences)
     elif per_step:
         transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
         dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)

@@ -9,8 +9,8 @@
 # per id. Same sums as Embedding + LSTM, grouped by id.
 
 
-@njit
-def _lstm_copy_rows_range(dst, src, rows, k0, k1, add):
+@njit(nogil=True)
+def _lstm_copy_rows_range(k0, k1, dst, src, rows, add):
     """For k in k0:k1, add False: dst[k] = src[rows[k]] (gather); add True:
     dst[rows[k]] += src[k] (scatter, rows distinct, so rows k touch disjoint
     rows of dst)."""
@@ -26,38 +26,28 @@ def _lstm_copy_rows_range(dst, src, rows, k0, k1, add):
                 dst[k, j] = src[r, j]
 
 
-@njit
-def _lstm_copy_rows_serial(dst, src, rows, add):
-    _lstm_copy_rows_range(dst, src, rows, np.int64(0), rows.shape[0], add)
+# One call a thread over a range of rows, not one a row: each call counts
+# references to its three arrays, an atomic operation on counters the
+# threads share (see lstm.py, the cells). twitter.py at batch 32 gathers
+# 3,200 rows a step. The copies are chosen from plain Python, never from a
+# jitted kernel: a jitted caller compiled in a process that had loaded a
+# parallel kernel from numba's cache was cached broken, and the next process
+# to load that caller crashed (twitter.py: predict in one process, train in
+# a second, train again in a third: a segmentation fault).
 
 
-# One call a thread, not one a row: each call counts references to its
-# three arrays, an atomic operation on counters the threads share (see
-# lstm.py, the cells). twitter.py at batch 32 gathers 3,200 rows a step.
-@njit(parallel=True)
-def _lstm_copy_rows_parallel(dst, src, rows, add, Q):
-    """_lstm_copy_rows_range over Q ranges of k in parallel (Q: numba's
-    thread count, passed in: read inside a kernel, it keeps numba from
-    caching it)."""
-    n = rows.shape[0]
-    for q in prange(Q):
-        p = np.int64(q)  # int64: see _dense_forward_owned
-        _lstm_copy_rows_range(dst, src, rows, p * n // Q, (p + 1) * n // Q, add)
-
-
-# The copies are chosen from plain Python, never from a jitted kernel: a
-# jitted caller compiled in a process that had loaded the parallel kernel
-# from numba's cache was cached broken, and the next process to load that
-# caller crashed (twitter.py: predict in one process, train in a second,
-# train again in a third: a segmentation fault).
+# Copies of this many values or more split over the threads: a hand-off
+# costs 30-60 us here. twitter.py at batch 32, one thread against two:
+# gathering 2,737 rows of 512 233 against 196 us, scattering 3,200 rows of
+# 128 47 against 109 us; at batch 256 (25,600 rows) 455 against 308 us.
+_LSTM_COPY_PARALLEL_MIN = 1 << 20
 
 
 def _lstm_copy_rows(dst, src, rows, add):
-    """_lstm_copy_rows_range over every k of rows; in parallel over k when big."""
-    if rows.shape[0] * src.shape[1] >= _LSTM_PARALLEL_MIN:
-        _lstm_copy_rows_parallel(dst, src, rows, np.bool_(add), numba.get_num_threads())
-    else:
-        _lstm_copy_rows_serial(dst, src, rows, np.bool_(add))
+    """_lstm_copy_rows_range over every k of rows; over the threads when big."""
+    n = rows.shape[0]
+    Q = numba.get_num_threads() if n * src.shape[1] >= _LSTM_COPY_PARALLEL_MIN else 1
+    _in_ranges(_lstm_copy_rows_range, Q, n, dst, src, rows, np.bool_(add))
 
 
 @njit
@@ -159,15 +149,9 @@ def _lstm_missing_rows(done, ids):
     return rows[:n]
 
 
-@njit
-def _lstm_project_rows_serial(p, rows, table, kernel):
-    for i in range(rows.shape[0]):
-        _lstm_project_row(p, rows[i], table, kernel)
-
-
-@njit(parallel=True)
-def _lstm_project_rows_parallel(p, rows, table, kernel):
-    for i in prange(rows.shape[0]):
+@njit(nogil=True)
+def _lstm_project_rows_range(i0, i1, p, rows, table, kernel):
+    for i in range(i0, i1):
         _lstm_project_row(p, rows[i], table, kernel)
 
 
@@ -183,10 +167,9 @@ def lstm_project_rows(p, done, ids, table, kernel):
     try:
         # threads from 2^23 multiply-adds (128 of twitter's rows, ~150 us on
         # one core): below, waking them (~40 us) costs more than it saves
-        if rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23:
-            _lstm_project_rows_parallel(p, rows, table, kernel)
-        else:
-            _lstm_project_rows_serial(p, rows, table, kernel)
+        big = rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23
+        _in_ranges(_lstm_project_rows_range, numba.get_num_threads() if big else 1, rows.shape[0], p, rows,
+                   table, kernel)
     except BaseException:  # interrupted: these rows were marked done but not computed
         done[rows] = False
         raise
