@@ -226,7 +226,7 @@ def _blas_one_thread(fn, *args):
 # function serves every split. A region around a kernel compiles it a second
 # time, with numba's parfor passes on top (twitter.py's first training step:
 # the LSTM blocks 3.3 s more on a cold cache; the row copies and RMSprop
-# rows 0.6 and 0.9 s against 0.1 and 0.2 s for the kernels alone), and one
+# rows 0.6 and 0.9 s against 0.1 and 0.4 s for the kernels alone), and one
 # hand-off costs about what a region's start does.
 _RANGE_POOL = []  # (executor, its threads) of _in_ranges, made at first use
 if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads

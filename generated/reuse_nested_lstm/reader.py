@@ -234,7 +234,7 @@ def _blas_one_thread(fn, *args):
 # function serves every split. A region around a kernel compiles it a second
 # time, with numba's parfor passes on top (twitter.py's first training step:
 # the LSTM blocks 3.3 s more on a cold cache; the row copies and RMSprop
-# rows 0.6 and 0.9 s against 0.1 and 0.2 s for the kernels alone), and one
+# rows 0.6 and 0.9 s against 0.1 and 0.4 s for the kernels alone), and one
 # hand-off costs about what a region's start does.
 _RANGE_POOL = []  # (executor, its threads) of _in_ranges, made at first use
 if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's threads
@@ -1199,7 +1199,9 @@ def _lstm_transpose_weights(dst, src):
     so all the rows read at once fall in one set of the 8-way L1: 16 of them
     evict each other, 8 fit. rkernel.T at U 512 858 -> 359 us, U 256 219 ->
     82 us, U 128 21 -> 19 us; a step's (G, B) product, 32 bytes a row, is
-    faster 16 rows at a time (U 512, B 32: 27 against 35 us)."""
+    faster 16 rows at a time (U 512, B 32: 27 against 35 us). Two functions,
+    not one taking the strip's height: a height known only at run time
+    keeps the inner loop rolled (3x slower)."""
     M, N = src.shape
     m8 = M - M % 8
     for i0 in range(0, m8, 8):

@@ -417,7 +417,9 @@ def _lstm_transpose_weights(dst, src):
     so all the rows read at once fall in one set of the 8-way L1: 16 of them
     evict each other, 8 fit. rkernel.T at U 512 858 -> 359 us, U 256 219 ->
     82 us, U 128 21 -> 19 us; a step's (G, B) product, 32 bytes a row, is
-    faster 16 rows at a time (U 512, B 32: 27 against 35 us)."""
+    faster 16 rows at a time (U 512, B 32: 27 against 35 us). Two functions,
+    not one taking the strip's height: a height known only at run time
+    keeps the inner loop rolled (3x slower)."""
     M, N = src.shape
     m8 = M - M % 8
     for i0 in range(0, m8, 8):
