@@ -241,6 +241,12 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's thr
     os.register_at_fork(after_in_child=_RANGE_POOL.clear)
 
 
+def _range_threads(work, minimum):
+    """Ranges for _in_ranges: numba's thread count from `minimum` units of
+    work, else 1 (below, a hand-off costs more than it saves)."""
+    return numba.get_num_threads() if work >= minimum else 1
+
+
 def _in_ranges(kernel, Q, n, *args):
     """kernel(lo, hi, *args) over Q ranges of range(n) at once: the first on
     this thread, the others on _RANGE_POOL's (kernel releases the GIL)."""

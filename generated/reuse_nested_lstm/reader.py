@@ -241,6 +241,12 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's thr
     os.register_at_fork(after_in_child=_RANGE_POOL.clear)
 
 
+def _range_threads(work, minimum):
+    """Ranges for _in_ranges: numba's thread count from `minimum` units of
+    work, else 1 (below, a hand-off costs more than it saves)."""
+    return numba.get_num_threads() if work >= minimum else 1
+
+
 def _in_ranges(kernel, Q, n, *args):
     """kernel(lo, hi, *args) over Q ranges of range(n) at once: the first on
     this thread, the others on _RANGE_POOL's (kernel releases the GIL)."""
@@ -1595,8 +1601,8 @@ _LSTM_COPY_PARALLEL_MIN = 1 << 20
 def _lstm_copy_rows(dst, src, rows, add):
     """_lstm_copy_rows_range over every k of rows; over the threads when big."""
     n = rows.shape[0]
-    Q = numba.get_num_threads() if n * src.shape[1] >= _LSTM_COPY_PARALLEL_MIN else 1
-    _in_ranges(_lstm_copy_rows_range, Q, n, dst, src, rows, np.bool_(add))
+    _in_ranges(_lstm_copy_rows_range, _range_threads(n * src.shape[1], _LSTM_COPY_PARALLEL_MIN), n, dst, src,
+               rows, np.bool_(add))
 
 
 @njit
@@ -1716,9 +1722,8 @@ def lstm_project_rows(p, done, ids, table, kernel):
     try:
         # threads from 2^23 multiply-adds (128 of twitter's rows, ~150 us on
         # one core): below, waking them (~40 us) costs more than it saves
-        big = rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23
-        _in_ranges(_lstm_project_rows_range, numba.get_num_threads() if big else 1, rows.shape[0], p, rows,
-                   table, kernel)
+        macs = rows.shape[0] * table.shape[1] * kernel.shape[1]
+        _in_ranges(_lstm_project_rows_range, _range_threads(macs, 1 << 23), rows.shape[0], p, rows, table, kernel)
     except BaseException:  # interrupted: these rows were marked done but not computed
         done[rows] = False
         raise

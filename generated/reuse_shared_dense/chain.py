@@ -241,6 +241,12 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the pool's thr
     os.register_at_fork(after_in_child=_RANGE_POOL.clear)
 
 
+def _range_threads(work, minimum):
+    """Ranges for _in_ranges: numba's thread count from `minimum` units of
+    work, else 1 (below, a hand-off costs more than it saves)."""
+    return numba.get_num_threads() if work >= minimum else 1
+
+
 def _in_ranges(kernel, Q, n, *args):
     """kernel(lo, hi, *args) over Q ranges of range(n) at once: the first on
     this thread, the others on _RANGE_POOL's (kernel releases the GIL)."""
@@ -1465,17 +1471,11 @@ def _adam_owned(w, g, m, v, vhat, lr, beta_1, beta_2, epsilon, amsgrad, t, spans
 
 
 # Distinct rows write disjoint memory, so from _OPTIMIZER_PARALLEL_MIN values
-# the rows split into a range a thread (_rows_threads, _in_ranges; twitter.py's
+# the rows split into a range a thread (_in_ranges; twitter.py's
 # RMSprop over the ~2,700 rows of 512 a batch of 32 uses: 1.35 -> 0.93 ms a
 # step inside fit; ~9,000 rows at batch 256: 4.7 -> 3.0 ms). Below, a
 # hand-off costs more than it saves. The same operations per row: the same
 # bits.
-
-
-def _rows_threads(rows, width):
-    """How many threads update `rows` rows of `width` values: numba's count
-    from _OPTIMIZER_PARALLEL_MIN values, else 1."""
-    return numba.get_num_threads() if rows * width >= _OPTIMIZER_PARALLEL_MIN else 1
 
 
 @njit(nogil=True)
@@ -1505,7 +1505,7 @@ def sgd_update_rows(w, g, rows, gathered, lr):
     """w (V, D) -= lr * gradient on the given (distinct) rows only; see
     _sgd_rows. rows (n,) int64."""
     n = rows.shape[0]
-    _in_ranges(_sgd_rows, _rows_threads(n, w.shape[1]), n, w, g, rows, gathered, lr)
+    _in_ranges(_sgd_rows, _range_threads(n * w.shape[1], _OPTIMIZER_PARALLEL_MIN), n, w, g, rows, gathered, lr)
 
 
 @njit(nogil=True)
@@ -1535,8 +1535,8 @@ def _rmsprop_rows(k0, k1, w, g, v, last, rows, gathered, step, lr, rho, epsilon)
 def rmsprop_update_rows(w, g, v, last, rows, gathered, step, lr, rho, epsilon):
     """RMSprop on the given (distinct) rows; see _rmsprop_rows."""
     n = rows.shape[0]
-    _in_ranges(_rmsprop_rows, _rows_threads(n, w.shape[1]), n, w, g, v, last, rows, gathered, step, lr,
-               rho, epsilon)
+    _in_ranges(_rmsprop_rows, _range_threads(n * w.shape[1], _OPTIMIZER_PARALLEL_MIN), n, w, g, v, last, rows,
+               gathered, step, lr, rho, epsilon)
 
 
 @njit

@@ -46,8 +46,8 @@ _LSTM_COPY_PARALLEL_MIN = 1 << 20
 def _lstm_copy_rows(dst, src, rows, add):
     """_lstm_copy_rows_range over every k of rows; over the threads when big."""
     n = rows.shape[0]
-    Q = numba.get_num_threads() if n * src.shape[1] >= _LSTM_COPY_PARALLEL_MIN else 1
-    _in_ranges(_lstm_copy_rows_range, Q, n, dst, src, rows, np.bool_(add))
+    _in_ranges(_lstm_copy_rows_range, _range_threads(n * src.shape[1], _LSTM_COPY_PARALLEL_MIN), n, dst, src,
+               rows, np.bool_(add))
 
 
 @njit
@@ -167,9 +167,8 @@ def lstm_project_rows(p, done, ids, table, kernel):
     try:
         # threads from 2^23 multiply-adds (128 of twitter's rows, ~150 us on
         # one core): below, waking them (~40 us) costs more than it saves
-        big = rows.shape[0] * table.shape[1] * kernel.shape[1] >= 1 << 23
-        _in_ranges(_lstm_project_rows_range, numba.get_num_threads() if big else 1, rows.shape[0], p, rows,
-                   table, kernel)
+        macs = rows.shape[0] * table.shape[1] * kernel.shape[1]
+        _in_ranges(_lstm_project_rows_range, _range_threads(macs, 1 << 23), rows.shape[0], p, rows, table, kernel)
     except BaseException:  # interrupted: these rows were marked done but not computed
         done[rows] = False
         raise
