@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jinja2
 
-from .lower import ModulePlan, comment_text
+from .plan import ModulePlan, comment_text
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 

@@ -3,138 +3,16 @@ names, Keras's `model.layers` order, shapes and dtypes, compile and fit
 settings resolved against the model's outputs."""
 from __future__ import annotations
 
-import collections
 import keyword
 import math
 import re
-from dataclasses import dataclass, field
 
-from . import catalog
 from .diagnostics import Diagnostics, Span
 from .ir import CallDecl, LayerDecl, ModelDecl, Program, Ref
-from .layers import KINDS, Kind, Shape, WeightSpec, fmt_shape
-from .settings import CompileSettings, FitSettings, check_names, resolve_compile, resolve_fit
-
-
-@dataclass
-class Tensor:
-    """A symbolic tensor. `shape` is Keras's per-sample shape (None first);
-    its buffer holds n * bmul rows, bmul > 1 inside TimeDistributed.
-    An alias shares the buffer (and gradient buffer) of `alias_of`."""
-
-    id: int
-    shape: Shape
-    dtype: str            # "float" | "int"
-    node: "Node | None"   # the primitive node that computes it (None for aliases and inputs of instances)
-    span: Span
-    top: "TopNode | None" = None
-    bmul: int = 1
-    alias_of: "Tensor | None" = None
-
-    def base(self) -> "Tensor":
-        return self.alias_of.base() if self.alias_of is not None else self
-
-
-@dataclass
-class Layer:
-    """A layer object of the file; shared by every call site and every model."""
-
-    name: str
-    kind: Kind
-    decl: LayerDecl
-    weights: list[WeightSpec] = field(default_factory=list)
-    built: bool = False
-
-    @property
-    def cls(self) -> str:
-        return self.kind.cls
-
-    @property
-    def params(self) -> list[tuple["Layer", WeightSpec]]:
-        return [(self, w) for w in self.weights]
-
-
-@dataclass
-class Entity:
-    """An entry of Keras's model.layers that is not a plain layer: a nested
-    model or a TimeDistributed wrapper. Its weights are those it wraps."""
-
-    name: str
-    cls: str              # "Functional" | "TimeDistributed"
-    params: list[tuple[Layer, WeightSpec]]
-    decl_span: Span
-
-
-@dataclass
-class Node:
-    """One primitive layer application, in execution order."""
-
-    call: CallDecl
-    layer: Layer
-    inputs: list[Tensor]
-    outputs: list[Tensor]
-    via: Span | None = None   # the model call or TimeDistributed call this came through
-
-
-@dataclass
-class TopNode:
-    """One call at the model's own level (what Keras's map_graph sees)."""
-
-    entity: "Layer | Entity"
-    inputs: list[Tensor]
-    outputs: list[Tensor]
-
-
-@dataclass
-class ModelGraph:
-    decl: ModelDecl
-    name: str                 # Keras model name (model.name)
-    module: str               # generated file stem
-    inputs: list[Tensor]
-    outputs: list[Tensor]
-    nodes: list[Node]         # primitive nodes, execution order
-    layers: list              # Keras model.layers order: Layer | Entity
-    compile: CompileSettings | None
-    fit: FitSettings
-    shapes: dict = field(default_factory=dict)   # layer name -> output shape (summary)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [t.top.entity.name for t in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [t.top.entity.name for t in self.outputs]
-
-    @property
-    def params(self) -> list[tuple[Layer, WeightSpec]]:
-        """Every weight once, in Keras get_weights() order."""
-        seen, out = set(), []
-        for entity in self.layers:
-            for layer, w in entity.params:
-                if (id(layer), w.name) not in seen:
-                    seen.add((id(layer), w.name))
-                    out.append((layer, w))
-        return out
-
-
-def keras_names(program: Program) -> dict[tuple[str, int], str]:
-    """Names as Keras gives them in a fresh process: explicit `name=`, else
-    snake_case(class) made unique by one process-wide counter per prefix,
-    advanced in creation order by every unnamed object."""
-    counters: collections.Counter = collections.Counter()
-    objects = [(d.order, "layer", d.id, d.cls, d.args.get("name")) for d in program.layers]
-    objects += [(m.order, "model", m.id, "Functional", m.name) for m in program.models]
-    names = {}
-    for _, kind, oid, cls, explicit in sorted(objects):
-        if explicit is not None and explicit.value is not None:
-            names[(kind, oid)] = explicit.value
-            continue
-        prefix = catalog.snake_case(cls)
-        n = counters[prefix]
-        counters[prefix] += 1
-        names[(kind, oid)] = prefix if n == 0 else f"{prefix}_{n}"
-    return names
+from .keras_order import _keras_layer_order, keras_names
+from .layers import KINDS, Kind, fmt_shape
+from .model_graph import Entity, Layer, ModelGraph, Node, Tensor, TopNode
+from .settings import FitSettings, check_names, resolve_compile, resolve_fit
 
 
 class _Program:
@@ -336,49 +214,6 @@ def _flatten(struct) -> list[Ref]:
     if isinstance(struct, dict):
         return list(struct.values())
     return [r for s in struct for r in _flatten(s)]
-
-
-def _keras_layer_order(inputs: list[Tensor], outputs: list[Tensor]) -> tuple[list, list[TopNode]]:
-    """Keras's map_graph over the model's own calls: nodes in DFS post-order from
-    the outputs; depth = longest path to an output, lifted to a layer's largest
-    depth; layers by decreasing depth, ties by first visit (pre-order)."""
-    input_ids = {t.id for t in inputs}
-    post: list[TopNode] = []
-    done: set[int] = set()
-    visit_index: dict[int, int] = {}
-    entity_of: dict[int, object] = {}
-
-    def walk(t: Tensor) -> None:
-        node = t.top
-        if id(node) in done:
-            return
-        entity_of.setdefault(id(node.entity), node.entity)
-        visit_index.setdefault(id(node.entity), len(visit_index))
-        if node.entity.cls != "InputLayer" and t.id not in input_ids:
-            for x in node.inputs:
-                walk(x)
-        done.add(id(node))
-        post.append(node)
-
-    for t in outputs:
-        walk(t)
-    node_depth: dict[int, int] = {}
-    entity_depth: dict[int, int] = {}
-    in_graph = {id(n) for n in post}
-    for node in reversed(post):
-        depth = max(node_depth.setdefault(id(node), 0), entity_depth.get(id(node.entity), 0))
-        entity_depth[id(node.entity)] = depth
-        node_depth[id(node)] = depth
-        for x in node.inputs:
-            if id(x.top) in in_graph:
-                node_depth[id(x.top)] = max(depth + 1, node_depth.get(id(x.top), 0))
-    for t in inputs:  # inputs not connected to any output still count as layers
-        if id(t.top.entity) not in entity_depth:
-            entity_depth[id(t.top.entity)] = 0
-            visit_index[id(t.top.entity)] = -1
-            entity_of[id(t.top.entity)] = t.top.entity
-    order = sorted(entity_depth, key=lambda k: (-entity_depth[k], visit_index[k]))
-    return [entity_of[k] for k in order], post
 
 
 _MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
