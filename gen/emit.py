@@ -24,11 +24,17 @@ def _text(name: str) -> str:
     return (TEMPLATES / name).read_text().strip("\n")
 
 
+# The runtime's files in the order they are pasted: _Runtime's parts (mixin
+# classes) before _Runtime, which inherits them.
+RUNTIME_FILES = ("runtime_helpers.py", "runtime_state.py", "runtime_data.py", "runtime_weights.py",
+                 "runtime_report.py", "runtime.py")
+
+
 def render(plan: ModulePlan) -> str:
     """The generated module's source: deterministic, no timestamps."""
     env = _environment()
     text = env.get_template("module.py.j2").render(
-        plan=plan, prelude=_text("prelude.py"), runtime=_text("runtime.py"),
+        plan=plan, prelude=_text("prelude.py"), runtime="\n\n\n".join(_text(f) for f in RUNTIME_FILES),
         kernels=[_text(f"kernels/{k}.py") for k in plan.kernels])
     lines = [line.rstrip() for line in text.splitlines()]
     while lines and not lines[-1]:

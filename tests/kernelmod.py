@@ -14,14 +14,13 @@ import tempfile
 import types
 
 from conftest import WORKER
-from gen.lower import kernel_flags
+from gen.lower import KERNEL_ORDER, kernel_flags
 
 # GEN_KERNEL_DIR lets a mutation check point the tests at an edited copy.
 KERNEL_DIR = os.environ.get("GEN_KERNEL_DIR") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates", "kernels")
 
-KINDS = ("activation", "panels", "dense", "embedding", "lstm", "lstm_embedded", "concat", "losses",
-         "metrics", "optimizers")
+KINDS = KERNEL_ORDER  # every kernel file, in a generated module's order
 
 # the generated modules' own prelude: njit (numpy's error model, cache) and
 # the threading choices, exactly as a generated module has them

@@ -1,4 +1,4 @@
-"""The runtime (templates/runtime.py) tested through a hand-written fake
+"""The runtime (templates/runtime*.py) tested through a hand-written fake
 generated module: prelude + kernels + runtime + small numpy models.
 
 Kernel files from templates/kernels/ are used when they define the kernels
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from gen.emit import RUNTIME_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "templates" / "kernels"
@@ -296,8 +298,10 @@ def kernel_source(fname):
 
 @pytest.fixture(scope="module")
 def mod(tmp_path_factory):
-    runtime = (ROOT / "templates" / "runtime.py").read_text()
-    assert not re.search(r"\{\{|\{%|\{#", runtime), "runtime.py must hold no Jinja syntax"
+    texts = [(ROOT / "templates" / f).read_text() for f in RUNTIME_FILES]
+    for f, text in zip(RUNTIME_FILES, texts):
+        assert not re.search(r"\{\{|\{%|\{#", text), f"{f} must hold no Jinja syntax"
+    runtime = "\n\n".join(texts)
     parts = [PRELUDE] + [kernel_source(f) for f in NEEDED] + [TABLES, runtime, MODELS]
     path = tmp_path_factory.mktemp("fake") / "fake_generated.py"
     path.write_text("\n\n".join(parts))

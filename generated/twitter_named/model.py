@@ -1405,6 +1405,10 @@ def _lstm_cell_backward_general(dz, gh, gc, da, z, cp, a, act, ract):
         dz[3 * U + u] *= gh[u] * a[u]
         gc[u] = g * z[U + u]
 
+# ------------------------------------------------------- lstm schedules
+# The recurrence's three schedules (see lstm): rows, blocks and steps,
+# and the weight transposes they read.
+
 
 @njit
 def _lstm_add_recurrent(b0, b1, t, zs, rec, bias):
@@ -1670,7 +1674,7 @@ def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
             # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
             np.dot(dzt, rkernel.T, dh)
 
-
+# ---------------------------------------------------------- lstm passes
 # The entry points below are plain Python: each numba kernel they call is
 # compiled on its own. A jitted entry point would re-optimize every kernel
 # it calls (numba links and optimizes callees into their caller), which
@@ -2621,9 +2625,10 @@ def rmsprop_flush_rows(v, last, step, rho):
 
 
 # ---------------------------------------------------------------------------
-# Runtime: the user API shared by every generated model (templates/runtime.py,
-# included verbatim). The per-model class below supplies the metadata and
-# _alloc/_forward/_backward; everything a Keras user calls lives here.
+# Runtime: the user API shared by every generated model (templates/runtime_*.py
+# and runtime.py, included verbatim in that order). These helpers first; then
+# the parts of _Runtime (runtime_state, _data, _weights, _report) and _Runtime
+# itself. Everything a Keras user calls lives there.
 # ---------------------------------------------------------------------------
 import json
 import os
@@ -2846,64 +2851,14 @@ def _rt_shape(shape):
     return str((None,) + tuple(shape))
 
 
-class _Runtime:
-    name = "model"
-    input_names = ()
-    output_names = ()
-    _inputs = ()
-    _outputs = ()
-    _layers = ()
-    _inits = ()
-    _grad_blocks = ()  # (first weight, rows, columns) of each gradient block
-    _optimizer = ("rmsprop", {})
-    _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
-    _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
-    # small batches of a model with _forward_small run its forward pass as one
-    # compiled call; benchmark() turns it off to time each layer's kernel
-    _fuse_small = True
-    # input index -> weight indices of the kernels of the Dense calls that
-    # read it (lower.py); a model with any sets _nonfinite in every _forward:
-    # nonzero when one of those calls saw a NaN/Inf pre-activation
-    _checked_inputs = {}
-    _nonfinite = -1
-    # weight indices of the Dense kernels whose rows the threads own in a
-    # training step at a small batch (lower.py, OWNED_MIN_VALUES); _forward
-    # sets _owned_step when it takes that path, and the backward pass, the
-    # finite check and the update follow it
-    _owned_kernels = ()
-    _owned_step = False
-    # a model with _forward_part / _train_part (gen/parts.py) and its
-    # multiply-adds a sample: passes over big enough batches run in parts
-    _parts = False
-    _parts_macs = 0
-    _pgrads = None  # (parts, weights): each part's gradients of a parts step
+# ------------------------------- runtime: weights, gradients, optimizer
+# Part of _Runtime (runtime.py): the flat weight and gradient buffers,
+# their initializers, the optimizer's state and update, the sparse
+# Embedding rows and the owned-rows set-up.
 
-    def __init__(self, seed=0, dtype=np.float32, check_finite=True):
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, Received: {self.dtype}")
-        self.check_finite = check_finite  # NaN/Inf checks on data; off saves one pass
-        self._rng = np.random.default_rng(seed)  # init, then shuffling: one stream
-        self._wnames, self._shapes, self._layer_idx = [], [], {}
-        for lname, _cls, weights in self._layers:
-            self._layer_idx[lname] = []
-            for wname, shape in weights:
-                self._layer_idx[lname].append(len(self._shapes))
-                self._wnames.append(f"{lname}/{wname}")
-                self._shapes.append(tuple(shape))
-        self._params, self._w = self._flat(self._shapes)
-        self._grads, self._g = self._flat(self._shapes)
-        # a layer's adjacent gradients as one matrix (lower.grad_block)
-        start = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in self._shapes])
-        self._gb = [self._grads[start[i]:start[i] + r * c].reshape(r, c) for i, r, c in self._grad_blocks]
-        self._init_weights()
-        self._init_optimizer()
-        self.iterations = 0
-        self._cache = {}
-        self._proj = {}  # (table, kernel) weight indices -> [weights version, table @ kernel, rows done]
-        self._wversion = 0  # bumped by every write of the weights through the API
 
-    # -- construction -------------------------------------------------------
+class _RuntimeState:
+    """Weights, gradients and optimizer state (construction of _Runtime)."""
 
     def _flat(self, shapes):
         """One flat buffer and per-weight reshaped views into it."""
@@ -3161,7 +3116,14 @@ class _Runtime:
             if v is not None:
                 rmsprop_flush_rows(v, last, self.iterations, self._opt_args[1])
 
-    # -- data normalisation and validation (SPEC section 4) -----------------
+
+# ------------------------------------------------- runtime: data checks
+# Part of _Runtime (runtime.py): inputs and targets put in the model's
+# order, their shapes, dtypes, ids and finiteness checked (SPEC section 4).
+
+
+class _RuntimeData:
+    """Data normalisation and validation (SPEC section 4)."""
 
     def _structure(self, data, names, what):
         """array | list | dict by name -> list in model order."""
@@ -3352,6 +3314,368 @@ class _Runtime:
         if int(bs) != bs or bs < 1:
             raise ValueError(f"batch_size must be a positive integer, Received: {batch_size}")
         return int(bs)
+
+
+# ------------------------------------------------- runtime: weights API
+# Part of _Runtime (runtime.py): get/set weights in Keras's order,
+# save_weights/load_weights and fit's checkpoints, each file written
+# whole or not at all.
+
+
+class _RuntimeWeights:
+    """Weights in and out: Keras order, files, checkpoints."""
+
+    def get_weights(self):
+        """Copies, in Keras model.get_weights() order."""
+        return [w.copy() for w in self._w]
+
+    def _checked(self, i, a, where):
+        a = np.asarray(a)
+        if a.shape != self._shapes[i] or a.dtype.kind not in "biuf":
+            raise ValueError(f"{where}weight {i} ('{self._wnames[i]}') expected shape "
+                             f"{self._shapes[i]}, Received: shape={a.shape} dtype={a.dtype}; "
+                             f"no weights were changed")
+        return a
+
+    def set_weights(self, weights):
+        """Set all weights (Keras order); checked in full before any is written."""
+        weights = list(weights)
+        if len(weights) != len(self._w):
+            raise ValueError(f"set_weights expected {len(self._w)} arrays, Received: "
+                             f"{len(weights)}; no weights were changed")
+        checked = [self._checked(i, a, "") for i, a in enumerate(weights)]
+        for w, a in zip(self._w, checked):
+            w[...] = a
+        self._wversion += 1
+
+    def layer_weights(self):
+        """{layer_name: [arrays]} in Keras layer.get_weights() order."""
+        return {name: [self._w[i].copy() for i in idx] for name, idx in self._layer_idx.items()}
+
+    def set_layer_weights(self, d):
+        """Set the weights of some layers; all checked before any is written."""
+        todo = []
+        for name, arrays in d.items():
+            if name not in self._layer_idx:
+                raise ValueError(f"Unknown layer '{name}'; layers: {list(self._layer_idx)}; "
+                                 f"no weights were changed")
+            idx, arrays = self._layer_idx[name], list(arrays)
+            if len(arrays) != len(idx):
+                want = [(self._wnames[i], self._shapes[i]) for i in idx]
+                raise ValueError(f"Layer '{name}' expected {len(idx)} arrays {want}, "
+                                 f"Received: {len(arrays)}; no weights were changed")
+            todo += [(i, self._checked(i, a, f"Layer '{name}': ")) for i, a in zip(idx, arrays)]
+        for i, a in todo:
+            self._w[i][...] = a
+        self._wversion += 1
+
+    def _weights_arrays(self):
+        return {"__format__": np.array(_RT_WEIGHTS_FORMAT), "__model__": np.array(self.name),
+                "__names__": np.array(self._wnames, dtype=str),
+                **{f"w{i:05d}": w for i, w in enumerate(self._w)}}
+
+    @staticmethod
+    def _atomic_savez(path, arrays):
+        """np.savez to a temporary file beside `path`, then rename: a reader
+        (or a crash) never sees half a file."""
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def save_weights(self, path):
+        """Write an .npz with weight names, atomically (temp file + rename)."""
+        self._atomic_savez(path, self._weights_arrays())
+
+    def _save_checkpoint(self, path, epoch, history):
+        """Everything fit needs to continue bit for bit: weights, optimizer
+        state and step count, the shuffling RNG, the epoch and the history."""
+        self._flush_sparse()
+        arrays = self._weights_arrays()
+        arrays.update({f"s{i}": st for i, st in enumerate(self._opt_state)})
+        arrays.update(__epoch__=np.array(epoch), __iterations__=np.array(self.iterations),
+                      __rng__=np.array(json.dumps(self._rng.bit_generator.state)),
+                      __history__=np.array(json.dumps(dict(history))),
+                      __dtype__=np.array(np.dtype(self.dtype).name))
+        self._atomic_savez(path, arrays)
+
+    def _load_checkpoint(self, path):
+        """Restore _save_checkpoint's file; returns (epochs done, history)."""
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if "__epoch__" not in f.files:
+                raise ValueError(f"{path} is not a checkpoint written by fit(checkpoint=...)")
+            if str(f["__dtype__"]) != np.dtype(self.dtype).name:
+                raise ValueError(f"{path} holds a {f['__dtype__']} model; this one is {np.dtype(self.dtype).name}")
+            states = [f[f"s{i}"] for i in range(len(self._opt_state))]  # unused ones: (0,)
+            for i, (have, want) in enumerate(zip(states, self._opt_state)):
+                if have.shape != want.shape:
+                    raise ValueError(f"{path}: optimizer state {i} has shape {have.shape}, the model "
+                                     f"needs {want.shape}; nothing was changed")
+            epoch, iterations = int(f["__epoch__"]), int(f["__iterations__"])
+            rng, history = json.loads(str(f["__rng__"])), json.loads(str(f["__history__"]))
+        self.load_weights(path)  # checks names and shapes before changing anything
+        for have, want in zip(states, self._opt_state):
+            want[...] = have
+        self.iterations = iterations
+        for *_, last in self._sparse:
+            last[:] = iterations  # the saved state was flushed up to here
+        self._rng.bit_generator.state = rng
+        return epoch, history
+
+    def load_weights(self, path):
+        """Read save_weights' file; refuses a file of a different model."""
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if "__names__" not in f.files:
+                raise ValueError(f"{path} is not a weights file written by save_weights")
+            names = [str(s) for s in f["__names__"]]
+            for i in range(max(len(names), len(self._wnames))):
+                have = names[i] if i < len(names) else "nothing"
+                want = self._wnames[i] if i < len(self._wnames) else "nothing"
+                if have != want:
+                    raise ValueError(f"{path} does not match model '{self.name}': weight {i} is "
+                                     f"'{have}' in the file, '{want}' in the model; no weights "
+                                     f"were changed")
+            arrays = [self._checked(i, f[f"w{i:05d}"], f"{path}: ") for i in range(len(names))]
+        for w, a in zip(self._w, arrays):
+            w[...] = a
+        self._wversion += 1
+
+
+# ------------------------------------------ runtime: benchmark, summary
+# Part of _Runtime (runtime.py): benchmark() and `--bench`, which time
+# the module's own kernels, and summary(), Keras's table.
+
+
+class _RuntimeReport:
+    """Self-benchmark and summary."""
+
+    # -- self-benchmark ---------------------------------------------------------
+
+    def _random_batch(self, n, rng):
+        """Inputs and targets of the right shapes and dtypes, for benchmarks."""
+        xs = [rng.integers(0, bound or 2, (n, *shape)) if kind == "int" else
+              rng.normal(size=(n, *shape)).astype(self.dtype) for _, shape, kind, bound in self._inputs]
+        ys = []
+        for _, shape, loss, _, _ in self._outputs:
+            if loss == "sparse_categorical_crossentropy":
+                ys.append(rng.integers(0, shape[-1], (n, *shape[:-1])))
+            elif loss == "categorical_crossentropy":
+                ys.append(np.eye(shape[-1], dtype=self.dtype)[rng.integers(0, shape[-1], (n, *shape[:-1]))])
+            else:
+                ys.append(rng.integers(0, 2, (n, *shape)).astype(self.dtype))
+        return xs, ys
+
+    def benchmark(self, batch_size=32, steps=20, warmup=3, seed=0):
+        """Time training steps on random data: samples/s, the median time of
+        each phase and of each kernel per step (in ms). Changes the weights."""
+        rng = np.random.default_rng(seed)
+        x, y = self._random_batch(batch_size, rng)
+        xs, ts, kinds, n = self._prep(x, y)
+        b = self._batch(n)
+        kernels = {k: v for k, v in globals().items() if not k.startswith("_") and _rt_is_kernel(v)}
+        spent = {}
+
+        def timed(name, fn):
+            def call(*args):
+                t0 = time.perf_counter()
+                out = fn(*args)
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+                return out
+            return call
+
+        phases = {"forward": [], "loss": [], "backward": [], "optimizer": [], "step": []}
+        per_kernel = {}
+        module = globals()
+        fuse = self._fuse_small
+        try:
+            self._fuse_small = False
+            module.update({k: timed(k, v) for k, v in kernels.items()})
+            for i in range(warmup + steps):
+                spent.clear()
+                t0 = time.perf_counter()
+                outs = self._forward(b.bufs, xs, True)
+                t1 = time.perf_counter()
+                self._metrics(b, outs, ts, kinds)
+                for k, (_n, _s, loss, weight, _a) in enumerate(self._outputs):
+                    y2, t2 = self._flat2(outs[k], ts[k])
+                    _LOSS_KERNELS[loss][1](b.dy[k], y2, t2, float(weight) / y2.shape[0])
+                t2_ = time.perf_counter()
+                self._backward_pass(b, True)
+                t3 = time.perf_counter()
+                self._apply_update()
+                t4 = time.perf_counter()
+                if i >= warmup:
+                    for name, v in zip(phases, (t1 - t0, t2_ - t1, t3 - t2_, t4 - t3, t4 - t0)):
+                        phases[name].append(v)
+                    for name, v in spent.items():
+                        per_kernel.setdefault(name, []).append(v)
+        finally:
+            module.update(kernels)
+            self._fuse_small = fuse
+        ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
+        # the same steps as fit takes them: in parts, with owned rows or the
+        # one-call forward pass where those apply (the timing above runs
+        # each layer's own kernel, to time it)
+        fit_steps = []
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            self._train_all(b, xs, ts, kinds)
+            if i >= warmup:
+                fit_steps.append(time.perf_counter() - t0)
+        return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
+                "fit_samples_per_s": n / float(np.median(fit_steps)), "fit_path": self._fit_path(n),
+                "kernels_ms": {k: 1e3 * float(np.median(v))
+                               for k, v in sorted(per_kernel.items(), key=lambda kv: -np.median(kv[1]))}}
+
+    def _fit_path(self, n):
+        """How fit runs a training step of n rows."""
+        parts = self._parts_for(n)
+        if parts:
+            return f"{parts} parts"
+        if self._owned_kernels and self._owned_parts_for(n):
+            return "owned rows"
+        return "layer kernels"
+
+    @classmethod
+    def _bench_main(cls, argv):
+        """`python <module>.py --bench [--batch-size N] [--steps N] [--float64]`"""
+        import argparse
+        ap = argparse.ArgumentParser(prog=f"python {os.path.basename(__file__)}")
+        ap.add_argument("--bench", action="store_true", help="time training steps on random data")
+        ap.add_argument("--batch-size", type=int, default=32)
+        ap.add_argument("--steps", type=int, default=20)
+        ap.add_argument("--float64", action="store_true")
+        args = ap.parse_args(argv)
+        if not args.bench:
+            ap.print_help()
+            return
+        r = cls(seed=0, dtype=np.float64 if args.float64 else np.float32).benchmark(args.batch_size, args.steps)
+        print(f"{cls.name}: batch {r['batch_size']}, {r['samples_per_s']:,.0f} samples/s (training, median of {args.steps} steps, "
+              f"each layer's kernel timed); {r['fit_samples_per_s']:,.0f} samples/s as fit runs it ({r['fit_path']})")
+        for name, v in r["phases_ms"].items():
+            print(f"  {name:<10} {v:9.3f} ms")
+        print("  kernels (ms per step, all calls):")
+        for name, v in r["kernels_ms"].items():
+            print(f"    {name:<34} {v:9.3f}")
+
+    # -- summary ----------------------------------------------------------------
+
+    def _layer_shape(self, lname, cls):
+        shapes = getattr(self, "_output_shapes", None) or {}
+        if lname in shapes:
+            return str(shapes[lname])
+        known = {n: s for n, s, *_ in self._inputs} if cls == "InputLayer" else \
+            {n: s for n, s, *_ in self._outputs}
+        return _rt_shape(known[lname]) if lname in known else "?"
+
+    def summary(self, print_fn=None):
+        """Keras-style table: Layer (type), Output Shape, Param #, totals."""
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        for lname, cls, weights in self._layers:
+            count = sum(int(np.prod(s, dtype=np.int64)) for _w, s in weights)
+            rows.append((f"{lname} ({cls})", self._layer_shape(lname, cls), f"{count:,}"))
+        widths = [max(len(r[c]) for r in rows) + 2 for c in range(3)]
+
+        def line(l, m, r, fill="━"):
+            return l + m.join(fill * w for w in widths) + r
+
+        def cells(r, bar):
+            return bar + bar.join((f" {r[0]:<{widths[0] - 2}} ", f" {r[1]:<{widths[1] - 2}} ",
+                                   f" {r[2]:>{widths[2] - 2}} ")) + bar
+
+        total = int(self._params.size)
+        size = self._readable(total * self.dtype.itemsize)
+        out = [f'Model: "{self.name}"', line("┏", "┳", "┓"), cells(rows[0], "┃"),
+               line("┡", "╇", "┩")]
+        for k, r in enumerate(rows[1:]):
+            if k:
+                out.append(line("├", "┼", "┤", "─"))
+            out.append(cells(r, "│"))
+        out += [line("└", "┴", "┘", "─"), f" Total params: {total:,} ({size})",
+                f" Trainable params: {total:,} ({size})", " Non-trainable params: 0 (0.00 B)"]
+        (print_fn or print)("\n".join(out))
+
+    @staticmethod
+    def _readable(nbytes):
+        for unit in ("B", "KB", "MB", "GB"):
+            if nbytes < 1024:
+                return f"{nbytes:.2f} {unit}"
+            nbytes /= 1024
+        return f"{nbytes:.2f} TB"
+
+
+# ---------------------------------------------------------------- runtime
+# The user API of every generated model: _Runtime, made of the parts
+# above (runtime_*.py) and its own batches, fit, predict, evaluate and
+# train_on_batch. The per-model class below supplies the metadata and
+# _alloc/_forward/_backward.
+
+
+class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
+    name = "model"
+    input_names = ()
+    output_names = ()
+    _inputs = ()
+    _outputs = ()
+    _layers = ()
+    _inits = ()
+    _grad_blocks = ()  # (first weight, rows, columns) of each gradient block
+    _optimizer = ("rmsprop", {})
+    _grads_zeroed = None  # weights whose gradient _backward adds to (None: all of them)
+    _fit_defaults = {"epochs": 1, "batch_size": 32, "shuffle": True, "validation_split": 0.0}
+    # small batches of a model with _forward_small run its forward pass as one
+    # compiled call; benchmark() turns it off to time each layer's kernel
+    _fuse_small = True
+    # input index -> weight indices of the kernels of the Dense calls that
+    # read it (lower.py); a model with any sets _nonfinite in every _forward:
+    # nonzero when one of those calls saw a NaN/Inf pre-activation
+    _checked_inputs = {}
+    _nonfinite = -1
+    # weight indices of the Dense kernels whose rows the threads own in a
+    # training step at a small batch (lower.py, OWNED_MIN_VALUES); _forward
+    # sets _owned_step when it takes that path, and the backward pass, the
+    # finite check and the update follow it
+    _owned_kernels = ()
+    _owned_step = False
+    # a model with _forward_part / _train_part (gen/parts.py) and its
+    # multiply-adds a sample: passes over big enough batches run in parts
+    _parts = False
+    _parts_macs = 0
+    _pgrads = None  # (parts, weights): each part's gradients of a parts step
+
+    def __init__(self, seed=0, dtype=np.float32, check_finite=True):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, Received: {self.dtype}")
+        self.check_finite = check_finite  # NaN/Inf checks on data; off saves one pass
+        self._rng = np.random.default_rng(seed)  # init, then shuffling: one stream
+        self._wnames, self._shapes, self._layer_idx = [], [], {}
+        for lname, _cls, weights in self._layers:
+            self._layer_idx[lname] = []
+            for wname, shape in weights:
+                self._layer_idx[lname].append(len(self._shapes))
+                self._wnames.append(f"{lname}/{wname}")
+                self._shapes.append(tuple(shape))
+        self._params, self._w = self._flat(self._shapes)
+        self._grads, self._g = self._flat(self._shapes)
+        # a layer's adjacent gradients as one matrix (lower.grad_block)
+        start = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in self._shapes])
+        self._gb = [self._grads[start[i]:start[i] + r * c].reshape(r, c) for i, r, c in self._grad_blocks]
+        self._init_weights()
+        self._init_optimizer()
+        self.iterations = 0
+        self._cache = {}
+        self._proj = {}  # (table, kernel) weight indices -> [weights version, table @ kernel, rows done]
+        self._wversion = 0  # bumped by every write of the weights through the API
 
     # -- batches ------------------------------------------------------------
 
@@ -3605,286 +3929,6 @@ class _Runtime:
         self._gradients(b, outs, ts)
         grads = {name: [self._g[i].copy() for i in idx] for name, idx in self._layer_idx.items()}
         return {k: logs[k] for k in sorted(logs)}, grads
-
-    # -- weights --------------------------------------------------------------
-
-    def get_weights(self):
-        """Copies, in Keras model.get_weights() order."""
-        return [w.copy() for w in self._w]
-
-    def _checked(self, i, a, where):
-        a = np.asarray(a)
-        if a.shape != self._shapes[i] or a.dtype.kind not in "biuf":
-            raise ValueError(f"{where}weight {i} ('{self._wnames[i]}') expected shape "
-                             f"{self._shapes[i]}, Received: shape={a.shape} dtype={a.dtype}; "
-                             f"no weights were changed")
-        return a
-
-    def set_weights(self, weights):
-        """Set all weights (Keras order); checked in full before any is written."""
-        weights = list(weights)
-        if len(weights) != len(self._w):
-            raise ValueError(f"set_weights expected {len(self._w)} arrays, Received: "
-                             f"{len(weights)}; no weights were changed")
-        checked = [self._checked(i, a, "") for i, a in enumerate(weights)]
-        for w, a in zip(self._w, checked):
-            w[...] = a
-        self._wversion += 1
-
-    def layer_weights(self):
-        """{layer_name: [arrays]} in Keras layer.get_weights() order."""
-        return {name: [self._w[i].copy() for i in idx] for name, idx in self._layer_idx.items()}
-
-    def set_layer_weights(self, d):
-        """Set the weights of some layers; all checked before any is written."""
-        todo = []
-        for name, arrays in d.items():
-            if name not in self._layer_idx:
-                raise ValueError(f"Unknown layer '{name}'; layers: {list(self._layer_idx)}; "
-                                 f"no weights were changed")
-            idx, arrays = self._layer_idx[name], list(arrays)
-            if len(arrays) != len(idx):
-                want = [(self._wnames[i], self._shapes[i]) for i in idx]
-                raise ValueError(f"Layer '{name}' expected {len(idx)} arrays {want}, "
-                                 f"Received: {len(arrays)}; no weights were changed")
-            todo += [(i, self._checked(i, a, f"Layer '{name}': ")) for i, a in zip(idx, arrays)]
-        for i, a in todo:
-            self._w[i][...] = a
-        self._wversion += 1
-
-    def _weights_arrays(self):
-        return {"__format__": np.array(_RT_WEIGHTS_FORMAT), "__model__": np.array(self.name),
-                "__names__": np.array(self._wnames, dtype=str),
-                **{f"w{i:05d}": w for i, w in enumerate(self._w)}}
-
-    @staticmethod
-    def _atomic_savez(path, arrays):
-        """np.savez to a temporary file beside `path`, then rename: a reader
-        (or a crash) never sees half a file."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                   prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-    def save_weights(self, path):
-        """Write an .npz with weight names, atomically (temp file + rename)."""
-        self._atomic_savez(path, self._weights_arrays())
-
-    def _save_checkpoint(self, path, epoch, history):
-        """Everything fit needs to continue bit for bit: weights, optimizer
-        state and step count, the shuffling RNG, the epoch and the history."""
-        self._flush_sparse()
-        arrays = self._weights_arrays()
-        arrays.update({f"s{i}": st for i, st in enumerate(self._opt_state)})
-        arrays.update(__epoch__=np.array(epoch), __iterations__=np.array(self.iterations),
-                      __rng__=np.array(json.dumps(self._rng.bit_generator.state)),
-                      __history__=np.array(json.dumps(dict(history))),
-                      __dtype__=np.array(np.dtype(self.dtype).name))
-        self._atomic_savez(path, arrays)
-
-    def _load_checkpoint(self, path):
-        """Restore _save_checkpoint's file; returns (epochs done, history)."""
-        with np.load(os.fspath(path), allow_pickle=False) as f:
-            if "__epoch__" not in f.files:
-                raise ValueError(f"{path} is not a checkpoint written by fit(checkpoint=...)")
-            if str(f["__dtype__"]) != np.dtype(self.dtype).name:
-                raise ValueError(f"{path} holds a {f['__dtype__']} model; this one is {np.dtype(self.dtype).name}")
-            states = [f[f"s{i}"] for i in range(len(self._opt_state))]  # unused ones: (0,)
-            for i, (have, want) in enumerate(zip(states, self._opt_state)):
-                if have.shape != want.shape:
-                    raise ValueError(f"{path}: optimizer state {i} has shape {have.shape}, the model "
-                                     f"needs {want.shape}; nothing was changed")
-            epoch, iterations = int(f["__epoch__"]), int(f["__iterations__"])
-            rng, history = json.loads(str(f["__rng__"])), json.loads(str(f["__history__"]))
-        self.load_weights(path)  # checks names and shapes before changing anything
-        for have, want in zip(states, self._opt_state):
-            want[...] = have
-        self.iterations = iterations
-        for *_, last in self._sparse:
-            last[:] = iterations  # the saved state was flushed up to here
-        self._rng.bit_generator.state = rng
-        return epoch, history
-
-    def load_weights(self, path):
-        """Read save_weights' file; refuses a file of a different model."""
-        with np.load(os.fspath(path), allow_pickle=False) as f:
-            if "__names__" not in f.files:
-                raise ValueError(f"{path} is not a weights file written by save_weights")
-            names = [str(s) for s in f["__names__"]]
-            for i in range(max(len(names), len(self._wnames))):
-                have = names[i] if i < len(names) else "nothing"
-                want = self._wnames[i] if i < len(self._wnames) else "nothing"
-                if have != want:
-                    raise ValueError(f"{path} does not match model '{self.name}': weight {i} is "
-                                     f"'{have}' in the file, '{want}' in the model; no weights "
-                                     f"were changed")
-            arrays = [self._checked(i, f[f"w{i:05d}"], f"{path}: ") for i in range(len(names))]
-        for w, a in zip(self._w, arrays):
-            w[...] = a
-        self._wversion += 1
-
-    # -- self-benchmark ---------------------------------------------------------
-
-    def _random_batch(self, n, rng):
-        """Inputs and targets of the right shapes and dtypes, for benchmarks."""
-        xs = [rng.integers(0, bound or 2, (n, *shape)) if kind == "int" else
-              rng.normal(size=(n, *shape)).astype(self.dtype) for _, shape, kind, bound in self._inputs]
-        ys = []
-        for _, shape, loss, _, _ in self._outputs:
-            if loss == "sparse_categorical_crossentropy":
-                ys.append(rng.integers(0, shape[-1], (n, *shape[:-1])))
-            elif loss == "categorical_crossentropy":
-                ys.append(np.eye(shape[-1], dtype=self.dtype)[rng.integers(0, shape[-1], (n, *shape[:-1]))])
-            else:
-                ys.append(rng.integers(0, 2, (n, *shape)).astype(self.dtype))
-        return xs, ys
-
-    def benchmark(self, batch_size=32, steps=20, warmup=3, seed=0):
-        """Time training steps on random data: samples/s, the median time of
-        each phase and of each kernel per step (in ms). Changes the weights."""
-        rng = np.random.default_rng(seed)
-        x, y = self._random_batch(batch_size, rng)
-        xs, ts, kinds, n = self._prep(x, y)
-        b = self._batch(n)
-        kernels = {k: v for k, v in globals().items() if not k.startswith("_") and _rt_is_kernel(v)}
-        spent = {}
-
-        def timed(name, fn):
-            def call(*args):
-                t0 = time.perf_counter()
-                out = fn(*args)
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
-                return out
-            return call
-
-        phases = {"forward": [], "loss": [], "backward": [], "optimizer": [], "step": []}
-        per_kernel = {}
-        module = globals()
-        fuse = self._fuse_small
-        try:
-            self._fuse_small = False
-            module.update({k: timed(k, v) for k, v in kernels.items()})
-            for i in range(warmup + steps):
-                spent.clear()
-                t0 = time.perf_counter()
-                outs = self._forward(b.bufs, xs, True)
-                t1 = time.perf_counter()
-                self._metrics(b, outs, ts, kinds)
-                for k, (_n, _s, loss, weight, _a) in enumerate(self._outputs):
-                    y2, t2 = self._flat2(outs[k], ts[k])
-                    _LOSS_KERNELS[loss][1](b.dy[k], y2, t2, float(weight) / y2.shape[0])
-                t2_ = time.perf_counter()
-                self._backward_pass(b, True)
-                t3 = time.perf_counter()
-                self._apply_update()
-                t4 = time.perf_counter()
-                if i >= warmup:
-                    for name, v in zip(phases, (t1 - t0, t2_ - t1, t3 - t2_, t4 - t3, t4 - t0)):
-                        phases[name].append(v)
-                    for name, v in spent.items():
-                        per_kernel.setdefault(name, []).append(v)
-        finally:
-            module.update(kernels)
-            self._fuse_small = fuse
-        ms = {k: 1e3 * float(np.median(v)) for k, v in phases.items()}
-        # the same steps as fit takes them: in parts, with owned rows or the
-        # one-call forward pass where those apply (the timing above runs
-        # each layer's own kernel, to time it)
-        fit_steps = []
-        for i in range(warmup + steps):
-            t0 = time.perf_counter()
-            self._train_all(b, xs, ts, kinds)
-            if i >= warmup:
-                fit_steps.append(time.perf_counter() - t0)
-        return {"batch_size": n, "samples_per_s": n / (ms["step"] / 1e3), "phases_ms": ms,
-                "fit_samples_per_s": n / float(np.median(fit_steps)), "fit_path": self._fit_path(n),
-                "kernels_ms": {k: 1e3 * float(np.median(v))
-                               for k, v in sorted(per_kernel.items(), key=lambda kv: -np.median(kv[1]))}}
-
-    def _fit_path(self, n):
-        """How fit runs a training step of n rows."""
-        parts = self._parts_for(n)
-        if parts:
-            return f"{parts} parts"
-        if self._owned_kernels and self._owned_parts_for(n):
-            return "owned rows"
-        return "layer kernels"
-
-    @classmethod
-    def _bench_main(cls, argv):
-        """`python <module>.py --bench [--batch-size N] [--steps N] [--float64]`"""
-        import argparse
-        ap = argparse.ArgumentParser(prog=f"python {os.path.basename(__file__)}")
-        ap.add_argument("--bench", action="store_true", help="time training steps on random data")
-        ap.add_argument("--batch-size", type=int, default=32)
-        ap.add_argument("--steps", type=int, default=20)
-        ap.add_argument("--float64", action="store_true")
-        args = ap.parse_args(argv)
-        if not args.bench:
-            ap.print_help()
-            return
-        r = cls(seed=0, dtype=np.float64 if args.float64 else np.float32).benchmark(args.batch_size, args.steps)
-        print(f"{cls.name}: batch {r['batch_size']}, {r['samples_per_s']:,.0f} samples/s (training, median of {args.steps} steps, "
-              f"each layer's kernel timed); {r['fit_samples_per_s']:,.0f} samples/s as fit runs it ({r['fit_path']})")
-        for name, v in r["phases_ms"].items():
-            print(f"  {name:<10} {v:9.3f} ms")
-        print("  kernels (ms per step, all calls):")
-        for name, v in r["kernels_ms"].items():
-            print(f"    {name:<34} {v:9.3f}")
-
-    # -- summary ----------------------------------------------------------------
-
-    def _layer_shape(self, lname, cls):
-        shapes = getattr(self, "_output_shapes", None) or {}
-        if lname in shapes:
-            return str(shapes[lname])
-        known = {n: s for n, s, *_ in self._inputs} if cls == "InputLayer" else \
-            {n: s for n, s, *_ in self._outputs}
-        return _rt_shape(known[lname]) if lname in known else "?"
-
-    def summary(self, print_fn=None):
-        """Keras-style table: Layer (type), Output Shape, Param #, totals."""
-        rows = [("Layer (type)", "Output Shape", "Param #")]
-        for lname, cls, weights in self._layers:
-            count = sum(int(np.prod(s, dtype=np.int64)) for _w, s in weights)
-            rows.append((f"{lname} ({cls})", self._layer_shape(lname, cls), f"{count:,}"))
-        widths = [max(len(r[c]) for r in rows) + 2 for c in range(3)]
-
-        def line(l, m, r, fill="━"):
-            return l + m.join(fill * w for w in widths) + r
-
-        def cells(r, bar):
-            return bar + bar.join((f" {r[0]:<{widths[0] - 2}} ", f" {r[1]:<{widths[1] - 2}} ",
-                                   f" {r[2]:>{widths[2] - 2}} ")) + bar
-
-        total = int(self._params.size)
-        size = self._readable(total * self.dtype.itemsize)
-        out = [f'Model: "{self.name}"', line("┏", "┳", "┓"), cells(rows[0], "┃"),
-               line("┡", "╇", "┩")]
-        for k, r in enumerate(rows[1:]):
-            if k:
-                out.append(line("├", "┼", "┤", "─"))
-            out.append(cells(r, "│"))
-        out += [line("└", "┴", "┘", "─"), f" Total params: {total:,} ({size})",
-                f" Trainable params: {total:,} ({size})", " Non-trainable params: 0 (0.00 B)"]
-        (print_fn or print)("\n".join(out))
-
-    @staticmethod
-    def _readable(nbytes):
-        for unit in ("B", "KB", "MB", "GB"):
-            if nbytes < 1024:
-                return f"{nbytes:.2f} {unit}"
-            nbytes /= 1024
-        return f"{nbytes:.2f} TB"
 
 
 _LOSS_KERNELS = {'binary_crossentropy': (binary_crossentropy_forward, binary_crossentropy_backward)}

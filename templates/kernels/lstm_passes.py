@@ -1,0 +1,191 @@
+# ---------------------------------------------------------- lstm passes
+# The entry points below are plain Python: each numba kernel they call is
+# compiled on its own. A jitted entry point would re-optimize every kernel
+# it calls (numba links and optimizes callees into their caller), which
+# doubled the first-run compile time of twitter.py.
+
+def _lstm_rows_forward_taken(B, T, G, per_step):
+    return not per_step and B * T * G >= _LSTM_ROWS_FORWARD_MIN
+
+
+def _lstm_blocks(B, T, U, dtype, per_step):
+    """Blocks of rows (threads) of the blocks schedule for B rows, or 0 when
+    it is not taken: float32, U a multiple of 16 and 2 rows or more only.
+    One block (this thread) below _LSTM_BLOCKS_MIN_WORK, where the hand-off
+    to another thread costs more than it saves; else a block a thread, of
+    at least _LSTM_BLOCK_MIN_ROWS rows (_LSTM_NARROW_BLOCK_MIN_ROWS for the
+    narrow layers of the rows schedule, not per_step)."""
+    if dtype != np.float32 or U % 16 != 0 or B < 2:
+        return 0
+    if B * T * U * (4 * U + _LSTM_CELL_MACS) < _LSTM_BLOCKS_MIN_WORK:
+        return 1
+    rows = _LSTM_BLOCK_MIN_ROWS if per_step else _LSTM_NARROW_BLOCK_MIN_ROWS
+    return max(1, min(numba.get_num_threads(), B // rows))
+
+
+def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
+                             act, ract, return_sequences, per_step):
+    """The recurrence of lstm_forward, once zs holds x @ kernel."""
+    B, T, G = zs.shape
+    U = rkernel.shape[0]
+    Q = _lstm_blocks(B, T, U, zs.dtype, per_step) if rkt.shape[0] == G else 0
+    if Q:
+        panels = rkt.reshape((G // 16, U, 16))  # rkt's memory, free in this schedule
+        _lstm_pack_panels(panels, rkernel)
+        _in_ranges(_lstm_block_forward, Q, B, y, zs, hp, cp, tc, hc, cc, rec, panels, bias, act, ract,
+                   return_sequences)
+        return
+    if not _lstm_rows_forward_taken(B, T, G, per_step):
+        if (U >= _LSTM_FORWARD_TRANSPOSED_MIN_UNITS and 2 <= B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
+                and rkt.shape[0] == G):
+            _lstm_transpose_weights(rkt, rkernel)
+            rect = np.empty((G, B), zs.dtype)
+        else:
+            rect = np.empty((0, 0), zs.dtype)
+        _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias, act, ract, return_sequences)
+        return
+    _lstm_transpose_weights(rkt, rkernel)
+    _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkt, bias, act, ract, return_sequences)
+
+
+def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
+                              act, ract, return_sequences, per_step):
+    """The recurrence of lstm_backward: fills dzs. rkt (G, U) scratch (the
+    forward pass's), or (0, 0)."""
+    B, T, G = zs.shape
+    U = dh.shape[1]
+    da = np.empty_like(dh)  # scratch: act'(c_t) of a row
+    Q = _lstm_blocks(B, T, U, zs.dtype, per_step) if rkt.shape[0] == G else 0
+    if Q:
+        panels = rkt.reshape((U // 16, G, 16))
+        _lstm_pack_panels_t(panels, rkernel)
+        _in_ranges(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
+                   return_sequences)
+    elif per_step:
+        transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
+        dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)
+        _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+    elif B > 1 and B * T * G >= _LSTM_PARALLEL_MIN:
+        _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+    else:
+        _lstm_rows_backward(np.int64(0), B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+
+
+@njit
+def _lstm_stage_inputs(xh, x, bias):
+    """xh[:, :, :I] = x and, with a bias, the last column = 1: the parts of
+    the rows [x_t | h_{t-1} | 1] the recurrence does not write."""
+    B, T, I = x.shape
+    W = xh.shape[2]
+    one = xh.dtype.type(1.0)
+    for b in range(B):
+        for t in range(T):
+            row = xh[b, t]
+            src = x[b, t]
+            for i in range(I):
+                row[i] = src[i]
+            if bias.shape[0] > 0:
+                row[W - 1] = one
+
+
+def _lstm_hp(xh, rkernel, bias):
+    """The h_{t-1} columns of xh, a (B, T, U) view (or of its (B, 1, W) scratch)."""
+    W, U = xh.shape[2], rkernel.shape[0]
+    nb = 1 if bias.shape[0] > 0 else 0
+    return xh[:, :, W - nb - U:W - nb]
+
+
+@njit
+def _lstm_weight_grads(dw, xh, dzs, wmode):
+    """dw = (wmode 1) or += (wmode 2) xh.T @ dzs over all B*T rows: the
+    gradients of the weights xh's columns multiply ([dkernel; drkernel;
+    dbias] stacked, (W, G))."""
+    B, T, G = dzs.shape
+    W = xh.shape[2]
+    xf = xh.reshape(B * T, W)
+    dzf = dzs.reshape(B * T, G)
+    if wmode == 1:
+        np.dot(xf.T, dzf, dw)
+    else:
+        tmp = np.empty_like(dw)
+        np.dot(xf.T, dzf, tmp)
+        dw += tmp
+
+
+@njit
+def _lstm_project(zs, x, kernel):
+    """zs (B*T, G) = x (B*T, I) @ kernel: the input projection of every step in one GEMM."""
+    B, T, I = x.shape
+    np.dot(x.reshape(B * T, I), kernel, zs.reshape(B * T, kernel.shape[1]))
+
+
+@njit
+def _lstm_input_grads(dx, dzs, kernel, mode):
+    """dx = (mode 1) or += (mode 2) dzs @ kernel.T."""
+    B, T, G = dzs.shape
+    I = kernel.shape[0]
+    dzf = dzs.reshape(B * T, G)
+    if mode == 1:
+        np.dot(dzf, kernel.T, dx.reshape(B * T, I))
+    elif mode == 2:
+        dxf = dx.reshape(B * T, I)
+        tmp = np.empty_like(dxf)
+        np.dot(dzf, kernel.T, tmp)
+        dxf += tmp
+
+
+def lstm_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, x, kernel, rkernel, bias,
+                 act, ract, return_sequences, per_step):
+    """Run the LSTM over the sequence, filling y and the backward caches.
+
+    y       (B, T, U) if return_sequences else (B, 1, U) (the last h)
+    zs      (B, T, G)  cache: gate values after their activations [i f g o]
+    xh      (B, T, W)  cache: rows [x_t | h_{t-1} | 1], W = I + U + 1 (no
+                       1 column without a bias); h_{-1} = 0
+    cp      (B, T, U)  cache: c_{t-1} (cp[:, 0] = 0)
+    tc      (B, T, U)  cache: act(c_t)
+                       xh, cp, tc may be (B, 1, .) scratch when no backward
+                       pass follows (predict: 3 B T U values less memory)
+    hc, cc  (B, U)     scratch: the current h and c
+    rec     (B, G)     scratch for the steps schedule: h_{t-1} @ rkernel
+    rkt     (G, U)     scratch: rkernel.T, for the rows schedule and the
+                       transposed steps (from _LSTM_FORWARD_TRANSPOSED_MIN_UNITS);
+                       (0, 0) when per_step: the steps then take h @ rkernel
+    x       (B, T, I)  input
+    kernel  (I, G)     rkernel (U, G)     bias (G,) or (0,) when use_bias=False
+    per_step           True: steps only; False: rows for big batches
+    """
+    B, T, I = x.shape
+    G = kernel.shape[1]
+    if _lstm_rows_forward_taken(B, T, G, per_step) and 2 * B * T * I * G < _LSTM_SERIAL_PROJECTION_MAX:
+        _blas_one_thread(_lstm_project, zs, x, kernel)
+    else:
+        _lstm_project(zs, x, kernel)
+    if xh.shape[1] == T:  # caches for a backward pass
+        _lstm_stage_inputs(xh, x, bias)
+    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
+                             rkernel, bias, act, ract, return_sequences, per_step)
+
+
+def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkernel, rkt,
+                  act, ract, return_sequences, per_step, mode, wmode):
+    """Backpropagation through time for lstm_forward.
+
+    dx       (B, T, I)    input gradient: mode 0 skip, 1 overwrite,
+                          2 accumulate; may be empty when mode == 0
+    dw       (W, G)       [dkernel (I, G); drkernel (U, G); dbias (1, G)]
+                          = xh.T @ dzs (whole sequence), the layer's
+                          gradients as one matrix: wmode 1 overwrite,
+                          2 accumulate; no dbias row without a bias
+    dzs      (B, T, G)    scratch: gradient w.r.t. the gate pre-activations
+    dh, dc   (B, U)       scratch: gradients w.r.t. h_t and c_t carried back
+    dzt      (B, G)       scratch for the steps schedule: one step of dzs
+    dy       (B, T, U) if return_sequences else (B, 1, U)
+    x, zs, xh, cp, tc     input and caches of lstm_forward
+    kernel (I, G)   rkernel (U, G)
+    rkt      (G, U)       scratch (lstm_forward's): rkernel.T's panels in the blocks schedule
+    """
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
+                              act, ract, return_sequences, per_step)
+    _lstm_weight_grads(dw, xh, dzs, wmode)
+    _lstm_input_grads(dx, dzs, kernel, mode)

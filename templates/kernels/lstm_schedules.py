@@ -1,0 +1,268 @@
+# ------------------------------------------------------- lstm schedules
+# The recurrence's three schedules (see lstm): rows, blocks and steps,
+# and the weight transposes they read.
+
+
+@njit
+def _lstm_add_recurrent(b0, b1, t, zs, rec, bias):
+    """zs[b, t] += rec[b] + bias for rows b0:b1, once rec (B, G) holds their
+    h_{t-1} @ rkernel (the steps and blocks schedules); bias (G,) or (0,)."""
+    G = zs.shape[2]
+    for b in range(b0, b1):
+        if bias.shape[0] > 0:
+            for j in range(G):
+                zs[b, t, j] += rec[b, j] + bias[j]
+        else:
+            for j in range(G):
+                zs[b, t, j] += rec[b, j]
+
+
+@njit
+def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
+                       act, ract, return_sequences):
+    """All T steps of rows b0..b1-1, two rows at a time, h @ rkernel inline
+    through rkt = rkernel.T (G, U) (the rows schedule)."""
+    T = zs.shape[1]
+    U = rkt.shape[1]
+    G = 4 * U
+    zero = zs.dtype.type(0.0)
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    for b in range(b0, b1, 2):
+        rows = 2 if b + 1 < b1 else 1
+        for r in range(b, b + rows):
+            for u in range(U):
+                hc[r, u] = zero
+                cc[r, u] = zero
+        for t in range(T):
+            if bias.shape[0] > 0:
+                for r in range(b, b + rows):
+                    for j in range(G):
+                        zs[r, t, j] += bias[j]
+            _lstm_pair_gates(zs, t, hc, b, b + rows - 1, rkt)
+            _lstm_cells_forward(b, b + rows, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract,
+                                return_sequences)
+        if not return_sequences:
+            for r in range(b, b + rows):
+                for u in range(U):
+                    y[r, 0, u] = hc[r, u]
+
+
+@njit(parallel=True)
+def _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkt, bias,
+                                act, ract, return_sequences):
+    """_lstm_rows_forward with pairs of rows in parallel (numba gives each
+    thread one contiguous block of pairs)."""
+    B = zs.shape[0]
+    for p in prange((B + 1) // 2):
+        _lstm_rows_forward(2 * p, min(B, 2 * p + 2), y, zs, hp, cp, tc, hc, cc, rkt, bias,
+                           act, ract, return_sequences)
+
+
+@njit
+def _lstm_rows_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract,
+                        return_sequences):
+    """Backpropagation through time for rows b0..b1-1, two rows at a time
+    (the rows schedule); dh_{t-1} = dz_t @ rkernel.T inline."""
+    T = zs.shape[1]
+    U = dh.shape[1]
+    zero = zs.dtype.type(0.0)
+    for b in range(b0, b1, 2):
+        rows = 2 if b + 1 < b1 else 1
+        for r in range(b, b + rows):
+            for u in range(U):
+                dh[r, u] = zero
+                dc[r, u] = zero
+        for t in range(T - 1, -1, -1):
+            _lstm_cells_backward(b, b + rows, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
+            if t > 0:
+                _lstm_pair_dh(dh, b, b + rows - 1, dzs, t, rkernel)
+
+
+@njit(parallel=True)
+def _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act,
+                                 ract, return_sequences):
+    """_lstm_rows_backward with pairs of rows in parallel."""
+    B = zs.shape[0]
+    for p in prange((B + 1) // 2):
+        _lstm_rows_backward(2 * p, min(B, 2 * p + 2), dzs, dh, dc, da, dy, zs, cp, tc, rkernel,
+                            act, ract, return_sequences)
+
+
+@njit
+def _lstm_transpose(dst, src):
+    """dst (N, M) = src (M, N).T, 16 rows of src at a time: dst's rows take
+    runs of 16 (contiguous stores). For a step's (G, B) product; weights
+    take _lstm_transpose_weights."""
+    M, N = src.shape
+    m16 = M - M % 16
+    for i0 in range(0, m16, 16):
+        for j in range(N):
+            for k in range(16):
+                dst[j, i0 + k] = src[i0 + k, j]
+    for i in range(m16, M):
+        for j in range(N):
+            dst[j, i] = src[i, j]
+
+
+@njit
+def _lstm_transpose_weights(dst, src):
+    """dst (N, M) = src (M, N).T for a (U, 4U) weight, 8 rows of src at a
+    time. Its rows lie 16 U bytes apart, a multiple of 4 KB from 256 units,
+    so all the rows read at once fall in one set of the 8-way L1: 16 of them
+    evict each other, 8 fit. rkernel.T at U 512 858 -> 359 us, U 256 219 ->
+    82 us, U 128 21 -> 19 us; a step's (G, B) product, 32 bytes a row, is
+    faster 16 rows at a time (U 512, B 32: 27 against 35 us). Two functions,
+    not one taking the strip's height: a height known only at run time
+    keeps the inner loop rolled (3x slower)."""
+    M, N = src.shape
+    m8 = M - M % 8
+    for i0 in range(0, m8, 8):
+        for j in range(N):
+            for k in range(8):
+                dst[j, i0 + k] = src[i0 + k, j]
+    for i in range(m8, M):
+        for j in range(N):
+            dst[j, i] = src[i, j]
+
+
+# The blocks schedule (float32, U a multiple of 16; _lstm_blocks): each
+# thread takes a block of rows that runs all T steps on its own (the
+# recurrence is independent per row), so no thread waits for another within
+# the sequence (_in_ranges, prelude). A step's product of the block's h_{t-1}
+# with rkernel (dz_t with rkernel.T backward) reads the weights as 16-column
+# panels packed once a pass, (N / 16, K, 16), where OpenBLAS packs them
+# again at every step, and keeps 8 rows x 16 lanes of accumulators in
+# registers over all K (panels.py: an FMA a lane, summed in k order). On
+# this 2-core Zen 4 one thread's packed product runs at ~115 GFLOP/s,
+# OpenBLAS's at 55-120 for these shapes. A training step of the sweep model
+# (benchmarks/sweep.py), the old schedules and the blocks one alternating in
+# one process: T 100 U 128 B 32 15.1 -> 10.2 ms, T 25 U 512 B 32 38.4 ->
+# 30.5 ms, T 25 U 128 B 256 -23%, T 25 U 64 B 256 -20%. Since the cells
+# run a block's rows in one call (above), it also wins in one block on this
+# thread from 2 rows, narrow layers included (a step at T 25, the other
+# schedule / one block / two blocks: U 32 B 32 0.99 / 0.54 / 0.90 ms; U 64 B 8
+# 0.65 / 0.37 / 0.81; U 128 B 4 1.08 / 0.59; U 512 B 2 9.9 / 7.3), but not
+# for one row, a vector product (U 512 B 1: 2.65 against 6.44 ms). Two
+# blocks pay from about _LSTM_BLOCKS_MIN_WORK (U 16 B 256: 4.78 / 4.23 /
+# 3.26 ms; U 32 B 64 at 2^24.1: 1.81 / 1.02 / 1.23; U 32 B 128 at 2^25.1:
+# 4.75 / 3.78 / 2.70), counting a cell as _LSTM_CELL_MACS multiply-adds a
+# unit (U 32: 73 ns a row-step for the product, ~130 for the cell).
+_LSTM_BLOCK_MIN_ROWS = 8  # rows a block from which a wide layer's pass splits
+_LSTM_NARROW_BLOCK_MIN_ROWS = 16  # the same for narrow layers (the rows schedule's)
+_LSTM_CELL_MACS = 230  # a cell's cost a unit, in multiply-adds of the product
+_LSTM_BLOCKS_MIN_WORK = 25 << 20  # B T U (4 U + _LSTM_CELL_MACS) from which a pass splits
+
+
+@njit(nogil=True)
+def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
+                        act, ract, return_sequences):
+    """All T steps of rows b0:b1 (the blocks schedule): each step one packed
+    product of the block's h_{t-1} with rkernel, then the block's cells.
+    panels (G / 16, U, 16) rkernel's; the other arrays as lstm_forward's."""
+    T = zs.shape[1]
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    # hb typed as a strided view, like the backward pass's dz_t
+    # (dzs[b0:b1, t]): _panels_product then compiles once, not twice
+    hb, rb = hc[b0:b1, :hc.shape[1]], rec[b0:b1]
+    hc[b0:b1] = 0
+    cc[b0:b1] = 0
+    for t in range(T):
+        _panels_product(rb, hb, panels)
+        _lstm_add_recurrent(b0, b1, t, zs, rec, bias)
+        _lstm_cells_forward(b0, b1, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract, return_sequences)
+    if not return_sequences:
+        for b in range(b0, b1):
+            for u in range(hc.shape[1]):
+                y[b, 0, u] = hc[b, u]
+
+
+@njit(nogil=True)
+def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
+                         return_sequences):
+    """Backpropagation through time for rows b0:b1 (the blocks schedule):
+    the block's cells, then dh_{t-1} = dz_t @ rkernel.T as one packed
+    product that reads dz_t where the cells left it. panels (U / 16, G, 16)
+    rkernel.T's; da (B, U) scratch; the other arrays as lstm_backward's."""
+    dh[b0:b1] = 0
+    dc[b0:b1] = 0
+    for t in range(zs.shape[1] - 1, -1, -1):
+        _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
+        if t > 0:
+            _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
+
+
+@njit
+def _lstm_pack_panels(panels, w):
+    """panels (N / 16, K, 16)[p, k, l] = w (K, N)[k, 16 p + l]."""
+    for p in range(panels.shape[0]):
+        for k in range(panels.shape[1]):
+            src, dst = w[k, 16 * p:16 * p + 16], panels[p, k]
+            for j in range(16):
+                dst[j] = src[j]
+
+
+@njit
+def _lstm_pack_panels_t(panels, w):
+    """panels (M / 16, N, 16)[p, k, l] = w (M, N)[16 p + l, k]: the panels of
+    w.T, each the transpose of 16 rows of w."""
+    for p in range(panels.shape[0]):
+        _lstm_transpose_weights(panels[p], w[16 * p:16 * p + 16])
+
+
+@njit
+def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias,
+                        act, ract, return_sequences):
+    """The recurrence, steps schedule: one BLAS product per step. With rect
+    (G, B) scratch (not (0, 0)) each product is taken transposed, rkt @ hc.T
+    with rkt = rkernel.T, and transposed back into rec."""
+    B, T = zs.shape[0], zs.shape[1]
+    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    transposed = rect.shape[0] > 0
+    hc[:] = 0
+    cc[:] = 0
+    for t in range(T):
+        if transposed:
+            np.dot(rkt, hc.T, rect)
+            _lstm_transpose(rec, rect)
+        else:
+            np.dot(hc, rkernel, rec)
+        _lstm_add_recurrent(np.int64(0), B, t, zs, rec, bias)
+        _lstm_cells_forward(np.int64(0), B, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract, return_sequences)
+    if not return_sequences:
+        for b in range(B):
+            for u in range(hc.shape[1]):
+                y[b, 0, u] = hc[b, u]
+
+
+@njit
+def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
+                         act, ract, return_sequences):
+    """The backward recurrence, steps schedule: fills dzs. dht (U, B):
+    dh_{t-1} transposed, as rkernel @ dz_t.T (see
+    _LSTM_STEPS_TRANSPOSED_MIN_UNITS); (0, 0): dz_t @ rkernel.T."""
+    B, T, G = zs.shape
+    U = rkernel.shape[0]
+    transposed = dht.shape[0] > 0
+    dh[:] = 0
+    dc[:] = 0
+    for t in range(T - 1, -1, -1):
+        _lstm_cells_backward(np.int64(0), B, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
+        if t == 0:
+            break
+        for b in range(B):
+            for j in range(G):
+                dzt[b, j] = dzs[b, t, j]
+        if transposed:
+            # dzt.T is a no-copy F view: OpenBLAS reads it transposed as
+            # fast as a (G, B) copy (U 128, B 32: 16.7 against 16.6 us),
+            # and the copy, 16 rows at a time, cost 4.7 us a step. Without
+            # it the backward recurrence measured U 128: T 100 4.72 -> 4.38
+            # ms, B 8 T 25 0.208 -> 0.178; U 512, T 25 6.90 -> 6.65 (same
+            # bits)
+            np.dot(rkernel, dzt.T, dht)
+            for b in range(B):
+                for u in range(U):
+                    dh[b, u] = dht[u, b]
+        else:
+            # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
+            np.dot(dzt, rkernel.T, dh)
