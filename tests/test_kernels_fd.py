@@ -277,6 +277,53 @@ def test_panels_products_in_place_and_transposed(M, K_, N, dtype):
         assert np.isnan(g[0]).all() and np.isnan(g[K_ + 1]).all()
 
 
+@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("M", [1, 9, 255, 256, 257, 700])
+@pytest.mark.parametrize("K_,N", [(1, 16), (13, 48), (65, 128)])
+def test_lstm_weight_gradient_by_panels_and_chunks(M, K_, N, mode):
+    """lstm_passes.py's weight gradient on panels.py's kernel, c = (1) or +=
+    (2) a.T @ w with w's panels split over threads and a's rows in chunks of
+    _LSTM_GRAD_CHUNK (here 256): within float32 rounding of float64 numpy,
+    the same bits however the panels are split (one range, two, or
+    _lstm_grad_panels on the module's threads), rows of c around the result
+    untouched."""
+    r = rng(67)
+    a = r.standard_normal((M, K_ + 2)).astype(F32)[:, 1:K_ + 1]  # rows contiguous, strided
+    w = r.standard_normal((M, N)).astype(F32)
+    c0 = r.standard_normal((K_, N)).astype(F32)
+    want = a.T.astype(F64) @ w.astype(F64) + (c0.astype(F64) if mode == 2 else 0.0)
+    P = N // 16
+    results = []
+    for cuts in ([0, P], [0, 1, P], [0, P - 1, P], None):
+        g = np.full((K_ + 2, N), np.nan, F32)
+        if mode == 2:
+            g[1:K_ + 1] = c0
+        if cuts is None:
+            K._lstm_grad_panels(g[1:K_ + 1], a, w, mode)
+        else:
+            for lo, hi in zip(cuts, cuts[1:]):
+                if lo < hi:
+                    K._lstm_grad_range(lo, hi, g[1:K_ + 1], a, w, np.int64(mode))
+        assert np.isnan(g[0]).all() and np.isnan(g[K_ + 1]).all()
+        results.append(g[1:K_ + 1])
+    for g in results[1:]:
+        np.testing.assert_array_equal(g, results[0])
+    np.testing.assert_allclose(results[0], want, rtol=2e-5, atol=2e-5 * np.sqrt(M))
+
+
+def test_lstm_weight_gradient_on_panels_where_it_pays():
+    """float32, columns a multiple of 16 up to _LSTM_GRAD_MAX_COLUMNS, and
+    from _LSTM_GRAD_MIN_MACS; everything else stays on BLAS."""
+    def taken(M, K_, N, dtype=F32):
+        return K._lstm_grad_on_panels(np.empty((K_, N), dtype), np.empty((M, K_), dtype), np.empty((M, N), dtype))
+    assert taken(3200, 161, 512) and taken(25600, 65, 128)
+    assert not taken(3200, 161, 512, F64)
+    assert not taken(800, 545, 2048)  # wide: BLAS is faster
+    assert not taken(800, 65, 128)  # small: a hand-off costs more
+    assert not taken(25600, 65, 40)  # not whole panels
+    assert not taken(0, 65, 128)
+
+
 @pytest.mark.parametrize("dtype", [F32, F64])
 @pytest.mark.parametrize("o", [10, 16, 48])
 @pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, SOFTMAX])

@@ -445,6 +445,27 @@ def test_sparse_embedding_update_equals_dense(optimizer, monkeypatch):
         np.testing.assert_allclose(sparse._opt_state[0], dense._opt_state[0], rtol=1e-5, atol=1e-12)
 
 
+@pytest.mark.parametrize("example,model", [("twitter", "model"), ("stacked_lstm", "stacked")])
+def test_lstm_weight_gradients_on_panels_equal_blas(example, model, monkeypatch):
+    """An LSTM's weight gradients (and an embedded LSTM's kernel gradient)
+    through the threaded panel product (_lstm_grad_panels), taken here at
+    any size, are BLAS's up to float32 rounding."""
+    mod = generated(example, model)
+    rng = np.random.default_rng(3)
+    xs, ys = random_data(mod.Model, 24, rng, np.float32)
+    grads = {}
+    calls = []
+    on_panels = mod._lstm_grad_panels
+    for name, least in (("blas", 1 << 62), ("panels", 0)):
+        monkeypatch.setattr(mod, "_LSTM_GRAD_MIN_MACS", least)
+        monkeypatch.setattr(mod, "_lstm_grad_panels", lambda *a: calls.append(a[0].shape) or on_panels(*a))
+        grads[name] = mod.Model(seed=1).compute_gradients(xs, ys)[1]
+        assert bool(calls) == (name == "panels")
+    for lname, gs in grads["blas"].items():
+        for g, h in zip(gs, grads["panels"][lname]):
+            np.testing.assert_allclose(h, g, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(g).max())))
+
+
 def test_predict_allocates_no_gradient_buffers_and_cache_is_bounded():
     """predict/evaluate allocate only the forward pass's buffers; training
     adds the backward ones; at most _RT_CACHE_LIMIT batch sizes stay

@@ -613,7 +613,8 @@ def activation_backward(dz, dy, y, act, mode):
 # numba. On the 2-core Zen 4 one thread runs it at ~117 GFLOP/s, this
 # core's peak, where one OpenBLAS thread runs (128 x 784) x (784 x 64) at
 # 92 and its transposed form, x.T @ dz for a Dense kernel's gradient, at
-# 85. Used by the LSTM's blocks schedule (lstm.py) and by one part of a
+# 85. Used by the LSTM's blocks schedule (lstm_schedules.py) and weight
+# gradients (lstm_passes.py, _lstm_grad_range) and by one part of a
 # data-parallel step (dense.py, _dense_forward_one / _dense_backward_one).
 # w is either a (K, N) matrix with contiguous rows, N a multiple of 16,
 # read in place (as fast as packed for these shapes: (512 x 784) x
@@ -800,7 +801,9 @@ def embedding_check_ids(ids, input_dim):
 # [dkernel; drkernel; dbias], adjacent in Keras's weight order. It reads
 # the (B*T, 4U) gate gradients once where two products and a column sum
 # read them three times (B 256, T 25, U 32: 580 -> 390 us; B 32, T 100,
-# U 128: 1.9 -> 1.5 ms).
+# U 128: 1.9 -> 1.5 ms). For float32 and up to 512 gate columns that
+# product runs on panels.py's kernel, by panels over the threads
+# (lstm_passes.py, _lstm_grad_range), else on BLAS.
 # The recurrence is independent per batch row. Three schedules:
 #   blocks: each thread's block of rows runs all T steps on its own, with
 #         packed products (float32, U a multiple of 16, from 2 rows: see
@@ -1462,21 +1465,103 @@ def _lstm_hp(xh, rkernel, bias):
     return xh[:, :, W - nb - U:W - nb]
 
 
-@njit
 def _lstm_weight_grads(dw, xh, dzs, wmode):
     """dw = (wmode 1) or += (wmode 2) xh.T @ dzs over all B*T rows: the
     gradients of the weights xh's columns multiply ([dkernel; drkernel;
-    dbias] stacked, (W, G))."""
+    dbias] stacked, (W, G)); on the panel kernel where it is faster
+    (_lstm_grad_on_panels), else one BLAS product."""
     B, T, G = dzs.shape
-    W = xh.shape[2]
-    xf = xh.reshape(B * T, W)
-    dzf = dzs.reshape(B * T, G)
-    if wmode == 1:
-        np.dot(xf.T, dzf, dw)
+    xf, dzf = xh.reshape(B * T, xh.shape[2]), dzs.reshape(B * T, G)
+    if _lstm_grad_on_panels(dw, xf, dzf):
+        _lstm_grad_panels(dw, xf, dzf, wmode)
     else:
-        tmp = np.empty_like(dw)
-        np.dot(xf.T, dzf, tmp)
-        dw += tmp
+        _lstm_product_t(dw, xf, dzf, wmode)
+
+
+@njit
+def _lstm_product_t(c, a, w, mode):
+    """c = (mode 1) or += (mode 2) a.T @ w, one BLAS product."""
+    if mode == 1:
+        np.dot(a.T, w, c)
+    else:
+        tmp = np.empty_like(c)
+        np.dot(a.T, w, tmp)
+        c += tmp
+
+
+# A weight gradient a.T @ w over many rows (an LSTM's B T rows, or an
+# embedded LSTM's distinct ids): OpenBLAS splits its small (K, N) output
+# poorly over two threads. Here panels.py's kernel runs it, each thread on a
+# range of w's panels (so the bits do not depend on the thread count) and
+# a's rows in chunks that stay in its L2: each chunk's product summed in row
+# order, the chunks' products added in order (a blocked sum, as accurate as
+# BLAS's). Two threads against OpenBLAS, two runs of medians of 7 x 10
+# calls, (M x K)' (M x N): M 25600 K 65 N 128 (an LSTM(32) at batch 256, T
+# 100) 3.2-3.5 against 4.4-4.8 ms; M 25600 K 161 N 512 27.8-32.7 against
+# 33.5-35.6; M 2737 K 512 N 128 (twitter.py's embedded kernel) 1.85-1.96
+# against 2.14-2.33; M 3200 K 161 N 512 3.3-3.8 against 3.5-4.2 (about
+# even). A training step, old and new alternating in one process: twitter
+# batch 32 13.1 -> 12.2 ms, 256 48.4 -> 46.1; the sweep model T 100, U 32, B
+# 256 22.2 -> 20.2, T 25 5.6 -> 5.1. Wider w loses (N 2048: 105-121 against
+# 174-178 GFLOP/s; its rows are 8 KB apart, a TLB miss a row); below
+# _LSTM_GRAD_MIN_MACS a hand-off costs more than it saves.
+_LSTM_GRAD_MAX_COLUMNS = 512
+_LSTM_GRAD_MIN_MACS = 1 << 24  # M K N
+_LSTM_GRAD_CHUNK = 256  # rows a chunk
+
+
+@njit(nogil=True)
+def _lstm_grad_range(p0, p1, c, a, w, mode):
+    """c[:, 16 p0:16 p1] = (mode 1) or += (mode 2) a.T @ w[:, 16 p0:16 p1],
+    a (M, K) and w (M, N) rows contiguous: a product per chunk of rows into
+    scratch, then added to c."""
+    M, K = a.shape
+    j0, j1 = 16 * p0, 16 * p1
+    tmp = np.empty((K, c.shape[1]), c.dtype)
+    for m0 in range(0, M, _LSTM_GRAD_CHUNK):
+        m1 = min(M, m0 + _LSTM_GRAD_CHUNK)
+        ac, wc = a[m0:m1], w[m0:m1]
+        r = 0
+        while r + 8 <= K:
+            for p in range(p0, p1):
+                _panel_rows_t8(tmp, ac, wc, p, r)
+            r += 8
+        if r + 4 <= K:
+            for p in range(p0, p1):
+                _panel_rows_t4(tmp, ac, wc, p, r)
+            r += 4
+        if r + 2 <= K:
+            for p in range(p0, p1):
+                _panel_rows_t2(tmp, ac, wc, p, r)
+            r += 2
+        if r < K:
+            for p in range(p0, p1):
+                _panel_rows_t1(tmp, ac, wc, p, r)
+        first = mode == 1 and m0 == 0
+        for k in range(K):
+            src, dst = tmp[k, j0:j1], c[k, j0:j1]  # slices: loops from 0 vectorize
+            if first:
+                for j in range(j1 - j0):
+                    dst[j] = src[j]
+            else:
+                for j in range(j1 - j0):
+                    dst[j] += src[j]
+
+
+def _lstm_grad_on_panels(c, a, w):
+    """Whether _lstm_grad_panels computes c = a.T @ w: float32, w's columns a
+    multiple of 16 up to _LSTM_GRAD_MAX_COLUMNS, from _LSTM_GRAD_MIN_MACS."""
+    M, K = a.shape
+    N = w.shape[1]
+    return (c.dtype == np.float32 and N % 16 == 0 and N <= _LSTM_GRAD_MAX_COLUMNS and M > 0
+            and M * K * N >= _LSTM_GRAD_MIN_MACS)
+
+
+def _lstm_grad_panels(c, a, w, mode):
+    """c = (mode 1) or += (mode 2) a.T @ w, w's panels split over the
+    threads (see _lstm_grad_range)."""
+    P = w.shape[1] // 16
+    _in_ranges(_lstm_grad_range, min(numba.get_num_threads(), P), P, c, a, w, np.int64(mode))
 
 
 @njit
@@ -1639,26 +1724,35 @@ def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
     _lstm_copy_rows(zs.reshape(B * T, G), pu, inv, False)
 
 
-@njit
 def _lstm_embedded_grads(dkernel, dzs, inv, nu, xu, pu, kernel, wmode):
     """dkernel (wmode 1 overwrite, 2 accumulate) and, into xu[:n], the
     distinct rows' gradients, through the distinct ids."""
+    n = int(nu[0])
+    xn, dzu = xu[:n], pu[:n]
+    _lstm_sum_by_id(dzu, dzs, inv)
+    if _lstm_grad_on_panels(dkernel, xn, dzu):
+        _lstm_grad_panels(dkernel, xn, dzu, wmode)
+    else:
+        _lstm_product_t(dkernel, xn, dzu, wmode)
+    _lstm_rows_grads(xn, dzu, kernel)
+
+
+@njit
+def _lstm_sum_by_id(dzu, dzs, inv):
+    """dzu (n, G) = the gate gradients of the B*T rows summed per distinct id."""
     B, T, G = dzs.shape
-    n = nu[0]
     dzf = dzs.reshape(B * T, G)
-    dzu = pu[:n]
     dzu[:] = 0
     for r in range(B * T):
         k = inv[r]
         for j in range(G):
             dzu[k, j] += dzf[r, j]
-    if wmode == 1:
-        np.dot(xu[:n].T, dzu, dkernel)
-    else:
-        tmp = np.empty_like(dkernel)
-        np.dot(xu[:n].T, dzu, tmp)
-        dkernel += tmp
-    np.dot(dzu, kernel.T, xu[:n])
+
+
+@njit
+def _lstm_rows_grads(xn, dzu, kernel):
+    """xn (n, I) = dzu @ kernel.T: the distinct rows' gradients."""
+    np.dot(dzu, kernel.T, xn)
 
 
 def _lstm_table_grads(dtable, uniq, nu, xu):

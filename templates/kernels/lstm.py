@@ -12,7 +12,9 @@
 # [dkernel; drkernel; dbias], adjacent in Keras's weight order. It reads
 # the (B*T, 4U) gate gradients once where two products and a column sum
 # read them three times (B 256, T 25, U 32: 580 -> 390 us; B 32, T 100,
-# U 128: 1.9 -> 1.5 ms).
+# U 128: 1.9 -> 1.5 ms). For float32 and up to 512 gate columns that
+# product runs on panels.py's kernel, by panels over the threads
+# (lstm_passes.py, _lstm_grad_range), else on BLAS.
 # The recurrence is independent per batch row. Three schedules:
 #   blocks: each thread's block of rows runs all T steps on its own, with
 #         packed products (float32, U a multiple of 16, from 2 rows: see

@@ -80,26 +80,35 @@ def _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel):
     _lstm_copy_rows(zs.reshape(B * T, G), pu, inv, False)
 
 
-@njit
 def _lstm_embedded_grads(dkernel, dzs, inv, nu, xu, pu, kernel, wmode):
     """dkernel (wmode 1 overwrite, 2 accumulate) and, into xu[:n], the
     distinct rows' gradients, through the distinct ids."""
+    n = int(nu[0])
+    xn, dzu = xu[:n], pu[:n]
+    _lstm_sum_by_id(dzu, dzs, inv)
+    if _lstm_grad_on_panels(dkernel, xn, dzu):
+        _lstm_grad_panels(dkernel, xn, dzu, wmode)
+    else:
+        _lstm_product_t(dkernel, xn, dzu, wmode)
+    _lstm_rows_grads(xn, dzu, kernel)
+
+
+@njit
+def _lstm_sum_by_id(dzu, dzs, inv):
+    """dzu (n, G) = the gate gradients of the B*T rows summed per distinct id."""
     B, T, G = dzs.shape
-    n = nu[0]
     dzf = dzs.reshape(B * T, G)
-    dzu = pu[:n]
     dzu[:] = 0
     for r in range(B * T):
         k = inv[r]
         for j in range(G):
             dzu[k, j] += dzf[r, j]
-    if wmode == 1:
-        np.dot(xu[:n].T, dzu, dkernel)
-    else:
-        tmp = np.empty_like(dkernel)
-        np.dot(xu[:n].T, dzu, tmp)
-        dkernel += tmp
-    np.dot(dzu, kernel.T, xu[:n])
+
+
+@njit
+def _lstm_rows_grads(xn, dzu, kernel):
+    """xn (n, I) = dzu @ kernel.T: the distinct rows' gradients."""
+    np.dot(dzu, kernel.T, xn)
 
 
 def _lstm_table_grads(dtable, uniq, nu, xu):
