@@ -1777,14 +1777,18 @@ def _lstm_hp(xh, rkernel, bias):
 def _lstm_weight_grads(dw, xh, dzs, wmode):
     """dw = (wmode 1) or += (wmode 2) xh.T @ dzs over all B*T rows: the
     gradients of the weights xh's columns multiply ([dkernel; drkernel;
-    dbias] stacked, (W, G)); on the panel kernel where it is faster
-    (_lstm_grad_on_panels), else one BLAS product."""
+    dbias] stacked, (W, G))."""
     B, T, G = dzs.shape
-    xf, dzf = xh.reshape(B * T, xh.shape[2]), dzs.reshape(B * T, G)
-    if _lstm_grad_on_panels(dw, xf, dzf):
-        _lstm_grad_panels(dw, xf, dzf, wmode)
+    _lstm_grad_product(dw, xh.reshape(B * T, xh.shape[2]), dzs.reshape(B * T, G), wmode)
+
+
+def _lstm_grad_product(c, a, w, mode):
+    """c = (mode 1) or += (mode 2) a.T @ w, a weight gradient: on the
+    panel kernel over the threads where _lstm_grad_on_panels, else BLAS."""
+    if _lstm_grad_on_panels(c, a, w):
+        _lstm_grad_panels(c, a, w, mode)
     else:
-        _lstm_product_t(dw, xf, dzf, wmode)
+        _lstm_product_t(c, a, w, mode)
 
 
 @njit
@@ -2039,10 +2043,7 @@ def _lstm_embedded_grads(dkernel, dzs, inv, nu, xu, pu, kernel, wmode):
     n = int(nu[0])
     xn, dzu = xu[:n], pu[:n]
     _lstm_sum_by_id(dzu, dzs, inv)
-    if _lstm_grad_on_panels(dkernel, xn, dzu):
-        _lstm_grad_panels(dkernel, xn, dzu, wmode)
-    else:
-        _lstm_product_t(dkernel, xn, dzu, wmode)
+    _lstm_grad_product(dkernel, xn, dzu, wmode)
     _lstm_rows_grads(xn, dzu, kernel)
 
 

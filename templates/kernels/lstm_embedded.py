@@ -86,10 +86,7 @@ def _lstm_embedded_grads(dkernel, dzs, inv, nu, xu, pu, kernel, wmode):
     n = int(nu[0])
     xn, dzu = xu[:n], pu[:n]
     _lstm_sum_by_id(dzu, dzs, inv)
-    if _lstm_grad_on_panels(dkernel, xn, dzu):
-        _lstm_grad_panels(dkernel, xn, dzu, wmode)
-    else:
-        _lstm_product_t(dkernel, xn, dzu, wmode)
+    _lstm_grad_product(dkernel, xn, dzu, wmode)
     _lstm_rows_grads(xn, dzu, kernel)
 
 
