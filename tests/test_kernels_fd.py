@@ -385,6 +385,86 @@ def test_optimizer_owned_spans_equal_serial(name):
         assert np.array_equal(a, b)
     assert not np.array_equal(results[0][0], w0)
 
+def _unflushed_update(name, w, g, state, args):
+    """The same span with a floor of 0: the update without the flush. (numba
+    returns the spans' float32 scalars as Python floats: cast them back.)"""
+    dt = w.dtype.type
+    cast = lambda a: [dt(v) if isinstance(v, float) else v for v in a]  # noqa: E731
+    if name == "sgd":
+        lr_, mu, _tiny = cast(K._sgd_args(w, args[0], args[1]))
+        K._sgd_span(np.int64(0), w.shape[0], w, g, *state, lr_, mu, args[1], args[2], dt(0))
+    elif name == "rmsprop":
+        a = cast(K._rmsprop_args(w, *args))
+        K._rmsprop_span(np.int64(0), w.shape[0], w, g, *state, *a[:-1], dt(0))
+    else:
+        a = cast(K._adam_args(w, args[0], args[1], args[2], args[3], args[5]))
+        K._adam_span(np.int64(0), w.shape[0], w, g, *state, *a[:-1], dt(0), args[4])
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("name,args", [
+    ("sgd", (0.01, 0.9, False)), ("sgd", (0.01, 0.8, True)),
+    ("rmsprop", (0.001, 0.9, 0.0, 1e-7, False)), ("rmsprop", (0.01, 0.8, 0.5, 1e-7, True)),
+    ("adam", (0.001, 0.9, 0.999, 1e-7, False, 0)), ("adam", (0.01, 0.8, 0.9, 1e-7, True, 0))])
+def test_optimizer_state_below_normal_is_zero_and_weights_unchanged(name, args, dtype):
+    """Weights whose gradient stops (dead ReLUs) decay their optimizer state
+    into subnormal numbers, which cost a microcode assist per operation on
+    Intel cores. The update stores those as zero, as XLA does; the weights
+    must get the bits of the update that keeps them."""
+    r = np.random.default_rng(11)
+    P = 2000
+    tiny = np.finfo(dtype).tiny
+    w0 = r.normal(size=P).astype(dtype)
+    used = [True] if name == "sgd" else [True, args[2] > 0, args[4]] if name == "rmsprop" else [True, True, args[4]]
+    # small normal state, a few steps from the subnormal range ((0,) where unused)
+    state0 = [(1.0 + np.abs(r.normal(size=P if u else 0))).astype(dtype) * dtype(tiny * 4.0) for u in used]
+    w, wu = w0.copy(), w0.copy()
+    state, stu = [st.copy() for st in state0], [st.copy() for st in state0]
+    live = r.random(P) < 0.3  # weights with gradients at first and now and then; the rest, none
+    for t in range(300):
+        g = np.zeros(P, dtype)
+        if t < 3 or (t > 150 and t % 7 == 0):
+            g[live] = r.normal(size=int(live.sum())) * 1e-3
+        step_args = args[:5] + (t + 1,) if name == "adam" else args
+        getattr(K, f"{name}_update")(w, g, *state, *step_args)
+        _unflushed_update(name, wu, g, stu, step_args)
+    assert np.array_equal(w, wu)
+    assert not np.array_equal(w, w0)
+    subnormal = lambda a: (a != 0) & (np.abs(a) < tiny)  # noqa: E731
+    for st, su in zip(state, stu):
+        assert not subnormal(st).any()
+        normal = ~subnormal(su)
+        assert np.array_equal(st[normal], su[normal])
+    # the reference reached the subnormal range, so the flush was exercised
+    assert any(subnormal(su).sum() > P // 4 for su in stu if su.size)
+    if name == "rmsprop":  # epsilon 0 (0 / sqrt(0)): nothing flushed, the update as it was
+        v = np.full(P, tiny * 1.5, dtype)
+        K.rmsprop_update(w, np.zeros(P, dtype), v, np.zeros(0, dtype), np.zeros(0, dtype),
+                         0.001, 0.5, 0.0, 0.0, False)
+        assert subnormal(v).all() and np.isfinite(w).all()
+
+
+def test_rmsprop_rows_state_below_normal_is_zero():
+    """The row-sparse RMSprop, and its flush of owed decays, store subnormal
+    v as zero too; the weights are those of the dense update."""
+    r = np.random.default_rng(12)
+    V, D, tiny = 50, 8, np.finfo(np.float32).tiny
+    w0 = r.normal(size=(V, D)).astype(np.float32)
+    w, v, last = w0.copy(), np.full((V, D), tiny * 2.0**10, np.float32), np.zeros(V, np.int64)
+    wd, vd = w0.copy().ravel(), v.copy().ravel()
+    for step in range(120):
+        rows = np.array([0, 7] if step % 40 == 0 else [7], np.int64)
+        g = np.zeros((V, D), np.float32)
+        g[7] = r.normal(size=D) * 1e-3 if step < 3 else 0.0
+        K.rmsprop_update_rows(w, g.copy(), v, last, rows, False, step, 0.001, 0.9, 1e-7)
+        K.rmsprop_update(wd, g.ravel(), vd, np.zeros(0, np.float32), np.zeros(0, np.float32),
+                         0.001, 0.9, 0.0, 1e-7, False)
+    K.rmsprop_flush_rows(v, last, 120, 0.9, 1e-7)
+    assert np.array_equal(w.ravel(), wd)
+    assert np.array_equal(v.ravel(), vd)
+    assert (v == 0).sum() > V * D // 2 and not ((v != 0) & (v < tiny)).any()
+
+
 # ------------------------------------------------------------- activation
 
 @pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])

@@ -1519,7 +1519,7 @@ class _RuntimeState:
         optimizer state is exactly what a dense update would hold."""
         for _i, _k, _w, _g, v, last in self._sparse:
             if v is not None:
-                rmsprop_flush_rows(v, last, self.iterations, self._opt_args[1])
+                rmsprop_flush_rows(v, last, self.iterations, self._opt_args[1], self._opt_args[3])
 
 
 # ------------------------------------------------- runtime: data checks
