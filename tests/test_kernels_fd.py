@@ -277,6 +277,31 @@ def test_panels_products_in_place_and_transposed(M, K_, N, dtype):
         assert np.isnan(g[0]).all() and np.isnan(g[K_ + 1]).all()
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("M,K_,N", [(8, 5, 32), (19, 33, 48), (64, 784, 64), (13, 24, 80)])
+def test_panel_pairs_give_the_bits_of_single_panels(M, K_, N, dtype):
+    """The 8-row x 2-panel kernels (panels in pairs) run the same FMAs per
+    lane in k order as the one-panel kernels: the same bits, forward and
+    transposed, for an odd number of panels and rows past the last 8 too."""
+    r = rng(62)
+    a = r.standard_normal((M, K_)).astype(dtype)
+    w = r.standard_normal((K_, N)).astype(dtype)
+    pairs, single = np.full((M, N), np.nan, dtype), np.full((M, N), np.nan, dtype)
+    K._panels_product(pairs, a, w)
+    for p in range(N // 16):
+        K._panel_rows_from(single, a, w, p, 0)
+    np.testing.assert_array_equal(pairs, single)
+    dz = r.standard_normal((M, N)).astype(dtype)
+    pairs_t, single_t = np.full((K_, N), np.nan, dtype), np.full((K_, N), np.nan, dtype)
+    K._panels_product_t(pairs_t, a, dz)
+    K8 = K_ - K_ % 8  # the rows of a.T taken 8 at a time (the rest: unchanged kernels)
+    for r0 in range(0, K8, 8):
+        for p in range(N // 16):
+            K._panels_rows_t8(single_t, a, dz, r0, p, p + 1)  # one panel: the 8 x 1 kernel
+    np.testing.assert_array_equal(pairs_t[:K8], single_t[:K8])
+    assert not np.isnan(pairs_t).any()
+
+
 @pytest.mark.parametrize("mode", [1, 2])
 @pytest.mark.parametrize("M", [1, 9, 255, 256, 257, 700])
 @pytest.mark.parametrize("K_,N", [(1, 16), (13, 48), (65, 128)])

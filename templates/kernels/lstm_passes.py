@@ -155,10 +155,9 @@ def _lstm_grad_range(p0, p1, c, a, w, mode):
     for m0 in range(0, M, _LSTM_GRAD_CHUNK):
         m1 = min(M, m0 + _LSTM_GRAD_CHUNK)
         ac, wc = a[m0:m1], w[m0:m1]
-        r = 0
+        r = np.int64(0)
         while r + 8 <= K:
-            for p in range(p0, p1):
-                _panel_rows_t8(tmp, ac, wc, p, r)
+            _panels_rows_t8(tmp, ac, wc, r, p0, p1)
             r += 8
         if r + 4 <= K:
             for p in range(p0, p1):
