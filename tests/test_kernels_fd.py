@@ -336,12 +336,19 @@ def test_lstm_weight_gradient_by_panels_and_chunks(M, K_, N, mode):
     np.testing.assert_allclose(results[0], want, rtol=2e-5, atol=2e-5 * np.sqrt(M))
 
 
-def test_lstm_weight_gradient_on_panels_where_it_pays():
-    """float32, columns a multiple of 16 up to _LSTM_GRAD_MAX_COLUMNS, and
-    from _LSTM_GRAD_MIN_MACS; everything else stays on BLAS."""
+def test_lstm_weight_gradient_on_panels_where_it_pays(monkeypatch):
+    """float32, columns a multiple of 16 up to _LSTM_GRAD_MAX_COLUMNS, from
+    _LSTM_GRAD_MIN_MACS, and an output up to _LSTM_GRAD_MAX_OUTPUT values
+    (no cap on AMD Zen, 2^14 elsewhere); everything else stays on BLAS."""
     def taken(M, K_, N, dtype=F32):
         return K._lstm_grad_on_panels(np.empty((K_, N), dtype), np.empty((M, K_), dtype), np.empty((M, N), dtype))
-    assert taken(3200, 161, 512) and taken(25600, 65, 128)
+    assert taken(25600, 65, 128)
+    assert taken(3200, 161, 512) == (K._LSTM_GRAD_MAX_OUTPUT >= 161 * 512)
+    assert K._LSTM_GRAD_MAX_OUTPUT in (1 << 14, 1 << 62)
+    monkeypatch.setattr(K, "_LSTM_GRAD_MAX_OUTPUT", 1 << 14)
+    assert not taken(3200, 161, 512) and not taken(2737, 512, 128) and taken(25600, 65, 128)
+    monkeypatch.setattr(K, "_LSTM_GRAD_MAX_OUTPUT", 1 << 62)
+    assert taken(3200, 161, 512) and taken(2737, 512, 128)
     assert not taken(3200, 161, 512, F64)
     assert not taken(800, 545, 2048)  # wide: BLAS is faster
     assert not taken(800, 65, 128)  # small: a hand-off costs more

@@ -458,6 +458,7 @@ def test_lstm_weight_gradients_on_panels_equal_blas(example, model, monkeypatch)
     on_panels = mod._lstm_grad_panels
     for name, least in (("blas", 1 << 62), ("panels", 0)):
         monkeypatch.setattr(mod, "_LSTM_GRAD_MIN_MACS", least)
+        monkeypatch.setattr(mod, "_LSTM_GRAD_MAX_OUTPUT", 1 << 62)
         monkeypatch.setattr(mod, "_lstm_grad_panels", lambda *a: calls.append(a[0].shape) or on_panels(*a))
         grads[name] = mod.Model(seed=1).compute_gradients(xs, ys)[1]
         assert bool(calls) == (name == "panels")

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import numba
+from llvmlite import binding as llvm_binding
 from llvmlite import ir as llvm_ir
 from numba import prange, types
 from numba.core import cgutils
