@@ -1268,7 +1268,7 @@ def _lstm_transpose_weights(dst, src):
 # the sequence (_in_ranges, prelude). A step's product of the block's h_{t-1}
 # with rkernel (dz_t with rkernel.T backward) reads the weights as 16-column
 # panels packed once a pass, (N / 16, K, 16), where OpenBLAS packs them
-# again at every step, and keeps 8 rows x 16 lanes of accumulators in
+# again at every step, and keeps 8 rows x 2 panels of accumulators in
 # registers over all K (panels.py: an FMA a lane, summed in k order). On
 # this 2-core Zen 4 one thread's packed product runs at ~115 GFLOP/s,
 # OpenBLAS's at 55-120 for these shapes. A training step of the sweep model
