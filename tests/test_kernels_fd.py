@@ -980,6 +980,31 @@ def test_lstm_backward_fd_no_bias(per_step):
     assert_grad(dx, numgrad(loss, x))
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("acts", [(TANH, SIGMOID), (RELU, SIGMOID)])
+def test_lstm_backward_cells_flush_subnormal_gradients(acts, dtype):
+    """Gradients through a long sequence shrink into subnormal numbers,
+    which cost a microcode assist an operation on Intel cores: the backward
+    cells store those as zero (dh as they read it, dz and dc as they write
+    them), as XLA does; normal values are untouched."""
+    r = rng(63)
+    B, T, U = 2, 3, 16
+    tiny = np.finfo(dtype).tiny
+    zs = r.uniform(0.05, 0.95, (B, T, 4 * U)).astype(dtype)
+    cp, tc = r.uniform(-1, 1, (B, T, U)).astype(dtype), r.uniform(-0.9, 0.9, (B, T, U)).astype(dtype)
+    dh = r.standard_normal((B, U)).astype(dtype)
+    dc = r.standard_normal((B, U)).astype(dtype)
+    dh[0], dc[0] = tiny * 0.5, tiny * 0.25  # row 0: subnormal gradients carried in
+    dh[1, :4], dc[1, :4] = tiny * 8, -tiny * 16  # row 1: small but normal
+    dzs, da = np.full((B, T, 4 * U), np.nan, dtype), np.empty((B, U), dtype)
+    K._lstm_cells_backward(0, B, 1, dzs, dh, dc, da, np.zeros((B, 1, U), dtype), zs, cp, tc, acts[0], acts[1], False)
+    subnormal = lambda a: (a != 0) & (np.abs(a) < tiny)  # noqa: E731
+    assert not subnormal(dzs[:, 1]).any() and not subnormal(dc).any() and not subnormal(dh).any()
+    assert (dzs[0, 1] == 0).all() and (dc[0] == 0).all()  # nothing but subnormals came in
+    assert (dzs[1, 1].reshape(4, U)[:, 4:] != 0).all() and np.isfinite(dzs[1, 1]).all()  # normal ones kept
+    assert np.isnan(dzs[:, [0, 2]]).all()  # other steps untouched
+
+
 # ------------------------------------------------- lstm: blocks schedule
 
 @pytest.mark.parametrize("dtype", [F32, F64])

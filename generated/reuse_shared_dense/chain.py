@@ -273,6 +273,21 @@ def njit(*args, **kwargs):
     kwargs.setdefault("error_model", "numpy")
     return numba.njit(*args, **kwargs)
 
+
+# The smallest normal numbers. On Intel cores an operation on a subnormal
+# value takes a microcode assist of ~100 cycles, so values below these are
+# stored as zero where they would stick (optimizer state, optimizers.py) or
+# shrink step after step (an LSTM's gradients through a long sequence,
+# lstm.py), as XLA (Keras on JAX) flushes them everywhere.
+_TINY32 = np.float32(np.finfo(np.float32).tiny)
+_TINY64 = np.float64(np.finfo(np.float64).tiny)
+
+
+@njit(inline="always")
+def _normal_floor(a):
+    """The smallest normal number of a's dtype."""
+    return a.dtype.type(_TINY32) if a.itemsize == 4 else a.dtype.type(_TINY64)
+
 # What this model's layers use; the kernels branch on these constants, and
 # numba drops the branches they turn off before it compiles anything.
 _USES_RELU = False  # a Dense or Activation layer uses relu
@@ -1312,7 +1327,7 @@ _OPTIMIZER_PARALLEL_MIN = 1 << 20  # parameters
 _OPTIMIZER_CHUNK = 1 << 16
 
 # Optimizer state below the smallest normal number is stored as zero, as XLA
-# (Keras on JAX) flushes it. A weight whose gradient stays zero (a dead ReLU)
+# (Keras on JAX) flushes it (prelude). A weight whose gradient stays zero (a dead ReLU)
 # decays its state by rho every step until it sticks at a subnormal value
 # (4 * 2**-149 * 0.9 rounds back to itself), and on Intel cores an
 # arithmetic operation on a subnormal takes a microcode assist of ~100
@@ -1321,17 +1336,14 @@ _OPTIMIZER_CHUNK = 1 << 16
 # a subnormal momentum changes no weight larger than ~1e-30 (SGD, RMSprop) or
 # ~1e-23 (Adam, epsilon 1e-7). Keras on torch keeps the subnormal state.
 # With epsilon 0 nothing is flushed: 0 / sqrt(0) would be NaN.
-_TINY32 = np.float32(np.finfo(np.float32).tiny)
-_TINY64 = np.float64(np.finfo(np.float64).tiny)
 
 
 @njit(inline="always")
 def _state_floor(w, epsilon):
     """The smallest normal number of w's dtype, or 0 (flush nothing) when epsilon is 0."""
-    dt = w.dtype.type
     if epsilon == 0.0:
-        return dt(0.0)
-    return dt(_TINY32) if w.itemsize == 4 else dt(_TINY64)
+        return w.dtype.type(0.0)
+    return _normal_floor(w)
 
 
 # A span works on slices with range(n) loops: numba vectorizes those and not

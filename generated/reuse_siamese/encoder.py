@@ -273,6 +273,21 @@ def njit(*args, **kwargs):
     kwargs.setdefault("error_model", "numpy")
     return numba.njit(*args, **kwargs)
 
+
+# The smallest normal numbers. On Intel cores an operation on a subnormal
+# value takes a microcode assist of ~100 cycles, so values below these are
+# stored as zero where they would stick (optimizer state, optimizers.py) or
+# shrink step after step (an LSTM's gradients through a long sequence,
+# lstm.py), as XLA (Keras on JAX) flushes them everywhere.
+_TINY32 = np.float32(np.finfo(np.float32).tiny)
+_TINY64 = np.float64(np.finfo(np.float64).tiny)
+
+
+@njit(inline="always")
+def _normal_floor(a):
+    """The smallest normal number of a's dtype."""
+    return a.dtype.type(_TINY32) if a.itemsize == 4 else a.dtype.type(_TINY64)
+
 # What this model's layers use; the kernels branch on these constants, and
 # numba drops the branches they turn off before it compiles anything.
 _USES_RELU = False  # a Dense or Activation layer uses relu

@@ -261,6 +261,7 @@ def _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, 
     """
     U = dh.shape[1]
     for b in range(b0, b1):
+        _lstm_flush(dh[b])  # dz_{t+1} @ rkernel.T, the product's
         if return_sequences:
             for u in range(U):
                 dh[b, u] += dy[b, t, u]
@@ -287,6 +288,21 @@ def _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, 
                 dc[b, u] = gg * f
         else:
             _lstm_cell_backward_general(dzs[b, t], dh[b], dc[b], da[b], zs[b, t], cp[b, t], tc[b, t], act, ract)
+        _lstm_flush(dzs[b, t])
+        _lstm_flush(dc[b])
+
+
+@njit(inline="always")
+def _lstm_flush(a):
+    """a's values below the smallest normal number to zero (prelude), as XLA
+    does. Through a long sequence the gradients shrink step after step, and
+    on Intel cores each operation on a subnormal one takes a microcode
+    assist: the sweep model at T 400, U 32, B 256 had ~0.1-1% of dzs
+    subnormal, and a training step took ~125 ms where T 100 took ~19."""
+    tiny = _normal_floor(a)
+    zero = a.dtype.type(0.0)
+    for j in range(a.shape[0]):
+        a[j] = zero if abs(a[j]) < tiny else a[j]
 
 
 @njit
