@@ -629,9 +629,10 @@ def activation_backward(dz, dy, y, act, mode):
 # numba. On the 2-core Zen 4 one thread ran 8 rows x 1 panel at ~117
 # GFLOP/s, that core's peak, where one OpenBLAS thread ran (128 x 784) x
 # (784 x 64) at 92 and its transposed form, x.T @ dz for a Dense kernel's
-# gradient, at 85. An Intel core needs the second panel (below). Used by the LSTM's blocks schedule (lstm_schedules.py) and weight
-# gradients (lstm_passes.py, _lstm_grad_range) and by one part of a
-# data-parallel step (dense.py, _dense_forward_one / _dense_backward_one).
+# gradient, at 85. An Intel core needs the second panel (below). Used by
+# the LSTM's blocks schedule (lstm_schedules.py) and weight gradients
+# (lstm_passes.py, _lstm_grad_range) and by one part of a data-parallel
+# step (dense.py, _dense_forward_one / _dense_backward_one).
 # w is either a (K, N) matrix with contiguous rows, N a multiple of 16,
 # read in place (as fast as packed for these shapes: (512 x 784) x
 # (784 x 64) 451 against 443 us), or its panels packed (N / 16, K, 16).
@@ -1423,7 +1424,7 @@ def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov, tiny):
 @njit
 def _sgd_args(w, lr, momentum):
     dt = w.dtype.type
-    return dt(lr), dt(momentum), _state_floor(w, 1.0)
+    return dt(lr), dt(momentum), _normal_floor(w)  # no epsilon: always flushed
 
 
 @njit

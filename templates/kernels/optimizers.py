@@ -61,7 +61,7 @@ def _sgd_span(lo, hi, w, g, m, lr_, mu, momentum, nesterov, tiny):
 @njit
 def _sgd_args(w, lr, momentum):
     dt = w.dtype.type
-    return dt(lr), dt(momentum), _state_floor(w, 1.0)
+    return dt(lr), dt(momentum), _normal_floor(w)  # no epsilon: always flushed
 
 
 @njit
