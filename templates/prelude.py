@@ -279,3 +279,18 @@ _TINY64 = np.float64(np.finfo(np.float64).tiny)
 def _normal_floor(a):
     """The smallest normal number of a's dtype."""
     return a.dtype.type(_TINY32) if a.itemsize == 4 else a.dtype.type(_TINY64)
+
+
+@intrinsic
+def _take_next(typingctx, counter):
+    """counter[0] += 1 as one atomic operation (LLVM's atomicrmw add, seq_cst);
+    returns the value before. Threads of one parallel region hand out chunks
+    of work with it: each chunk goes to exactly one thread."""
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [zero])
+        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1), "seq_cst")
+    return sig, codegen

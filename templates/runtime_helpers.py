@@ -152,6 +152,12 @@ def _rt_owned_threads():
 # region: no OpenBLAS threads, and no thread waits for another inside it.
 _RT_PARTS_MIN_ROWS = 64
 _RT_PARTS_MIN_MACS = 1 << 21
+# A forward pass in parts hands out its rows in chunks of this many, the next
+# one to whichever thread is done first (_forward_parts): on a machine whose
+# cores are not equally fast at a time (a VM's vCPU sharing its core), halves
+# fixed in advance wait for the slower thread. Fixed chunks, not a split by
+# thread count, so each row's result is the same however many threads run.
+_RT_PARTS_CHUNK_ROWS = 32
 
 
 def _rt_parts_threads():

@@ -128,3 +128,25 @@ def test_parts_predict_reports_a_non_finite_input():
         with pytest.raises(ValueError, match=rf"contains {bad} at index \({at[0]}, {at[1]}\)"):
             m.predict(y, batch_size=batch)
     assert np.isfinite(m.predict(x, batch_size=1024)).all()
+
+
+@pytest.mark.parametrize("n", [1000, 64, 33])
+def test_forward_parts_computes_every_chunk_whatever_the_threads(n):
+    """_forward_parts hands out chunks of _RT_PARTS_CHUNK_ROWS rows to the
+    thread that is free (_take_next): every row is computed, and each row's
+    result is the same on 1, 2 or 3 threads (chunks fixed, not halves), and
+    within float32 rounding of the one-call pass. The buffers start as NaN,
+    so a chunk never handed out shows."""
+    mod = generated("mlp", "model")
+    m = mod.Model(seed=0)
+    x = np.random.default_rng(5).random((n, 784), dtype=np.float32)
+    m._fuse_small = False  # the layer kernels, no parts
+    want = m._forward(m._batch(n, grads=False).bufs, [x], False)[0].copy()
+    outs = []
+    for P in (1, 2, 3):
+        bufs = [np.full((n, k), np.nan, np.float32) for k in (64, 64, 10)]
+        assert mod._forward_parts(P, m._params, bufs[0], x, bufs[1], bufs[2]) == 0
+        assert all(np.isfinite(b).all() for b in bufs), P
+        outs.append(bufs[2])
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    np.testing.assert_allclose(outs[0], want, rtol=1e-5, atol=1e-7)

@@ -288,6 +288,21 @@ def _normal_floor(a):
     """The smallest normal number of a's dtype."""
     return a.dtype.type(_TINY32) if a.itemsize == 4 else a.dtype.type(_TINY64)
 
+
+@intrinsic
+def _take_next(typingctx, counter):
+    """counter[0] += 1 as one atomic operation (LLVM's atomicrmw add, seq_cst);
+    returns the value before. Threads of one parallel region hand out chunks
+    of work with it: each chunk goes to exactly one thread."""
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [zero])
+        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1), "seq_cst")
+    return sig, codegen
+
 # What this model's layers use; the kernels branch on these constants, and
 # numba drops the branches they turn off before it compiles anything.
 _USES_RELU = True  # a Dense or Activation layer uses relu
@@ -1235,6 +1250,12 @@ def _rt_owned_threads():
 # region: no OpenBLAS threads, and no thread waits for another inside it.
 _RT_PARTS_MIN_ROWS = 64
 _RT_PARTS_MIN_MACS = 1 << 21
+# A forward pass in parts hands out its rows in chunks of this many, the next
+# one to whichever thread is done first (_forward_parts): on a machine whose
+# cores are not equally fast at a time (a VM's vCPU sharing its core), halves
+# fixed in advance wait for the slower thread. Fixed chunks, not a split by
+# thread count, so each row's result is the same however many threads run.
+_RT_PARTS_CHUNK_ROWS = 32
 
 
 def _rt_parts_threads():
@@ -2426,12 +2447,19 @@ def _forward_part(r0, r1, params, b_dense, b_input_layer, b_dense_1):
 
 @njit(parallel=True)
 def _forward_parts(P, params, b_dense, b_input_layer, b_dense_1):
-    """The forward pass in P parts of the batch's rows at once, a thread each;
-    returns _forward_part's count summed."""
+    """The forward pass on P threads at once, in chunks of the batch's rows
+    that each thread takes one at a time, the next when it is done (see
+    _RT_PARTS_CHUNK_ROWS); returns _forward_part's count summed."""
     n = b_dense_1.shape[0]
-    bad = np.zeros(P, np.int64)
+    C = (n + _RT_PARTS_CHUNK_ROWS - 1) // _RT_PARTS_CHUNK_ROWS
+    taken = np.zeros(1, np.int64)  # chunks handed out so far
+    bad = np.zeros(C, np.int64)
     for p in prange(P):
-        bad[p] = _forward_part(n * p // P, n * (p + 1) // P, params, b_dense, b_input_layer, b_dense_1)
+        c = _take_next(taken)
+        while c < C:
+            r0 = c * _RT_PARTS_CHUNK_ROWS
+            bad[c] = _forward_part(r0, min(r0 + _RT_PARTS_CHUNK_ROWS, n), params, b_dense, b_input_layer, b_dense_1)
+            c = _take_next(taken)
     return bad.sum()
 
 

@@ -288,6 +288,21 @@ def _normal_floor(a):
     """The smallest normal number of a's dtype."""
     return a.dtype.type(_TINY32) if a.itemsize == 4 else a.dtype.type(_TINY64)
 
+
+@intrinsic
+def _take_next(typingctx, counter):
+    """counter[0] += 1 as one atomic operation (LLVM's atomicrmw add, seq_cst);
+    returns the value before. Threads of one parallel region hand out chunks
+    of work with it: each chunk goes to exactly one thread."""
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [zero])
+        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1), "seq_cst")
+    return sig, codegen
+
 # What this model's layers use; the kernels branch on these constants, and
 # numba drops the branches they turn off before it compiles anything.
 _USES_RELU = True  # a Dense or Activation layer uses relu
@@ -3002,6 +3017,12 @@ def _rt_owned_threads():
 # region: no OpenBLAS threads, and no thread waits for another inside it.
 _RT_PARTS_MIN_ROWS = 64
 _RT_PARTS_MIN_MACS = 1 << 21
+# A forward pass in parts hands out its rows in chunks of this many, the next
+# one to whichever thread is done first (_forward_parts): on a machine whose
+# cores are not equally fast at a time (a VM's vCPU sharing its core), halves
+# fixed in advance wait for the slower thread. Fixed chunks, not a split by
+# thread count, so each row's result is the same however many threads run.
+_RT_PARTS_CHUNK_ROWS = 32
 
 
 def _rt_parts_threads():
