@@ -107,7 +107,7 @@ class BufferAllocator:
         return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
 
     def buf(self, key: str, shape: tuple, comment: str, bmul: int = 1) -> str:
-        return self.raw_buf(key, f"np.empty({self.shape_expr(shape, bmul)}, dt)", comment)
+        return self.raw_buf(key, f"_rt_empty({self.shape_expr(shape, bmul)}, dt)", comment)
 
     def value(self, t: Tensor, shape: tuple | None = None, grad: bool = False) -> str:
         """Expression for a tensor's value (or gradient) buffer: b['key']."""
@@ -189,5 +189,5 @@ class BufferAllocator:
         the backward buffers replace it with the whole cache."""
         if key not in self.caches:
             self.buf(key, (shape[0], 1) + tuple(shape[2:]), f"scratch, the cache without a backward pass (n, 1, {width})", bmul)
-            self.caches[key] = Buffer(key, f"np.empty({self.shape_expr(shape, bmul)}, dt)", comment)
+            self.caches[key] = Buffer(key, f"_rt_empty({self.shape_expr(shape, bmul)}, dt)", comment)
         return f"b[{key!r}]"

@@ -96,9 +96,9 @@ class _Lowering(BufferAllocator):
             rows = s.f["size"] // N  # rows of the flat (rows, N) output per sample
             j = len(kernels)
             kernels.append(i)
-            xp = self.raw_buf(k + "_xp", f"np.empty(n * {rows * K} if p else 0, dt)",
+            xp = self.raw_buf(k + "_xp", f"_rt_empty(n * {rows * K} if p else 0, dt)",
                               f"owned rows: the input by column blocks (n * {rows * K},)")
-            zp = self.raw_buf(k + "_zp", f"np.empty((p, {self.shape_expr((None, N), rows)[1:-1]}), dt)",
+            zp = self.raw_buf(k + "_zp", f"_rt_empty((p, {self.shape_expr((None, N), rows)[1:-1]}), dt)",
                               f"owned rows: each part's share of the product (p, n, {N})")
             s.f["owned"] = {"zp": zp, "xp": xp}
             back[(s.f["layer"], s.f["y"])].f["owned"] = {"xp": xp, "bad": f"b['_owned_bad'][{j}]"}
@@ -224,8 +224,8 @@ class _Lowering(BufferAllocator):
             inv=self.raw_buf(k + "_inv", f"np.empty({steps}, np.int64)", "index in uniq of each step's id (n * T,)"),
             slot=self.raw_buf(k + "_slot", f"np.full({V}, -1, np.int64)", "scratch: id -> index in uniq, -1 between calls"),
             nu=self.raw_buf(k + "_nu", "np.zeros(1, np.int64)", "number of distinct ids"),
-            xu=self.raw_buf(k + "_xu", f"np.empty(({distinct}, {I}), dt)", "embedding rows of the distinct ids (<= n * T, in)"),
-            pu=self.raw_buf(k + "_pu", f"np.empty(({distinct}, {4 * U}), dt)", "their projections, then their gate gradients (<= n * T, 4u)"))
+            xu=self.raw_buf(k + "_xu", f"_rt_empty(({distinct}, {I}), dt)", "embedding rows of the distinct ids (<= n * T, in)"),
+            pu=self.raw_buf(k + "_pu", f"_rt_empty(({distinct}, {4 * U}), dt)", "their projections, then their gate gradients (<= n * T, 4u)"))
 
     def _embedded_where(self, node: Node) -> list[str]:
         return [self.where(self.fused[id(node)]), self.where(node)]

@@ -158,7 +158,7 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         once (gen/parts.py): each part gathers its rows into b.xb and b.tb
         and writes its gradients to its row of _pgrads, summed here."""
         if self._pgrads is None or self._pgrads.shape[0] != P:
-            self._pgrads = np.zeros((P, self._params.size), self.dtype)  # written every step where nonzero
+            self._pgrads = _rt_zeros((P, self._params.size), self.dtype)  # written every step where nonzero
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)
         logs = self._metrics(b, outs, b.tb, kinds)
         bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"

@@ -145,6 +145,27 @@ def _rt_owned_threads():
     return _rt_parts_threads() if spins else 0
 
 
+def _rt_empty(shape, dtype):
+    """np.empty(shape, dtype) whose data starts on a 64-byte boundary (a cache
+    line; an AVX-512 vector). numpy starts a large array 16 bytes into a page,
+    and the panel products (panels.py), which read the weights 16 floats at a
+    time, ran ~15% slower on weights off that boundary (mlp's forward pass on
+    one thread: 1020 against 872 us)."""
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(int(d) for d in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    s = -raw.ctypes.data % 64
+    return raw[s:s + nbytes].view(dtype).reshape(shape)
+
+
+def _rt_zeros(shape, dtype):
+    """np.zeros on a 64-byte boundary (_rt_empty), every page written now."""
+    a = _rt_empty(shape, dtype)
+    a[...] = 0
+    return a
+
+
 # Parts (gen/parts.py): a model of Dense, Activation and Concatenate layers
 # on (n, features) tensors runs a pass over a batch of at least
 # _RT_PARTS_MIN_ROWS rows and _RT_PARTS_MIN_MACS multiply-adds (Dense

@@ -10,7 +10,7 @@ class _RuntimeState:
     def _flat(self, shapes):
         """One flat buffer and per-weight reshaped views into it."""
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        flat = np.empty(sum(sizes), dtype=self.dtype)
+        flat = _rt_empty(sum(sizes), self.dtype)
         flat[...] = 0  # written, not np.zeros: every page mapped now, not on a first touch mid-training
         views, off = [], 0
         for shape, size in zip(shapes, sizes):
@@ -73,7 +73,7 @@ class _RuntimeState:
         # buffer the size of the model, not three
         used = {"v": True, "m": name == "adam" or hp.get("momentum", 0.0) != 0.0,
                 "mg": bool(hp.get("centered", False)), "vhat": bool(hp.get("amsgrad", False))}
-        self._opt_state = [np.zeros_like(self._params) if used[s] else np.zeros(0, self.dtype) for s in states]
+        self._opt_state = [_rt_zeros(self._params.size, self.dtype) if used[s] else np.zeros(0, self.dtype) for s in states]
         self._opt_kernel = _OPTIMIZER_KERNELS[name]
         self._init_sparse(name, hp)
         self._init_owned(name)

@@ -732,3 +732,17 @@ def test_table_row_gradients_checked_where_they_are(gathered):
     assert not m._grads_nonfinite()
     (gr[1] if gathered else gr[rows[1]])[3] = np.nan
     assert m._grads_nonfinite()
+
+
+@pytest.mark.parametrize("example", ["mlp", "twitter"])
+def test_weights_state_and_buffers_start_on_64_byte_boundaries(example):
+    """The flat weights, gradients and optimizer state and every float buffer
+    of a training batch start on a cache line (_rt_empty): the panel
+    products read weights by 64-byte vectors, ~15% slower across lines."""
+    m = generated(example, "model").Model(seed=0)
+    arrays = {"params": m._params, "grads": m._grads}
+    arrays.update((f"opt_state[{i}]", s) for i, s in enumerate(m._opt_state) if s.size)
+    bufs = m._batch(1024, grads=True).bufs
+    arrays.update((k, a) for k, a in bufs.items() if isinstance(a, np.ndarray) and a.size and a.dtype.kind == "f")
+    assert len(arrays) >= 8
+    assert {k: a.ctypes.data % 64 for k, a in arrays.items() if a.ctypes.data % 64} == {}
