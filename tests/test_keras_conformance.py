@@ -241,44 +241,60 @@ def test_oracle_layer_names_match_keras_facts():
 
 
 _FRESH_PROCESS_SCRIPT = textwrap.dedent("""
-    # Run a model file as a plain script in this fresh process, independently
-    # of the oracle: fit/compile disabled, free names bound to None.
-    import ast, builtins, json, runpy, sys
+    # Run each model file as a plain script in a fresh process, independently
+    # of the oracle: fit/compile disabled, free names bound to None. Each
+    # file in a child forked after keras's import, before anything is built
+    # (Keras's naming counters as a new process has them; one import of
+    # keras and torch, not one a file: ~35 s less of the test suite).
+    import ast, builtins, json, os, runpy, sys
     import keras
-    path = sys.argv[1]
-    tree = ast.parse(open(path).read())
-    stored = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
-              and not isinstance(n.ctx, ast.Load)}
-    stored |= {a.asname or a.name.split('.')[0] for n in ast.walk(tree)
-               if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
-    free = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - stored
-    free = {n for n in free if not hasattr(builtins, n)}
     keras.Model.fit = lambda *a, **k: None
     keras.Model.compile = lambda *a, **k: None
-    ns = runpy.run_path(path, init_globals=dict.fromkeys(free), run_name='__main__')
-    out = {}
-    for var, m in ns.items():
-        if isinstance(m, keras.Model):
-            out[var] = {'name': m.name, 'layers': [l.name for l in m.layers],
-                        'outputs': list(m.output_names),
-                        'inputs': [t._keras_history.operation.name for t in m.inputs]}
-    print(json.dumps(out))
+
+    def names(path):
+        tree = ast.parse(open(path).read())
+        stored = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
+                  and not isinstance(n.ctx, ast.Load)}
+        stored |= {a.asname or a.name.split('.')[0] for n in ast.walk(tree)
+                   if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+        free = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - stored
+        free = {n for n in free if not hasattr(builtins, n)}
+        ns = runpy.run_path(path, init_globals=dict.fromkeys(free), run_name='__main__')
+        out = {}
+        for var, m in ns.items():
+            if isinstance(m, keras.Model):
+                out[var] = {'name': m.name, 'layers': [l.name for l in m.layers],
+                            'outputs': list(m.output_names),
+                            'inputs': [t._keras_history.operation.name for t in m.inputs]}
+        return out
+
+    for path in sys.argv[1:]:
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                print(json.dumps([path, names(path)]), flush=True)
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, (path, status)
 """)
 
 
 def test_oracle_names_as_in_a_fresh_process():
     """clear_session() resets Keras's naming counters: after building every
     example in this process, names equal those of a fresh process."""
-    procs = {path: subprocess.Popen([sys.executable, "-c", _FRESH_PROCESS_SCRIPT, str(path)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "torch"})
-             for path in EXAMPLE_FILES}
+    proc = subprocess.Popen([sys.executable, "-c", _FRESH_PROCESS_SCRIPT, *map(str, EXAMPLE_FILES)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "torch"})
     for path in EXAMPLE_FILES:  # dirty the counters
         ko.build_keras_models(path)
-    for path, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr
-        fresh = json.loads(stdout.strip().splitlines()[-1])
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    fresh_all = dict(json.loads(line) for line in stdout.splitlines() if line.startswith('["'))
+    assert sorted(fresh_all) == sorted(map(str, EXAMPLE_FILES))
+    for path in EXAMPLE_FILES:
+        fresh = fresh_all[str(path)]
         here = ko.build_keras_models(path)
         by_var = {}
         for key, m in here.items():
