@@ -160,7 +160,8 @@ def _rt_empty(shape, dtype):
 
 
 def _rt_zeros(shape, dtype):
-    """np.zeros on a 64-byte boundary (_rt_empty), every page written now."""
+    """np.zeros on a 64-byte boundary (_rt_empty), every page written now
+    (not np.zeros, whose pages map on their first touch)."""
     a = _rt_empty(shape, dtype)
     a[...] = 0
     return a

@@ -274,8 +274,12 @@ _FRESH_PROCESS_SCRIPT = textwrap.dedent("""
         if pid == 0:
             try:
                 print(json.dumps([path, names(path)]), flush=True)
-            finally:
-                os._exit(0)
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                sys.stderr.flush()
+                os._exit(1)
+            os._exit(0)
         _, status = os.waitpid(pid, 0)
         assert status == 0, (path, status)
 """)

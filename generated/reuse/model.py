@@ -1258,7 +1258,8 @@ def _rt_empty(shape, dtype):
 
 
 def _rt_zeros(shape, dtype):
-    """np.zeros on a 64-byte boundary (_rt_empty), every page written now."""
+    """np.zeros on a 64-byte boundary (_rt_empty), every page written now
+    (not np.zeros, whose pages map on their first touch)."""
     a = _rt_empty(shape, dtype)
     a[...] = 0
     return a
@@ -1362,8 +1363,7 @@ class _RuntimeState:
     def _flat(self, shapes):
         """One flat buffer and per-weight reshaped views into it."""
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        flat = _rt_empty(sum(sizes), self.dtype)
-        flat[...] = 0  # written, not np.zeros: every page mapped now, not on a first touch mid-training
+        flat = _rt_zeros(sum(sizes), self.dtype)  # every page mapped now, not on a first touch mid-training
         views, off = [], 0
         for shape, size in zip(shapes, sizes):
             views.append(flat[off:off + size].reshape(shape))
