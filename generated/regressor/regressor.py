@@ -1343,11 +1343,11 @@ _OPTIMIZER_PARALLEL_MIN = 1 << 20  # parameters
 _OPTIMIZER_CHUNK = 1 << 16
 
 # Optimizer state below the smallest normal number is stored as zero, as XLA
-# (Keras on JAX) flushes it (prelude). A weight whose gradient stays zero (a dead ReLU)
-# decays its state by rho every step until it sticks at a subnormal value
-# (4 * 2**-149 * 0.9 rounds back to itself), and on Intel cores an
-# arithmetic operation on a subnormal takes a microcode assist of ~100
-# cycles: mlp's update then cost ~3x as much, for good. The weights do not
+# (Keras on JAX) flushes it (prelude: _normal_floor). A weight whose gradient
+# stays zero (a dead ReLU) decays its state by rho every step until it
+# sticks at a subnormal value (4 * 2**-149 * 0.9 rounds back to itself), and
+# on Intel cores an arithmetic operation on a subnormal takes a microcode
+# assist of ~100 cycles: mlp's update then cost ~3x as much, for good. The weights do not
 # see it: a subnormal v, or sqrt(v), added to epsilon rounds to epsilon, and
 # a subnormal momentum changes no weight larger than ~1e-30 (SGD, RMSprop) or
 # ~1e-23 (Adam, epsilon 1e-7). Keras on torch keeps the subnormal state.

@@ -308,7 +308,6 @@ def _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, 
             dc[b, u] = zero if abs(dc[b, u]) < tiny else dc[b, u]
 
 
-
 @njit
 def _lstm_cell_backward_general(dz, gh, gc, da, z, cp, a, act, ract):
     """One row of one step backward for any activations, over the row's
