@@ -1032,6 +1032,25 @@ def test_lstm_panels_product(M, K_, N, dtype):
     assert np.isnan(c[0]).all() and np.isnan(c[M + 1]).all()  # rows outside the block untouched
 
 
+@pytest.mark.parametrize("K_,N", [(13, 48), (16, 80), (64, 2048)])
+@pytest.mark.parametrize("Q", [1, 2, 3])
+def test_lstm_pack_panels_in_ranges(monkeypatch, K_, N, Q):
+    """Both packings with their panels split over Q threads (the split
+    forced at any size) give every panel, whatever the share of each
+    thread; rows of w by 8 with a remainder (K_ 13)."""
+    import numba
+    monkeypatch.setattr(K, "_LSTM_PACK_SPLIT_MIN", 0)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: Q)
+    w = rng(62).standard_normal((K_, N)).astype(F32)
+    panels = np.full((N // 16, K_, 16), np.nan, F32)
+    K._lstm_pack_panels(panels, w)
+    np.testing.assert_array_equal(panels.transpose(1, 0, 2).reshape(K_, N), w)
+    if K_ % 16 == 0:
+        panels_t = np.full((K_ // 16, N, 16), np.nan, F32)
+        K._lstm_pack_panels_t(panels_t, w)
+        np.testing.assert_array_equal(panels_t.transpose(1, 0, 2).reshape(N, K_), w.T)
+
+
 def blocks_forced(monkeypatch, Q):
     """The blocks schedule with Q blocks whatever the dtype and batch (0: never)."""
     monkeypatch.setattr(K, "_lstm_blocks", lambda B, T, U, dtype, per_step: Q)
