@@ -1,7 +1,7 @@
 """Scaling sweep of issue 5: gen vs Keras 3 on JAX and PyTorch eager over
 sequence length x LSTM units x batch size.
 
-    python benchmarks/sweep.py                  # 27 points x 3 frameworks, ~10-15 min on 2 cores
+    python benchmarks/sweep.py                  # 27 points x 3 frameworks, close ones again: ~13-20 min on 2 cores
     python benchmarks/sweep.py --quick          # 8 points, tiny budget: a smoke test, ~1.5-2 min
     python benchmarks/sweep.py --units 512 --batches 32,256 --budget 3
     python benchmarks/sweep.py --points 400x512x256,25x32x1 --rounds 3
@@ -25,7 +25,14 @@ What it does:
      for gen and Keras, zero_grad/forward/loss/backward/step/loss.item() for
      torch) until `--budget` seconds are spent (at least 3 steps, unless a
      point is so slow that 10 x budget passes first);
-  3. prints, per point, samples/s = batch / median step time for every
+  3. confirms the close points: a point whose gen / fastest anchor ratio
+     lies within --confirm-band (default 0.8-1.25) after those rounds, where
+     one round's noise on this kind of machine can flip the verdict, is
+     measured --confirm-rounds more times (default 2), by gen and by every
+     anchor within 2x of that point's fastest, in the same rotating order;
+     its figures are then medians over all its rounds, whichever way they
+     move the ratio;
+  4. prints, per point, samples/s = batch / median step time for every
      framework, gen / the fastest anchor and PASS (>= 1.0) or MISS; and per
      (units, batch), how gen's step time grows with T: time(100)/time(25) and
      time(400)/time(100), 4.0 if linear (called linear within 3.0-5.5).
@@ -59,15 +66,21 @@ BATCHES = (1, 32, 256)
 # gen's step-time ratio between two sequence lengths, divided by the length
 # ratio: 1.0 is linear; the issue's 4x steps give 3.0-5.5 for "linear"
 LINEAR_BAND = (0.75, 1.375)
+# a close point's extra rounds also run every anchor within this factor of
+# its fastest (one far behind cannot become the fastest; torch's T 400 steps
+# at 512 units take over a minute each)
+CONFIRM_ANCHORS_WITHIN = 2.0
 
 PROFILES = {
     # budget: timed seconds per point per framework; steps: warm-up (untimed),
     # min and max timed steps per point; a point stops after max_timed_s (default
     # 10 x budget) of timed steps even short of min_steps (never with none)
     "full": {"rounds": 1, "budget": 1.5, "warmup_steps": 2, "min_steps": 3, "max_steps": 5000,
-             "seq_lens": SEQ_LENS, "units": UNITS, "batches": BATCHES},
+             "seq_lens": SEQ_LENS, "units": UNITS, "batches": BATCHES,
+             "confirm_rounds": 2, "confirm_band": (0.8, 1.25)},
     "quick": {"rounds": 1, "budget": 0.2, "warmup_steps": 2, "min_steps": 2, "max_steps": 500,
-              "seq_lens": (25, 100), "units": (32, 128), "batches": (1, 32)},
+              "seq_lens": (25, 100), "units": (32, 128), "batches": (1, 32),
+              "confirm_rounds": 0, "confirm_band": (0.8, 1.25)},
 }
 
 
@@ -128,6 +141,11 @@ def main(argv=None):
                     help="timed seconds per point per framework (default 1.5; --quick 0.2)")
     ap.add_argument("--min-steps", type=int, help="timed steps per point at least (default 3)")
     ap.add_argument("--rounds", type=int, help="rounds (default 1); medians over rounds")
+    ap.add_argument("--confirm-rounds", type=int,
+                    help="extra rounds for the points whose ratio is within --confirm-band "
+                         "after --rounds (default 2; --quick 0; 0: none)")
+    ap.add_argument("--confirm-band", type=lambda v: tuple(float(x) for x in v.split(",")),
+                    help="LO,HI: the ratios a point is confirmed at (default 0.8,1.25)")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown too")
     ap.add_argument("--timeout", type=float, default=1800, help="per child process, seconds")
@@ -135,7 +153,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     prof = dict(PROFILES["quick" if a.quick else "full"])
-    for k in ("seq_lens", "units", "batches", "budget", "min_steps", "rounds"):
+    for k in ("seq_lens", "units", "batches", "budget", "min_steps", "rounds", "confirm_rounds",
+              "confirm_band"):
         if getattr(a, k) is not None:
             prof[k] = getattr(a, k)
     prof["max_timed_s"] = 10 * prof["budget"]
@@ -191,39 +210,54 @@ def main(argv=None):
     errors = []
     few = []          # points that hit max_timed_s before min_steps
     loads = [load0]
-    k = 0
-    for r in range(prof["rounds"]):
-        for u, pts in groups.items():
-            for fw in rotate(fws, k):
+    turn = [0]        # groups run so far: the framework order rotates with it
+
+    def run_round(label, todo):
+        """One round: for each width group, each framework's points (todo:
+        {units: [(fw, points)]} in the order to run) in one process."""
+        for u, runs in todo.items():
+            for fw, pts in rotate(runs, turn[0]):
                 t0 = time.perf_counter()
                 res, err, _ = run_worker(spec(fw, pts), env_for(fw), a.timeout)
                 took = time.perf_counter() - t0
                 if err:
-                    errors.append(f"round {r + 1} units {u} {fw}: {err}")
-                    log(f"  round {r + 1} units {u:<4} {fw:<12} ERROR {err}")
+                    errors.append(f"round {label} units {u} {fw}: {err}")
+                    log(f"  round {label} units {u:<4} {fw:<12} ERROR {err}")
                     continue
-                res.update(framework=fw, round=r + 1, units=u)
+                res.update(framework=fw, round=label, units=u)
                 raw.append(res)
                 loads.append(tuple(res["loadavg"]))
                 for key, e in res["errors"].items():
-                    errors.append(f"round {r + 1} {fw} {key}: {e}")
+                    errors.append(f"round {label} {fw} {key}: {e}")
                 for p in res["points"]:
                     values.setdefault((p["seq_len"], p["units"], p["batch"], fw), []).append(
                         p["step_s"])
                     if p["steps"] < prof["min_steps"]:
-                        few.append(f"round {r + 1} {fw} T{p['seq_len']}/u{p['units']}/"
+                        few.append(f"round {label} {fw} T{p['seq_len']}/u{p['units']}/"
                                    f"b{p['batch']}: {p['steps']} timed step(s) of "
                                    f"{p['step_s']:.1f}s")
-                log(f"  round {r + 1} units {u:<4} {fw:<12} {took:6.1f}s  "
+                log(f"  round {label} units {u:<4} {fw:<12} {took:6.1f}s  "
                     f"{len(res['points'])}/{len(pts)} points  rss {res['peak_rss_mb']:.0f}MB  "
                     f"load {res['loadavg'][0]:.1f}  "
                     f"[{(time.time() - t_run) / 60:.1f} min]")
-            k += 1
+            turn[0] += 1
+
+    for r in range(prof["rounds"]):
+        run_round(r + 1, {u: [(fw, pts) for fw in fws] for u, pts in groups.items()})
+    confirmed = close_points(summarise(points, fws, values), prof["confirm_band"])
+    if confirmed and prof["confirm_rounds"] > 0:
+        log(f"  confirming {len(confirmed)} close point(s) (gen/fastest within "
+            f"{prof['confirm_band'][0]:g}-{prof['confirm_band'][1]:g}): "
+            + ", ".join(f"{t}x{u}x{b}" for t, u, b, _ in confirmed))
+        todo = confirm_runs(confirmed, fws)
+        for r in range(prof["confirm_rounds"]):
+            run_round(f"c{r + 1}", todo)
 
     table = summarise(points, fws, values)
     linear = linearity(points, fws, values)
     out = {"machine": machine_info(), "profile": prof, "frameworks": fws,
            "points": points, "table": table, "linearity": linear, "raw": raw,
+           "confirmed": [list(c[:3]) for c in confirmed] if prof["confirm_rounds"] > 0 else [],
            "errors": errors, "few_steps": few, "loadavg": loads,
            "minutes": (time.time() - t_run) / 60,
            "gen_modules": {f"t{t}_u{u}": module_fingerprint(p) for (t, u), p in paths.items()}}
@@ -264,6 +298,30 @@ def summarise(points, fws, values):
                                                        for f in fws},
                      "ref": ref, "ratio": ratio, "verdict": verdict})
     return rows
+
+
+def close_points(table, band):
+    """The points whose gen / fastest ratio lies within band, with their
+    frameworks' samples/s: [(T, units, batch, rates)]."""
+    lo, hi = band
+    return [(r["seq_len"], r["units"], r["batch"], r["samples_per_s"]) for r in table
+            if r["ratio"] is not None and lo <= r["ratio"] <= hi]
+
+
+def confirm_runs(confirmed, fws):
+    """What a confirmation round runs, {units: [(framework, points)]}: every
+    close point by gen and by each anchor within CONFIRM_ANCHORS_WITHIN of
+    that point's fastest."""
+    todo = {}
+    for fw in fws:
+        for t, u, b, rates in sorted(confirmed, key=lambda c: (c[1], c[0], c[2])):
+            best = max(v for f, v in rates.items() if not f.startswith("gen"))
+            if fw.startswith("gen") or rates.get(fw, 0.0) * CONFIRM_ANCHORS_WITHIN >= best:
+                runs = todo.setdefault(u, [])
+                if not runs or runs[-1][0] != fw:
+                    runs.append((fw, []))
+                runs[-1][1].append((t, u, b))
+    return todo
 
 
 def _linear_label(norm):
@@ -390,6 +448,11 @@ def print_report(out):
           f"samples/s = batch / median step time; {prof['rounds']} round(s), "
           f"budget {prof['budget']} s per point per framework; "
           f"gen/fastest = gen / the fastest anchor, PASS if >= 1.0")
+    if out.get("confirmed"):
+        lo, hi = prof["confirm_band"]
+        print(f"Confirmed (gen/fastest within {lo:g}-{hi:g} after the first round(s), then "
+              f"{prof['confirm_rounds']} more round(s); medians over all): "
+              + ", ".join(f"{t}x{u}x{b}" for t, u, b in out["confirmed"]))
     _print_table(*point_rows(out))
     verdicts = [r["verdict"] for r in out["table"] if r["verdict"]]
     if verdicts:
