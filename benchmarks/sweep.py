@@ -32,7 +32,12 @@ What it does:
      anchor within 2x of that point's fastest, in the same rotating order;
      its figures are then medians over all its rounds, whichever way they
      move the ratio;
-  4. prints, per point, samples/s = batch / median step time for every
+  4. measures again where gen's step time looks steep in T: where it grows
+     more than 1.2x linear between two lengths of a (units, batch), gen runs
+     those lengths again, one after the other in one process, --linear-rounds
+     times (default 3; the first rounds ran them minutes apart, in whatever
+     state the machine was in), and that growth comes from those medians;
+  5. prints, per point, samples/s = batch / median step time for every
      framework, gen / the fastest anchor and PASS (>= 1.0) or MISS; and per
      (units, batch), how gen's step time grows with T: time(100)/time(25) and
      time(400)/time(100), 4.0 if linear (called linear within 3.0-5.5).
@@ -70,6 +75,10 @@ LINEAR_BAND = (0.75, 1.375)
 # its fastest (one far behind cannot become the fastest; torch's T 400 steps
 # at 512 units take over a minute each)
 CONFIRM_ANCHORS_WITHIN = 2.0
+# gen's growth between two lengths, normalised as above, from which the two
+# lengths are measured again alternating in one process: points minutes apart
+# in the first rounds can differ in the machine's state by more than the band
+LINEAR_CONFIRM_ABOVE = 1.2
 
 PROFILES = {
     # budget: timed seconds per point per framework; steps: warm-up (untimed),
@@ -77,10 +86,10 @@ PROFILES = {
     # 10 x budget) of timed steps even short of min_steps (never with none)
     "full": {"rounds": 1, "budget": 1.5, "warmup_steps": 2, "min_steps": 3, "max_steps": 5000,
              "seq_lens": SEQ_LENS, "units": UNITS, "batches": BATCHES,
-             "confirm_rounds": 2, "confirm_band": (0.8, 1.25)},
+             "confirm_rounds": 2, "confirm_band": (0.8, 1.25), "linear_rounds": 3},
     "quick": {"rounds": 1, "budget": 0.2, "warmup_steps": 2, "min_steps": 2, "max_steps": 500,
               "seq_lens": (25, 100), "units": (32, 128), "batches": (1, 32),
-              "confirm_rounds": 0, "confirm_band": (0.8, 1.25)},
+              "confirm_rounds": 0, "confirm_band": (0.8, 1.25), "linear_rounds": 0},
 }
 
 
@@ -146,6 +155,10 @@ def main(argv=None):
                          "after --rounds (default 2; --quick 0; 0: none)")
     ap.add_argument("--confirm-band", type=lambda v: tuple(float(x) for x in v.split(",")),
                     help="LO,HI: the ratios a point is confirmed at (default 0.8,1.25)")
+    ap.add_argument("--linear-rounds", type=int,
+                    help="rounds in which gen measures again, alternating in one process, "
+                         f"the lengths of a (units, batch) whose growth exceeds "
+                         f"{LINEAR_CONFIRM_ABOVE:g}x linear (default 3; --quick 0; 0: none)")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown too")
     ap.add_argument("--timeout", type=float, default=1800, help="per child process, seconds")
@@ -154,7 +167,7 @@ def main(argv=None):
 
     prof = dict(PROFILES["quick" if a.quick else "full"])
     for k in ("seq_lens", "units", "batches", "budget", "min_steps", "rounds", "confirm_rounds",
-              "confirm_band"):
+              "confirm_band", "linear_rounds"):
         if getattr(a, k) is not None:
             prof[k] = getattr(a, k)
     prof["max_timed_s"] = 10 * prof["budget"]
@@ -212,9 +225,10 @@ def main(argv=None):
     loads = [load0]
     turn = [0]        # groups run so far: the framework order rotates with it
 
-    def run_round(label, todo):
+    def run_round(label, todo, sink=values):
         """One round: for each width group, each framework's points (todo:
-        {units: [(fw, points)]} in the order to run) in one process."""
+        {units: [(fw, points)]} in the order to run) in one process; step
+        times into sink."""
         for u, runs in todo.items():
             for fw, pts in rotate(runs, turn[0]):
                 t0 = time.perf_counter()
@@ -230,7 +244,7 @@ def main(argv=None):
                 for key, e in res["errors"].items():
                     errors.append(f"round {label} {fw} {key}: {e}")
                 for p in res["points"]:
-                    values.setdefault((p["seq_len"], p["units"], p["batch"], fw), []).append(
+                    sink.setdefault((p["seq_len"], p["units"], p["batch"], fw), []).append(
                         p["step_s"])
                     if p["steps"] < prof["min_steps"]:
                         few.append(f"round {label} {fw} T{p['seq_len']}/u{p['units']}/"
@@ -254,10 +268,18 @@ def main(argv=None):
             run_round(f"c{r + 1}", todo)
 
     table = summarise(points, fws, values)
-    linear = linearity(points, fws, values)
+    again = steep_growth(linearity(points, fws, values), LINEAR_CONFIRM_ABOVE)
+    lin_values = {}   # (T, units, batch, "gen") -> step seconds, the lengths alternating
+    if again and "gen" in fws and prof["linear_rounds"] > 0:
+        log(f"  measuring again, alternating, the lengths of {len(again)} (units, batch) "
+            f"pair(s) whose growth exceeds {LINEAR_CONFIRM_ABOVE:g}x linear: "
+            + ", ".join(f"u{u}/b{b} T {','.join(map(str, lens))}" for u, b, lens in again))
+        run_round("lin", linear_runs(again, prof["linear_rounds"]), sink=lin_values)
+    linear = linearity(points, fws, values, lin_values)
     out = {"machine": machine_info(), "profile": prof, "frameworks": fws,
            "points": points, "table": table, "linearity": linear, "raw": raw,
            "confirmed": [list(c[:3]) for c in confirmed] if prof["confirm_rounds"] > 0 else [],
+           "linear_again": [[u, b, lens] for u, b, lens in again] if lin_values else [],
            "errors": errors, "few_steps": few, "loadavg": loads,
            "minutes": (time.time() - t_run) / 60,
            "gen_modules": {f"t{t}_u{u}": module_fingerprint(p) for (t, u), p in paths.items()}}
@@ -333,9 +355,19 @@ def _linear_label(norm):
     return "linear"
 
 
-def linearity(points, fws, values):
+def _growth(step, t1, t2):
+    ratio = step[t2] / step[t1]
+    norm = ratio / (t2 / t1)
+    return {"from": t1, "to": t2, "ratio": ratio, "expected": t2 / t1,
+            "normalised": norm, "label": _linear_label(norm)}
+
+
+def linearity(points, fws, values, again=None):
     """Per (units, batch) and framework: step time at each T and the growth
-    ratio between consecutive lengths (ratio / length ratio = 1 if linear)."""
+    ratio between consecutive lengths (ratio / length ratio = 1 if linear).
+    again: gen's step times from linear_runs; a growth whose two lengths
+    both have them takes its ratio from those (the first rounds' under
+    "first")."""
     rows = []
     pairs = sorted({(u, b) for _, u, b in points})
     for u, b in pairs:
@@ -346,13 +378,18 @@ def linearity(points, fws, values):
         for f in fws:
             step = {t: statistics.median(values[(t, u, b, f)]) for t in lens
                     if values.get((t, u, b, f))}
+            alt = {t: statistics.median(v) for t in lens
+                   for v in [(again or {}).get((t, u, b, f))] if v}
             steps = []
             for t1, t2 in zip(lens, lens[1:]):
-                if t1 in step and t2 in step:
-                    ratio = step[t2] / step[t1]
-                    norm = ratio / (t2 / t1)
-                    steps.append({"from": t1, "to": t2, "ratio": ratio, "expected": t2 / t1,
-                                  "normalised": norm, "label": _linear_label(norm)})
+                if t1 in alt and t2 in alt:
+                    g = _growth(alt, t1, t2)
+                    g["rounds"] = min(len(again[(t, u, b, f)]) for t in (t1, t2))
+                    if t1 in step and t2 in step:
+                        g["first"] = _growth(step, t1, t2)
+                    steps.append(g)
+                elif t1 in step and t2 in step:
+                    steps.append(_growth(step, t1, t2))
             row["frameworks"][f] = {"step_s": step, "growth": steps}
         g = row["frameworks"].get("gen", {}).get("growth", [])
         labels = {s["label"] for s in g}
@@ -360,6 +397,30 @@ def linearity(points, fws, values):
                               else "linear" if labels == {"linear"} else "sublinear")
         rows.append(row)
     return rows
+
+
+def steep_growth(linear, above):
+    """The (units, batch) pairs where gen's step time grows faster than
+    above x linear between two lengths, with those lengths: [(units, batch,
+    [T, ...])]."""
+    out = []
+    for r in linear:
+        steep = [s for s in r["frameworks"].get("gen", {}).get("growth", [])
+                 if s["normalised"] > above]
+        if steep:
+            out.append((r["units"], r["batch"], sorted({t for s in steep
+                                                          for t in (s["from"], s["to"])})))
+    return out
+
+
+def linear_runs(again, rounds):
+    """What the linearity round runs, {units: [("gen", points)]}: in one
+    process a width, each pair's lengths one after another, rounds times."""
+    todo = {}
+    for _ in range(rounds):
+        for u, b, lens in sorted(again):
+            todo.setdefault(u, [("gen", [])])[0][1].extend((t, u, b) for t in lens)
+    return todo
 
 
 # ----------------------------------------------------------------- printing
@@ -389,6 +450,16 @@ def point_rows(out):
     return head, rows
 
 
+def _growth_cell(g):
+    """A growth ratio; one measured again alternating: "4.68* (6.18)", the
+    first rounds' in parentheses."""
+    if g is None:
+        return "-"
+    if "rounds" not in g:
+        return f"{g['ratio']:.2f}"
+    return f"{g['ratio']:.2f}*" + (f" ({g['first']['ratio']:.2f})" if "first" in g else "")
+
+
 def linearity_rows(out):
     fws = out["frameworks"]
     lin = out["linearity"]
@@ -407,7 +478,7 @@ def linearity_rows(out):
         cells = [str(r["units"]), str(r["batch"])]
         cells += [_ms(gen["step_s"].get(t)) for t in lens]
         by = {(s["from"], s["to"]): s for s in gen["growth"]}
-        cells += [f"{by[c]['ratio']:.2f}" if c in by else "-" for c in growth_cols]
+        cells += [_growth_cell(by.get(c)) for c in growth_cols]
         cells.append(r["gen_verdict"] or "-")
         for f in fws:
             if f == "gen":
@@ -468,6 +539,12 @@ def print_report(out):
               f"T2/T1, called linear within {lo:g}-{hi:g}x of it, i.e. 3.0-5.5 for 4x; "
               f"sublinear = a fixed per-step cost still dominates)")
         _print_table(head, rows)
+        if out.get("linear_again"):
+            print(f"* measured again by gen, the lengths alternating in one process, "
+                  f"{prof['linear_rounds']} round(s) (growth above {LINEAR_CONFIRM_ABOVE:g}x "
+                  f"linear in the first round(s), whose ratio is in parentheses): "
+                  + ", ".join(f"units {u} / batch {b} at T {', '.join(map(str, lens))}"
+                              for u, b, lens in out["linear_again"]))
         v = [r["gen_verdict"] for r in out["linearity"] if r["gen_verdict"]]
         print(f"gen: linear at {v.count('linear')}/{len(v)} (units, batch) pair(s), "
               f"sublinear at {v.count('sublinear')}, superlinear at {v.count('SUPERLINEAR')}")

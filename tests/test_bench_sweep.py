@@ -1,4 +1,5 @@
-"""The scaling sweep's choice of close points to measure again (benchmarks/sweep.py)."""
+"""The scaling sweep's choice of points to measure again (benchmarks/sweep.py): close
+ratios, and lengths whose step time grows steeply."""
 import os
 import sys
 
@@ -35,3 +36,41 @@ def test_a_confirmation_round_runs_gen_and_the_anchors_near_the_fastest():
                     512: [("gen", [(25, 512, 32), (400, 512, 256)]),
                           ("keras-jax", [(25, 512, 32), (400, 512, 256)]),
                           ("torch", [(25, 512, 32)])]}
+
+
+def growth(steps, again=None):
+    """linearity() of gen's step times {(T, units, batch): seconds} (one round)."""
+    values = {p + ("gen",): [v] for p, v in steps.items()}
+    return sweep.linearity(sorted(steps), ["gen"], values, again)
+
+
+def test_steep_growth_names_each_pair_and_the_lengths_that_grew_fast():
+    lin = growth({(25, 32, 256): 0.0036, (100, 32, 256): 0.013, (400, 32, 256): 0.080,  # 3.6x, 6.2x
+                  (25, 128, 32): 0.0027, (100, 128, 32): 0.0082, (400, 128, 32): 0.035,  # 3.0x, 4.2x
+                  (25, 512, 1): 0.004, (100, 512, 1): 0.020, (400, 512, 1): 0.100})     # 5.0x, 5.0x
+    assert sweep.steep_growth(lin, 1.2) == [(32, 256, [100, 400]), (512, 1, [25, 100, 400])]
+    assert sweep.steep_growth(lin, 1.5) == [(32, 256, [100, 400])]
+    assert sweep.steep_growth(lin, 2.0) == []
+
+
+def test_linear_runs_alternate_the_lengths_of_each_pair_in_one_process_a_width():
+    todo = sweep.linear_runs([(32, 256, [100, 400]), (32, 1, [25, 100]), (512, 32, [25, 100])], 2)
+    assert todo == {32: [("gen", [(25, 32, 1), (100, 32, 1), (100, 32, 256), (400, 32, 256),
+                                  (25, 32, 1), (100, 32, 1), (100, 32, 256), (400, 32, 256)])],
+                    512: [("gen", [(25, 512, 32), (100, 512, 32), (25, 512, 32), (100, 512, 32)])]}
+
+
+def test_a_growth_measured_again_takes_its_ratio_from_the_alternated_steps():
+    """The first rounds' ratio stays under "first"; a growth with only one
+    of its lengths measured again keeps the first rounds' ratio."""
+    steps = {(25, 32, 256): 0.0036, (100, 32, 256): 0.013, (400, 32, 256): 0.080}
+    again = {(100, 32, 256, "gen"): [0.016, 0.018, 0.020], (400, 32, 256, "gen"): [0.064, 0.085, 0.090]}
+    (row,) = growth(steps, again)
+    first, second = row["frameworks"]["gen"]["growth"]
+    assert "rounds" not in first and abs(first["ratio"] - 0.013 / 0.0036) < 1e-12
+    assert second["rounds"] == 3 and abs(second["ratio"] - 0.085 / 0.018) < 1e-12
+    assert second["label"] == "linear" and second["first"]["label"] == "SUPERLINEAR"
+    assert row["gen_verdict"] == "linear"
+    assert sweep._growth_cell(second) == "4.72* (6.15)"
+    (row,) = growth(steps)
+    assert row["gen_verdict"] == "SUPERLINEAR"
