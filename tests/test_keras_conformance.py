@@ -519,17 +519,31 @@ WIDE_LSTM = textwrap.dedent("""\
     model = Model(inputs=seq, outputs=out)
     model.compile(optimizer='rmsprop', loss='binary_crossentropy')
     """)
+# The sweep's model (benchmarks/sweep.py): 32 units in two blocks of 48
+# rows, each summing its share of the weight gradients over the steps
+# (_LSTM_BLOCK_GRADS_MAX_OUTPUT), as twitter.py's recurrent weights are.
+NARROW_LSTM = textwrap.dedent("""\
+    from keras.layers import Input, LSTM, Dense
+    from keras.models import Model
+
+    seq = Input(shape=(30, 12))
+    out = Dense(1, activation='sigmoid')(LSTM(32)(seq))
+    model = Model(inputs=seq, outputs=out)
+    model.compile(optimizer='rmsprop', loss='binary_crossentropy')
+    """)
 # batch, steps, [(units, per_step, blocks: one a thread, up to this many)]
-BLOCKS_CASES = {"wide": (20, 24, [(128, True, 2), (80, True, 1)]), "twitter": (90, 100, [(32, False, 5)])}
+BLOCKS_CASES = {"wide": (20, 24, [(128, True, 2), (80, True, 1)]), "twitter": (90, 100, [(32, False, 5)]),
+                "narrow": (96, 30, [(32, False, 6)])}
+BLOCKS_MODELS = {"wide": WIDE_LSTM, "narrow": NARROW_LSTM}
 
 
 @pytest.mark.conformance
 @pytest.mark.parametrize("case", sorted(BLOCKS_CASES))
 def test_conformance_lstm_blocks_schedule(case, gen_modules, variant_dir):
     batch, steps, layers = BLOCKS_CASES[case]
-    if case == "wide":
-        path = variant_dir / "wide_lstm.py"
-        path.write_text(WIDE_LSTM, encoding="utf-8")
+    if case in BLOCKS_MODELS:
+        path = variant_dir / f"{case}_lstm.py"
+        path.write_text(BLOCKS_MODELS[case], encoding="utf-8")
     else:
         path = EXAMPLES / "twitter.py"
     mod, kmodel = load_pair(gen_modules, path, "model")

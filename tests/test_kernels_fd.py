@@ -813,12 +813,12 @@ def test_lstm_rows_schedule_same_bits_for_a_row_anywhere(parallel, U, monkeypatc
     dy = r.standard_normal((B, T, U)).astype(F32)
 
     def run(rows):
-        y, (zs, _xh, cp, tc) = lstm_run(x[rows], W, Rk, b, TANH, SIGMOID, True, False)
+        y, (zs, xh, cp, tc) = lstm_run(x[rows], W, Rk, b, TANH, SIGMOID, True, False)
         n = len(rows)
         dzs = np.full((n, T, 4 * U), np.nan, F32)
         K._lstm_recurrence_backward(dzs, np.full((n, U), np.nan, F32), np.full((n, U), np.nan, F32),
                                     np.zeros((0, 0), F32), dy[rows], zs, cp, tc, Rk, np.zeros((0, 0), F32),
-                                    TANH, SIGMOID, True, False)
+                                    TANH, SIGMOID, True, False, np.zeros((I + U + 1, 4 * U), F32), xh, 1)
         return y, dzs
 
     y, dzs = run(list(range(B)))
@@ -1106,6 +1106,36 @@ def test_lstm_blocks_backward_fd(act, ract, rs, per_step, monkeypatch):
     lstm_grads(x, W, Rk, b, R, caches, act, ract, rs, per_step, 1, *grads, wmode=1)
     for g, a in zip(grads, (x, W, Rk, b)):
         assert_grad(g, numgrad(loss, a))
+
+
+@pytest.mark.parametrize("B,Q", [(9, 2), (9, 3), (2, 1)])
+@pytest.mark.parametrize("wmode", [1, 2])
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_lstm_block_grads_over_chunks_of_steps(B, Q, wmode, dtype, monkeypatch):
+    """The blocks sum their shares of the weight gradients step by step, in
+    chunks of _LSTM_GRAD_CHUNK rows (steps x a block's rows): T 150 gives
+    blocks of 2-5 rows 2-3 chunks each, the last one short. Against the steps schedule's product over all B T rows, written
+    (wmode 1) or added (wmode 2) to gradients that hold values already."""
+    assert K._LSTM_GRAD_CHUNK // 5 < 150 < 3 * (K._LSTM_GRAD_CHUNK // 3)
+    r = rng(63)
+    T, I, U = 150, 3, 16
+    G = 4 * U
+    x = r.standard_normal((B, T, I)).astype(dtype)
+    W = (0.3 * r.standard_normal((I, G))).astype(dtype)
+    Rk = (0.3 * r.standard_normal((U, G))).astype(dtype)
+    b = (0.3 * r.standard_normal(G)).astype(dtype)
+    R = r.standard_normal((B, 1, U)).astype(dtype)
+    start = [r.standard_normal(a.shape).astype(dtype) for a in (W, Rk, b)]
+    out = {}
+    for name, q in (("blocks", Q), ("steps", 0)):
+        blocks_forced(monkeypatch, q)
+        _, caches = lstm_run(x, W, Rk, b, TANH, SIGMOID, False, True)
+        grads = [a.copy() for a in start]
+        lstm_grads(x, W, Rk, b, R, caches, TANH, SIGMOID, False, True, 0, None, *grads, wmode=wmode)
+        out[name] = grads
+    tol = 1e-5 if dtype == F32 else 1e-12
+    for got, want in zip(out["blocks"], out["steps"]):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
 def test_lstm_blocks_taken(monkeypatch):

@@ -653,11 +653,11 @@ def activation_backward(dz, dy, y, act, mode):
 # (784 x 64) 451 against 443 us), or its panels packed (N / 16, K, 16).
 
 
-def _panel_rows_intrinsic(nr, transposed, npan=1):
-    """An intrinsic c[r0:r0 + nr, 16 p:16 (p + npan)] = A[r0:r0 + nr] @
-    panels p .. p + npan - 1 of w, where A is a (transposed False: rows
-    contiguous) or a.T (transposed True: a (K, M), the nr values of a k
-    contiguous in a's row k); float32 or float64."""
+def _panel_rows_intrinsic(nr, transposed, npan=1, accumulate=False):
+    """An intrinsic c[r0:r0 + nr, 16 p:16 (p + npan)] = (accumulate: +=)
+    A[r0:r0 + nr] @ panels p .. p + npan - 1 of w, where A is a (transposed
+    False: rows contiguous) or a.T (transposed True: a (K, M), the nr values
+    of a k contiguous in a's row k); float32 or float64."""
     @intrinsic
     def panel_rows(typingctx, c, a, w, p, r0):
         def codegen(context, builder, sig, args):
@@ -675,8 +675,15 @@ def _panel_rows_intrinsic(nr, transposed, npan=1):
             cols = [builder.mul(q, llvm_ir.Constant(i64, lanes)) for q in pans]
             if not transposed:
                 a_rows = [cgutils.get_item_pointer(context, builder, aty, a_arr, [r, zero], wraparound=False) for r in row]
-            accs = [[cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * lanes)) for _ in pans]
-                    for _ in row]
+            def c_vec(r, col):
+                c_ptr = cgutils.get_item_pointer(context, builder, cty, c_arr, [r, col], wraparound=False)
+                return builder.bitcast(c_ptr, vec.as_pointer())
+            if accumulate:  # the sums start from c's values
+                accs = [[cgutils.alloca_once_value(builder, builder.load(c_vec(r, col), align=4)) for col in cols]
+                        for r in row]
+            else:
+                accs = [[cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * lanes)) for _ in pans]
+                        for _ in row]
             splat = llvm_ir.Constant(llvm_ir.VectorType(i32, lanes), [0] * lanes)
             K = builder.extract_value(a_arr.shape, 0 if transposed else 1)
             with cgutils.for_range(builder, K) as loop:
@@ -697,8 +704,7 @@ def _panel_rows_intrinsic(nr, transposed, npan=1):
                         builder.store(builder.call(fma, [a_k, w_kj, builder.load(acc)]), acc)
             for r, row_accs in zip(row, accs):
                 for col, acc in zip(cols, row_accs):
-                    c_ptr = cgutils.get_item_pointer(context, builder, cty, c_arr, [r, col], wraparound=False)
-                    builder.store(builder.load(acc), builder.bitcast(c_ptr, vec.as_pointer()), align=4)
+                    builder.store(builder.load(acc), c_vec(r, col), align=4)
             return context.get_dummy_value()
         return types.void(c, a, w, p, r0), codegen
     return panel_rows

@@ -653,11 +653,11 @@ def activation_backward(dz, dy, y, act, mode):
 # (784 x 64) 451 against 443 us), or its panels packed (N / 16, K, 16).
 
 
-def _panel_rows_intrinsic(nr, transposed, npan=1):
-    """An intrinsic c[r0:r0 + nr, 16 p:16 (p + npan)] = A[r0:r0 + nr] @
-    panels p .. p + npan - 1 of w, where A is a (transposed False: rows
-    contiguous) or a.T (transposed True: a (K, M), the nr values of a k
-    contiguous in a's row k); float32 or float64."""
+def _panel_rows_intrinsic(nr, transposed, npan=1, accumulate=False):
+    """An intrinsic c[r0:r0 + nr, 16 p:16 (p + npan)] = (accumulate: +=)
+    A[r0:r0 + nr] @ panels p .. p + npan - 1 of w, where A is a (transposed
+    False: rows contiguous) or a.T (transposed True: a (K, M), the nr values
+    of a k contiguous in a's row k); float32 or float64."""
     @intrinsic
     def panel_rows(typingctx, c, a, w, p, r0):
         def codegen(context, builder, sig, args):
@@ -675,8 +675,15 @@ def _panel_rows_intrinsic(nr, transposed, npan=1):
             cols = [builder.mul(q, llvm_ir.Constant(i64, lanes)) for q in pans]
             if not transposed:
                 a_rows = [cgutils.get_item_pointer(context, builder, aty, a_arr, [r, zero], wraparound=False) for r in row]
-            accs = [[cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * lanes)) for _ in pans]
-                    for _ in row]
+            def c_vec(r, col):
+                c_ptr = cgutils.get_item_pointer(context, builder, cty, c_arr, [r, col], wraparound=False)
+                return builder.bitcast(c_ptr, vec.as_pointer())
+            if accumulate:  # the sums start from c's values
+                accs = [[cgutils.alloca_once_value(builder, builder.load(c_vec(r, col), align=4)) for col in cols]
+                        for r in row]
+            else:
+                accs = [[cgutils.alloca_once_value(builder, llvm_ir.Constant(vec, [0.0] * lanes)) for _ in pans]
+                        for _ in row]
             splat = llvm_ir.Constant(llvm_ir.VectorType(i32, lanes), [0] * lanes)
             K = builder.extract_value(a_arr.shape, 0 if transposed else 1)
             with cgutils.for_range(builder, K) as loop:
@@ -697,8 +704,7 @@ def _panel_rows_intrinsic(nr, transposed, npan=1):
                         builder.store(builder.call(fma, [a_k, w_kj, builder.load(acc)]), acc)
             for r, row_accs in zip(row, accs):
                 for col, acc in zip(cols, row_accs):
-                    c_ptr = cgutils.get_item_pointer(context, builder, cty, c_arr, [r, col], wraparound=False)
-                    builder.store(builder.load(acc), builder.bitcast(c_ptr, vec.as_pointer()), align=4)
+                    builder.store(builder.load(acc), c_vec(r, col), align=4)
             return context.get_dummy_value()
         return types.void(c, a, w, p, r0), codegen
     return panel_rows
@@ -1647,6 +1653,17 @@ _LSTM_BLOCK_MIN_ROWS = 8  # rows a block from which a wide layer's pass splits
 _LSTM_NARROW_BLOCK_MIN_ROWS = 16  # the same for narrow layers (the rows schedule's)
 _LSTM_CELL_MACS = 230  # a cell's cost a unit, in multiply-adds of the product
 _LSTM_BLOCKS_MIN_WORK = 25 << 20  # B T U (4 U + _LSTM_CELL_MACS) from which a pass splits
+# Up to this many values of dw (W x G, W = I + U + 1) each block sums its
+# share of the weight gradient step by step (_lstm_block_backward), with
+# xh_t and dz_t in L1 and its sums in L2, where the product over all B T
+# rows afterwards (_lstm_weight_grads) reads the caches from memory again.
+# A training step of the sweep model (I 32), old and new alternating in one
+# process, same losses: U 32 B 256 T 25 3.69 -> 3.08 ms, T 100 19.7 -> 16.2,
+# T 400 70.0 -> 65.0; U 32 B 32 T 25 0.67 -> 0.55; U 64 (24.8k values) B 256
+# T 25 10.0 -> 9.0, B 32 T 100 5.88 -> 5.45, B 32 T 25 2.16 against 2.19.
+# U 128 (82k values: 330 KB of sums a block) B 32 T 25 lost (3.37 -> 3.82),
+# and U 512 (1.1M) lost 18%.
+_LSTM_BLOCK_GRADS_MAX_OUTPUT = 1 << 15
 
 
 @njit(nogil=True)
@@ -1672,17 +1689,74 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
                 y[b, 0, u] = hc[b, u]
 
 
+# c += a.T @ w (panels.py): a block's share of the weight gradient, summed
+# step by step (_lstm_block_backward). Pairs of panels only (4U columns, U
+# a multiple of 16) and c's rows 8 or 1 at a time: each intrinsic is
+# compiled into the block's kernel, and all of panels.py's forms cost
+# twitter.py's first step 1.6 s more on a cold cache.
+_panel_add_pair_t8 = _panel_rows_intrinsic(8, True, 2, accumulate=True)
+_panel_add_pair_t1 = _panel_rows_intrinsic(1, True, 2, accumulate=True)
+
+
+@njit
+def _lstm_add_product_t(c, a, w):
+    """c (K, N) += a.T @ w, a (M, K), w (M, N) with N a multiple of 32:
+    rows of c 8 at a time, then one at a time, panels in pairs."""
+    P = w.shape[1] // 16
+    K = a.shape[1]
+    r = np.int64(0)
+    while r + 8 <= K:
+        for p in range(0, P, 2):
+            _panel_add_pair_t8(c, a, w, p, r)
+        r += 8
+    while r < K:
+        for p in range(0, P, 2):
+            _panel_add_pair_t1(c, a, w, p, r)
+        r += 1
+
+
+@njit
+def _lstm_add_chunk(total, part, first):
+    """total = (first) or += part, (W, G) each."""
+    for i in range(total.shape[0]):
+        src, dst = part[i], total[i]  # rows: loops from 0 vectorize
+        if first:
+            for j in range(dst.shape[0]):
+                dst[j] = src[j]
+        else:
+            for j in range(dst.shape[0]):
+                dst[j] += src[j]
+
+
 @njit(nogil=True)
 def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                         return_sequences):
+                         return_sequences, dwb, xh):
     """Backpropagation through time for rows b0:b1 (the blocks schedule):
     the block's cells, then dh_{t-1} = dz_t @ rkernel.T as one packed
     product that reads dz_t where the cells left it. panels (U / 16, G, 16)
-    rkernel.T's; da (B, U) scratch; the other arrays as lstm_backward's."""
+    rkernel.T's; da (B, U) scratch; the other arrays as lstm_backward's.
+    dwb (2 Q, W, G), or (0, W, G) for none: the block's share of the weight
+    gradient, xh[b0:b1].T @ dzs[b0:b1] over all steps, while xh_t and dz_t
+    are in L1 (see _LSTM_BLOCK_GRADS_MAX_OUTPUT): into dwb[2 q], q the
+    block's index among Q, summed like _lstm_grad_range's chunks: dwb[2 q +
+    1] each chunk of ~_LSTM_GRAD_CHUNK rows (steps x the block's rows),
+    then added."""
+    T, n = zs.shape[1], b1 - b0
+    grads = dwb.shape[0] > 0
+    Q, B = dwb.shape[0] // 2, dzs.shape[0]
+    q = (b0 * Q + B - 1) // B  # _in_ranges's block q starts at row q B // Q
+    chunk = max(1, _LSTM_GRAD_CHUNK // n)  # steps a chunk
     dh[b0:b1] = 0
     dc[b0:b1] = 0
-    for t in range(zs.shape[1] - 1, -1, -1):
+    for t in range(T - 1, -1, -1):
         _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
+        if grads:
+            k = T - 1 - t  # steps done before this one
+            if k % chunk == 0:
+                dwb[2 * q + 1] = 0
+            _lstm_add_product_t(dwb[2 * q + 1], xh[b0:b1, t], dzs[b0:b1, t])
+            if k % chunk == chunk - 1 or t == 0:
+                _lstm_add_chunk(dwb[2 * q], dwb[2 * q + 1], k < chunk)
         if t > 0:
             _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
 
@@ -1839,8 +1913,10 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
 
 
 def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step):
-    """The recurrence of lstm_backward: fills dzs. rkt (G, U) scratch (the
+                              act, ract, return_sequences, per_step, dw, xh, wmode):
+    """The recurrence of lstm_backward: fills dzs, and dw = (wmode 1) or +=
+    (wmode 2) xh.T @ dzs (_lstm_weight_grads), inside the blocks up to
+    _LSTM_BLOCK_GRADS_MAX_OUTPUT values of dw. rkt (G, U) scratch (the
     forward pass's), or (0, 0)."""
     B, T, G = zs.shape
     U = dh.shape[1]
@@ -1849,8 +1925,18 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
     if Q:
         panels = rkt.reshape((U // 16, G, 16))
         _lstm_pack_panels_t(panels, rkernel)
+        in_blocks = dw.size <= _LSTM_BLOCK_GRADS_MAX_OUTPUT
+        dwb = np.empty((2 * Q if in_blocks else 0,) + dw.shape, dw.dtype)
         _in_ranges(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                   return_sequences)
+                   return_sequences, dwb, xh)
+        if in_blocks:  # the blocks' sums added in block order
+            if wmode == 1:
+                dw[:] = dwb[0]
+            else:
+                dw += dwb[0]
+            for q in range(1, Q):
+                dw += dwb[2 * q]
+            return
     elif per_step:
         transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
         dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)
@@ -1859,6 +1945,7 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
         _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
     else:
         _lstm_rows_backward(np.int64(0), B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+    _lstm_weight_grads(dw, xh, dzs, wmode)
 
 
 @njit
@@ -2072,8 +2159,7 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
     rkt      (G, U)       scratch (lstm_forward's): rkernel.T's panels in the blocks schedule
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step)
-    _lstm_weight_grads(dw, xh, dzs, wmode)
+                              act, ract, return_sequences, per_step, dw, xh, wmode)
     _lstm_input_grads(dx, dzs, kernel, mode)
 
 # ------------------------------------------------------- embedding -> lstm
@@ -2309,10 +2395,9 @@ def lstm_embedded_backward(dtable, dw, dzs, dh, dc, dzt,
     distinct). wmode applies to dw. The other arguments as in
     lstm_backward and lstm_embedded_forward.
     """
-    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step)
     I = kernel.shape[0]
-    _lstm_weight_grads(dw[I:], xh, dzs, wmode)
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
+                              act, ract, return_sequences, per_step, dw[I:], xh, wmode)
     _lstm_embedded_grads(dw[:I], dzs, inv, nu, xu, pu, kernel, wmode)
     _lstm_table_grads(dtable, uniq, nu, xu)
 

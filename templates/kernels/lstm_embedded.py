@@ -231,9 +231,8 @@ def lstm_embedded_backward(dtable, dw, dzs, dh, dc, dzt,
     distinct). wmode applies to dw. The other arguments as in
     lstm_backward and lstm_embedded_forward.
     """
-    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step)
     I = kernel.shape[0]
-    _lstm_weight_grads(dw[I:], xh, dzs, wmode)
+    _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
+                              act, ract, return_sequences, per_step, dw[I:], xh, wmode)
     _lstm_embedded_grads(dw[:I], dzs, inv, nu, xu, pu, kernel, wmode)
     _lstm_table_grads(dtable, uniq, nu, xu)

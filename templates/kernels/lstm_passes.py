@@ -49,8 +49,10 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
 
 
 def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step):
-    """The recurrence of lstm_backward: fills dzs. rkt (G, U) scratch (the
+                              act, ract, return_sequences, per_step, dw, xh, wmode):
+    """The recurrence of lstm_backward: fills dzs, and dw = (wmode 1) or +=
+    (wmode 2) xh.T @ dzs (_lstm_weight_grads), inside the blocks up to
+    _LSTM_BLOCK_GRADS_MAX_OUTPUT values of dw. rkt (G, U) scratch (the
     forward pass's), or (0, 0)."""
     B, T, G = zs.shape
     U = dh.shape[1]
@@ -59,8 +61,18 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
     if Q:
         panels = rkt.reshape((U // 16, G, 16))
         _lstm_pack_panels_t(panels, rkernel)
+        in_blocks = dw.size <= _LSTM_BLOCK_GRADS_MAX_OUTPUT
+        dwb = np.empty((2 * Q if in_blocks else 0,) + dw.shape, dw.dtype)
         _in_ranges(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                   return_sequences)
+                   return_sequences, dwb, xh)
+        if in_blocks:  # the blocks' sums added in block order
+            if wmode == 1:
+                dw[:] = dwb[0]
+            else:
+                dw += dwb[0]
+            for q in range(1, Q):
+                dw += dwb[2 * q]
+            return
     elif per_step:
         transposed = U >= _LSTM_STEPS_TRANSPOSED_MIN_UNITS and B <= _LSTM_STEPS_TRANSPOSED_MAX_BATCH
         dht = np.empty((U, B) if transposed else (0, 0), dh.dtype)
@@ -69,6 +81,7 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
         _lstm_rows_backward_parallel(dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
     else:
         _lstm_rows_backward(np.int64(0), B, dzs, dh, dc, da, dy, zs, cp, tc, rkernel, act, ract, return_sequences)
+    _lstm_weight_grads(dw, xh, dzs, wmode)
 
 
 @njit
@@ -282,6 +295,5 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
     rkt      (G, U)       scratch (lstm_forward's): rkernel.T's panels in the blocks schedule
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step)
-    _lstm_weight_grads(dw, xh, dzs, wmode)
+                              act, ract, return_sequences, per_step, dw, xh, wmode)
     _lstm_input_grads(dx, dzs, kernel, mode)

@@ -151,6 +151,17 @@ _LSTM_BLOCK_MIN_ROWS = 8  # rows a block from which a wide layer's pass splits
 _LSTM_NARROW_BLOCK_MIN_ROWS = 16  # the same for narrow layers (the rows schedule's)
 _LSTM_CELL_MACS = 230  # a cell's cost a unit, in multiply-adds of the product
 _LSTM_BLOCKS_MIN_WORK = 25 << 20  # B T U (4 U + _LSTM_CELL_MACS) from which a pass splits
+# Up to this many values of dw (W x G, W = I + U + 1) each block sums its
+# share of the weight gradient step by step (_lstm_block_backward), with
+# xh_t and dz_t in L1 and its sums in L2, where the product over all B T
+# rows afterwards (_lstm_weight_grads) reads the caches from memory again.
+# A training step of the sweep model (I 32), old and new alternating in one
+# process, same losses: U 32 B 256 T 25 3.69 -> 3.08 ms, T 100 19.7 -> 16.2,
+# T 400 70.0 -> 65.0; U 32 B 32 T 25 0.67 -> 0.55; U 64 (24.8k values) B 256
+# T 25 10.0 -> 9.0, B 32 T 100 5.88 -> 5.45, B 32 T 25 2.16 against 2.19.
+# U 128 (82k values: 330 KB of sums a block) B 32 T 25 lost (3.37 -> 3.82),
+# and U 512 (1.1M) lost 18%.
+_LSTM_BLOCK_GRADS_MAX_OUTPUT = 1 << 15
 
 
 @njit(nogil=True)
@@ -176,17 +187,74 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
                 y[b, 0, u] = hc[b, u]
 
 
+# c += a.T @ w (panels.py): a block's share of the weight gradient, summed
+# step by step (_lstm_block_backward). Pairs of panels only (4U columns, U
+# a multiple of 16) and c's rows 8 or 1 at a time: each intrinsic is
+# compiled into the block's kernel, and all of panels.py's forms cost
+# twitter.py's first step 1.6 s more on a cold cache.
+_panel_add_pair_t8 = _panel_rows_intrinsic(8, True, 2, accumulate=True)
+_panel_add_pair_t1 = _panel_rows_intrinsic(1, True, 2, accumulate=True)
+
+
+@njit
+def _lstm_add_product_t(c, a, w):
+    """c (K, N) += a.T @ w, a (M, K), w (M, N) with N a multiple of 32:
+    rows of c 8 at a time, then one at a time, panels in pairs."""
+    P = w.shape[1] // 16
+    K = a.shape[1]
+    r = np.int64(0)
+    while r + 8 <= K:
+        for p in range(0, P, 2):
+            _panel_add_pair_t8(c, a, w, p, r)
+        r += 8
+    while r < K:
+        for p in range(0, P, 2):
+            _panel_add_pair_t1(c, a, w, p, r)
+        r += 1
+
+
+@njit
+def _lstm_add_chunk(total, part, first):
+    """total = (first) or += part, (W, G) each."""
+    for i in range(total.shape[0]):
+        src, dst = part[i], total[i]  # rows: loops from 0 vectorize
+        if first:
+            for j in range(dst.shape[0]):
+                dst[j] = src[j]
+        else:
+            for j in range(dst.shape[0]):
+                dst[j] += src[j]
+
+
 @njit(nogil=True)
 def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                         return_sequences):
+                         return_sequences, dwb, xh):
     """Backpropagation through time for rows b0:b1 (the blocks schedule):
     the block's cells, then dh_{t-1} = dz_t @ rkernel.T as one packed
     product that reads dz_t where the cells left it. panels (U / 16, G, 16)
-    rkernel.T's; da (B, U) scratch; the other arrays as lstm_backward's."""
+    rkernel.T's; da (B, U) scratch; the other arrays as lstm_backward's.
+    dwb (2 Q, W, G), or (0, W, G) for none: the block's share of the weight
+    gradient, xh[b0:b1].T @ dzs[b0:b1] over all steps, while xh_t and dz_t
+    are in L1 (see _LSTM_BLOCK_GRADS_MAX_OUTPUT): into dwb[2 q], q the
+    block's index among Q, summed like _lstm_grad_range's chunks: dwb[2 q +
+    1] each chunk of ~_LSTM_GRAD_CHUNK rows (steps x the block's rows),
+    then added."""
+    T, n = zs.shape[1], b1 - b0
+    grads = dwb.shape[0] > 0
+    Q, B = dwb.shape[0] // 2, dzs.shape[0]
+    q = (b0 * Q + B - 1) // B  # _in_ranges's block q starts at row q B // Q
+    chunk = max(1, _LSTM_GRAD_CHUNK // n)  # steps a chunk
     dh[b0:b1] = 0
     dc[b0:b1] = 0
-    for t in range(zs.shape[1] - 1, -1, -1):
+    for t in range(T - 1, -1, -1):
         _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
+        if grads:
+            k = T - 1 - t  # steps done before this one
+            if k % chunk == 0:
+                dwb[2 * q + 1] = 0
+            _lstm_add_product_t(dwb[2 * q + 1], xh[b0:b1, t], dzs[b0:b1, t])
+            if k % chunk == chunk - 1 or t == 0:
+                _lstm_add_chunk(dwb[2 * q], dwb[2 * q + 1], k < chunk)
         if t > 0:
             _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
 
