@@ -1185,7 +1185,9 @@ def embedding_check_ids(ids, input_dim):
 # read them three times (B 256, T 25, U 32: 580 -> 390 us; B 32, T 100,
 # U 128: 1.9 -> 1.5 ms). For float32 and up to 512 gate columns that
 # product runs on panels.py's kernel, by panels over the threads
-# (lstm_passes.py, _lstm_grad_range), else on BLAS.
+# (lstm_passes.py, _lstm_grad_range), else on BLAS. In the blocks
+# schedule, up to _LSTM_BLOCK_GRADS_MAX_OUTPUT values of dw, each block
+# instead sums its rows' share step by step as its dz_t appear.
 # The recurrence is independent per batch row. Three schedules:
 #   blocks: each thread's block of rows runs all T steps on its own, with
 #         packed products (float32, U a multiple of 16, from 2 rows: see
