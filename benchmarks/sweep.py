@@ -378,8 +378,8 @@ def linearity(points, fws, values, again=None):
         for f in fws:
             step = {t: statistics.median(values[(t, u, b, f)]) for t in lens
                     if values.get((t, u, b, f))}
-            alt = {t: statistics.median(v) for t in lens
-                   for v in [(again or {}).get((t, u, b, f))] if v}
+            alt = {t: statistics.median(again[(t, u, b, f)]) for t in lens
+                   if (again or {}).get((t, u, b, f))}
             steps = []
             for t1, t2 in zip(lens, lens[1:]):
                 if t1 in alt and t2 in alt:

@@ -1350,8 +1350,9 @@ _LSTM_BLOCKS_MIN_WORK = 25 << 20  # B T U (4 U + _LSTM_CELL_MACS) from which a p
 # share of the weight gradient step by step (_lstm_block_backward), with
 # xh_t and dz_t in L1 and its sums in L2, where the product over all B T
 # rows afterwards (_lstm_weight_grads) reads the caches from memory again.
-# A training step of the sweep model (I 32), old and new alternating in one
-# process, same losses: U 32 B 256 T 25 3.69 -> 3.08 ms, T 100 19.7 -> 16.2,
+# A training step of the sweep model (I 32), a prototype (every size) and
+# the module alternating in one process, same losses, to place this cap:
+# U 32 B 256 T 25 3.69 -> 3.08 ms, T 100 19.7 -> 16.2,
 # T 400 70.0 -> 65.0; U 32 B 32 T 25 0.67 -> 0.55; U 64 (24.8k values) B 256
 # T 25 10.0 -> 9.0, B 32 T 100 5.88 -> 5.45, B 32 T 25 2.16 against 2.19.
 # U 128 (82k values: 330 KB of sums a block) B 32 T 25 lost (3.37 -> 3.82),
