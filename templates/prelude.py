@@ -268,9 +268,9 @@ def njit(*args, **kwargs):
 
 # The smallest normal numbers. On Intel cores an operation on a subnormal
 # value takes a microcode assist of ~100 cycles, so values below these are
-# stored as zero where they would stick (optimizer state, optimizers.py) or
-# shrink step after step (an LSTM's gradients through a long sequence,
-# lstm.py), as XLA (Keras on JAX) flushes them everywhere.
+# stored as zero where they would stick (optimizer state, optimizers.py), as
+# XLA (Keras on JAX) flushes them everywhere. An LSTM's gradients, which
+# shrink step after step, have a higher floor (lstm.py: _lstm_grad_floor).
 _TINY32 = np.float32(np.finfo(np.float32).tiny)
 _TINY64 = np.float64(np.finfo(np.float64).tiny)
 

@@ -982,26 +982,33 @@ def test_lstm_backward_fd_no_bias(per_step):
 
 @pytest.mark.parametrize("dtype", [F32, F64])
 @pytest.mark.parametrize("acts", [(TANH, SIGMOID), (RELU, SIGMOID)])
-def test_lstm_backward_cells_flush_subnormal_gradients(acts, dtype):
-    """Gradients through a long sequence shrink into subnormal numbers,
-    which cost a microcode assist an operation on Intel cores: the backward
-    cells store those as zero (dh as they read it, dz and dc as they write
-    them), as XLA does; normal values are untouched."""
+def test_lstm_backward_cells_flush_gradients_below_their_floor(acts, dtype):
+    """Gradients through a long sequence shrink toward the subnormal
+    numbers, and an operation on one, or one whose result is one, costs a
+    microcode assist on Intel cores: the backward cells store gradients
+    below the square root of the smallest normal number as zero (dh as they
+    read it, dz and dc as they write them), so their products with weights
+    stay normal; values at or above it are untouched."""
     r = rng(63)
-    B, T, U = 2, 3, 16
+    B, T, U = 3, 3, 16
     tiny = np.finfo(dtype).tiny
+    floor = dtype(2.0 ** (-63 if dtype == F32 else -511))
+    assert floor * floor == tiny and K._lstm_grad_floor(np.zeros(1, dtype)) == floor
     zs = r.uniform(0.05, 0.95, (B, T, 4 * U)).astype(dtype)
     cp, tc = r.uniform(-1, 1, (B, T, U)).astype(dtype), r.uniform(-0.9, 0.9, (B, T, U)).astype(dtype)
     dh = r.standard_normal((B, U)).astype(dtype)
     dc = r.standard_normal((B, U)).astype(dtype)
     dh[0], dc[0] = tiny * 0.5, tiny * 0.25  # row 0: subnormal gradients carried in
-    dh[1, :4], dc[1, :4] = tiny * 8, -tiny * 16  # row 1: small but normal
+    dh[1], dc[1] = floor * 0.5, -floor * 0.25  # row 1: normal, but below the floor
+    dh[2, :4], dc[2, :4] = floor * 2**30, -floor * 2**31  # row 2: small, above the floor
+    dh0 = dh.copy()
     dzs, da = np.full((B, T, 4 * U), np.nan, dtype), np.empty((B, U), dtype)
     K._lstm_cells_backward(0, B, 1, dzs, dh, dc, da, np.zeros((B, 1, U), dtype), zs, cp, tc, acts[0], acts[1], False)
-    subnormal = lambda a: (a != 0) & (np.abs(a) < tiny)  # noqa: E731
-    assert not subnormal(dzs[:, 1]).any() and not subnormal(dc).any() and not subnormal(dh).any()
-    assert (dzs[0, 1] == 0).all() and (dc[0] == 0).all()  # nothing but subnormals came in
-    assert (dzs[1, 1].reshape(4, U)[:, 4:] != 0).all() and np.isfinite(dzs[1, 1]).all()  # normal ones kept
+    below = lambda a: (a != 0) & (np.abs(a) < floor)  # noqa: E731
+    assert not below(dzs[:, 1]).any() and not below(dc).any() and not below(dh).any()
+    assert (dzs[:2, 1] == 0).all() and (dc[:2] == 0).all() and (dh[:2] == 0).all()  # nothing above came in
+    assert (dh[2] == dh0[2]).all()
+    assert (dzs[2, 1] != 0).all() and np.isfinite(dzs[2, 1]).all()  # the rest kept
     assert np.isnan(dzs[:, [0, 2]]).all()  # other steps untouched
 
 
