@@ -1145,6 +1145,43 @@ def test_lstm_block_grads_over_chunks_of_steps(B, Q, wmode, dtype, monkeypatch):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
 
 
+@pytest.mark.parametrize("Q", [1, 2])
+@pytest.mark.parametrize("wmode", [1, 2])
+def test_lstm_blocks_stop_once_the_gradient_vanished(Q, wmode, monkeypatch):
+    """Forget gates near 0 and small recurrent weights: the gradient falls
+    below the cells' floor within a few steps back from T. The blocks stop
+    there (_lstm_vanished), never reading the earlier caches (NaN here), and
+    write the earlier dzs as zeros: the same dzs, input and weight gradients
+    as the steps schedule, which runs every step; the block's open chunk of
+    weight-gradient sums still added."""
+    r = rng(64)
+    B, T, I, U = 9, 150, 3, 16
+    G = 4 * U
+    x = r.standard_normal((B, T, I)).astype(F32)
+    W = (0.3 * r.standard_normal((I, G))).astype(F32)
+    Rk = (0.01 * r.standard_normal((U, G))).astype(F32)
+    b = (0.3 * r.standard_normal(G)).astype(F32)
+    b[U:2 * U] = -9.0  # forget gates ~1e-4
+    R = r.standard_normal((B, 1, U)).astype(F32)
+    start = [r.standard_normal(a.shape).astype(F32) for a in (W, Rk, b)]
+    out = {}
+    for name, q in (("blocks", Q), ("steps", 0)):
+        blocks_forced(monkeypatch, q)
+        _, caches = lstm_run(x, W, Rk, b, TANH, SIGMOID, False, True)
+        if q:  # steps the blocks must not reach: NaN gates would make NaN dz
+            caches[0][:, :T - 30] = np.nan
+        dzs, dx = np.full((B, T, G), np.nan, F32), np.full_like(x, np.nan)
+        dw = stacked(*[a.copy() for a in start])
+        dzt = np.full((B, G), np.nan, F32)
+        K.lstm_backward(dx, dw, dzs, np.full((B, U), np.nan, F32), np.full((B, U), np.nan, F32), dzt,
+                        R, x, *caches, W, Rk, np.full((G, U), np.nan, F32), TANH, SIGMOID, False, True, 1, wmode)
+        out[name] = (dzs, dx, dw)
+    dzs = out["steps"][0]
+    assert (dzs[:, :T - 20] == 0).all() and (dzs[:, T - 1] != 0).any()  # vanished well before step 0
+    for got, want in zip(out["blocks"], out["steps"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_lstm_blocks_taken(monkeypatch):
     """The blocks schedule: float32, units a multiple of 16, from 2 rows;
     one block for a small pass, else a block a thread of 8 rows or more for

@@ -1791,6 +1791,30 @@ def _lstm_add_chunk(total, part, first):
                 dst[j] += src[j]
 
 
+# A gradient that vanished stays vanished: once dh_{t-1} of every row of a
+# block is below the floor (the cells will store it as zero, lstm.py) and
+# its dc_{t-1} is zero, and no dy enters before step 0 (not
+# return_sequences), every earlier dz of those rows is zero, as the cells
+# would compute it. The block then writes those zeros and stops: adding a
+# zero product changes no sum, so the weight gradients keep their bits.
+# Through long sequences gradients vanish this way: at T 400 (the sweep
+# model, U 32, B 256) ~60% of dzs was below the floor, and a training step
+# took 56.7 against 69.5 ms (U 128: B 256 463.7 -> 418.2, B 32 56.3 ->
+# 50.9), the same weights after 20 steps; T 100 unchanged.
+
+
+@njit
+def _lstm_vanished(b0, b1, dh, dc):
+    """Whether rows b0:b1 carry no gradient back any more: every dh below
+    the cells' floor and every dc zero (above)."""
+    floor = _lstm_grad_floor(dh)
+    for b in range(b0, b1):
+        for u in range(dh.shape[1]):
+            if not (abs(dh[b, u]) < floor and dc[b, u] == 0):
+                return False
+    return True
+
+
 @njit(nogil=True)
 def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
                          return_sequences, dwb, xh):
@@ -1803,7 +1827,7 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
     are in L1 (see _LSTM_BLOCK_GRADS_MAX_OUTPUT): into dwb[2 q], q the
     block's index among Q, summed like _lstm_grad_range's chunks: dwb[2 q +
     1] each chunk of ~_LSTM_GRAD_CHUNK rows (steps x the block's rows),
-    then added."""
+    then added. Stops early once the rows' gradient vanished (above)."""
     T, n = zs.shape[1], b1 - b0
     grads = dwb.shape[0] > 0
     Q, B = dwb.shape[0] // 2, dzs.shape[0]
@@ -1830,6 +1854,11 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
                 _lstm_add_chunk(dwb[2 * q], dwb[2 * q + 1], k < chunk)
         if t > 0:
             _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
+            if not return_sequences and _lstm_vanished(b0, b1, dh, dc):
+                if grads and k % chunk != chunk - 1:  # the open chunk, as at t == 0
+                    _lstm_add_chunk(dwb[2 * q], dwb[2 * q + 1], k < chunk)
+                dzs[b0:b1, :t] = 0
+                return
 
 
 # Packing the panels, a pass's first work in the blocks schedule, reads
