@@ -1058,6 +1058,17 @@ def test_lstm_pack_panels_in_ranges(monkeypatch, K_, N, Q):
         np.testing.assert_array_equal(panels_t.transpose(1, 0, 2).reshape(N, K_), w.T)
 
 
+def lstm_inputs(r, B, T, I, U, dtype, rk_scale=0.3):
+    """x (B, T, I) and the weights W (I, 4U), Rk (U, 4U), b (4U,) of a test
+    LSTM, drawn from r in that order."""
+    G = 4 * U
+    x = r.standard_normal((B, T, I)).astype(dtype)
+    W = (0.3 * r.standard_normal((I, G))).astype(dtype)
+    Rk = (rk_scale * r.standard_normal((U, G))).astype(dtype)
+    b = (0.3 * r.standard_normal(G)).astype(dtype)
+    return x, W, Rk, b
+
+
 def blocks_forced(monkeypatch, Q):
     """The blocks schedule with Q blocks whatever the dtype and batch (0: never)."""
     monkeypatch.setattr(K, "_lstm_blocks", lambda B, T, U, dtype, per_step: Q)
@@ -1073,11 +1084,7 @@ def test_lstm_blocks_schedule_equals_steps(B, U, Q, act, ract, rs, dtype, monkey
     caches and the weight and input gradients."""
     r = rng(61)
     T, I = 5, 7
-    G = 4 * U
-    x = r.standard_normal((B, T, I)).astype(dtype)
-    W = (0.3 * r.standard_normal((I, G))).astype(dtype)
-    Rk = (0.3 * r.standard_normal((U, G))).astype(dtype)
-    b = (0.3 * r.standard_normal(G)).astype(dtype)
+    x, W, Rk, b = lstm_inputs(r, B, T, I, U, dtype)
     R = r.standard_normal((B, T if rs else 1, U)).astype(dtype)
     out = {}
     for name, q in (("blocks", Q), ("steps", 0)):
@@ -1126,11 +1133,7 @@ def test_lstm_block_grads_over_chunks_of_steps(B, Q, wmode, dtype, monkeypatch):
     assert K._LSTM_GRAD_CHUNK // 5 < 150 < 3 * (K._LSTM_GRAD_CHUNK // 3)
     r = rng(63)
     T, I, U = 150, 3, 16
-    G = 4 * U
-    x = r.standard_normal((B, T, I)).astype(dtype)
-    W = (0.3 * r.standard_normal((I, G))).astype(dtype)
-    Rk = (0.3 * r.standard_normal((U, G))).astype(dtype)
-    b = (0.3 * r.standard_normal(G)).astype(dtype)
+    x, W, Rk, b = lstm_inputs(r, B, T, I, U, dtype)
     R = r.standard_normal((B, 1, U)).astype(dtype)
     start = [r.standard_normal(a.shape).astype(dtype) for a in (W, Rk, b)]
     out = {}
@@ -1157,10 +1160,7 @@ def test_lstm_blocks_stop_once_the_gradient_vanished(Q, wmode, monkeypatch):
     r = rng(64)
     B, T, I, U = 9, 150, 3, 16
     G = 4 * U
-    x = r.standard_normal((B, T, I)).astype(F32)
-    W = (0.3 * r.standard_normal((I, G))).astype(F32)
-    Rk = (0.01 * r.standard_normal((U, G))).astype(F32)
-    b = (0.3 * r.standard_normal(G)).astype(F32)
+    x, W, Rk, b = lstm_inputs(r, B, T, I, U, F32, rk_scale=0.01)
     b[U:2 * U] = -9.0  # forget gates ~1e-4
     R = r.standard_normal((B, 1, U)).astype(F32)
     start = [r.standard_normal(a.shape).astype(F32) for a in (W, Rk, b)]
