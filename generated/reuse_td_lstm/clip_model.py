@@ -1777,20 +1777,20 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
                 if grads:
                     _lstm_prefetch_row(xh, b, t - 1)
         _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
+        if t > 0:
+            _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
+        # the last step this block runs: step 0, or the gradient vanished (above)
+        last = t == 0 or (not return_sequences and _lstm_vanished(b0, b1, dh, dc))
         if grads:
             k = T - 1 - t  # steps done before this one
             if k % chunk == 0:
                 dwb[2 * q + 1] = 0
             _lstm_add_product_t(dwb[2 * q + 1], xh[b0:b1, t], dzs[b0:b1, t])
-            if k % chunk == chunk - 1 or t == 0:
+            if k % chunk == chunk - 1 or last:
                 _lstm_add_chunk(dwb[2 * q], dwb[2 * q + 1], k < chunk)
-        if t > 0:
-            _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
-            if not return_sequences and _lstm_vanished(b0, b1, dh, dc):
-                if grads and k % chunk != chunk - 1:  # the open chunk, as at t == 0
-                    _lstm_add_chunk(dwb[2 * q], dwb[2 * q + 1], k < chunk)
-                dzs[b0:b1, :t] = 0
-                return
+        if last:
+            dzs[b0:b1, :t] = 0  # the steps not run: dz zero
+            return
 
 
 # Packing the panels, a pass's first work in the blocks schedule, reads
