@@ -26,7 +26,7 @@ def _text(name: str) -> str:
 
 # The runtime's files in the order they are pasted: _Runtime's parts (mixin
 # classes) before _Runtime, which inherits them.
-RUNTIME_FILES = ("runtime_helpers.py", "runtime_state.py", "runtime_data.py", "runtime_weights.py",
+RUNTIME_FILES = ("runtime_helpers.py", "runtime_compile.py", "runtime_state.py", "runtime_data.py", "runtime_weights.py",
                  "runtime_report.py", "runtime.py")
 
 

@@ -144,6 +144,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
     def _train_step(self, b, xb, tb, kinds):
         """One update; metrics are those before it. A non-finite loss or
         gradient raises before the weights change."""
+        if _RT_AHEAD[0]:  # this process's first step: a helper compiles ahead
+            return _rt_compile_ahead(b, self._train_step, b, xb, tb, kinds)
         outs = self._forward(b.bufs, xb, True)
         logs = self._metrics(b, outs, tb, kinds)
         bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
@@ -157,6 +159,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         """_train_step on the rows idx of xs and ts, its passes in P parts at
         once (gen/parts.py): each part gathers its rows into b.xb and b.tb
         and writes its gradients to its row of _pgrads, summed here."""
+        if _RT_AHEAD[0]:
+            return _rt_compile_ahead(b, self._train_step_parts, b, xs, ts, idx, kinds, P)
         if self._pgrads is None or self._pgrads.shape[0] != P:
             self._pgrads = _rt_zeros((P, self._params.size), self.dtype)  # written every step where nonzero
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)

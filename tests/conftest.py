@@ -4,6 +4,11 @@ import os
 
 # Before anything imports keras: the oracle runs Keras on torch (CPU).
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# A generated module's first training step forks a helper that compiles
+# ahead of it (templates/runtime_compile.py). Under `-n 2` both cores
+# already compile, so the suite runs without it: test_compile_ahead.py
+# turns it on where it checks it.
+os.environ.setdefault("GEN_COMPILE_AHEAD", "0")
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402

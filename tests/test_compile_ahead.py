@@ -1,0 +1,117 @@
+"""The helper that compiles a cold first training step ahead
+(templates/runtime_compile.py).
+
+A process's first training step forks a helper that records the kernels
+the step calls (none runs) and compiles them from the last one into
+numba's cache, while the process compiles from the first and loads what
+the helper finished. These tests check that it changes nothing but the
+time: the recorder sees a whole step and only what the step compiles; a
+cold first step gives the numbers a step without the helper gives, loads
+kernels the helper compiled, prints nothing twice and leaves no process
+behind; and a later process loads the whole step from that cache. The rest
+of the suite runs without the helper (conftest.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numba.core.dispatcher import Dispatcher
+
+from genmods import all_generated, generated, random_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAINABLE = [(e, m) for e, m in all_generated() if generated(e, m).Model._outputs
+             and generated(e, m).Model._outputs[0][2] is not None]
+
+
+@pytest.mark.parametrize("example, model", TRAINABLE)
+def test_the_recorder_runs_a_whole_step_and_records_only_what_it_compiles(example, model):
+    M = generated(example, model)
+    xs, ys = random_data(M.Model, 32, np.random.default_rng(0))
+    M.Model(seed=0).train_on_batch(xs, ys)  # compiles every kernel a step at 32 rows calls
+    m = M.Model(seed=0)
+    before = m.get_weights()
+    x2, t2, kinds, n = m._prep(xs, ys)
+    b = m._batch(n)
+    for a in b.loss:  # memory a batch reuses: the recorder zeroes what the step checks
+        a[...] = np.nan
+    calls, done = M._rt_record_step(b, m._train_all, (b, x2, t2, kinds), Dispatcher)
+    assert done, [k.py_func.__name__ for k, _ in calls]  # not stopped by a loss or gradient read as NaN
+    names = [k.py_func.__name__ for k, _ in calls]
+    assert any("update" in k or "rmsprop" in k or "adam" in k or "sgd" in k for k in names), names
+    not_compiled = [(k.py_func.__name__, s) for k, s in calls if s not in k.signatures]
+    assert not not_compiled, f"the helper would compile what the step does not call: {not_compiled}"
+    for w0, w1 in zip(before, m.get_weights()):  # no kernel ran
+        np.testing.assert_array_equal(w0, w1)
+
+
+CHILD = r'''
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from conftest import import_module_from_path
+from genmods import random_data
+mod = import_module_from_path(sys.argv[2], "ahead_module")
+m = mod.Model(seed=0)
+xs, ys = random_data(m, 64, np.random.default_rng(0))
+print("before the first step")  # a helper that flushed this process's buffers would print it twice
+m.fit(xs, ys, epochs=1, batch_size=32, shuffle=False, verbose=1)
+np.savez(sys.argv[3], *m.get_weights())
+try:
+    left = os.waitpid(-1, os.WNOHANG)
+except ChildProcessError:
+    left = None
+kernels = [v for v in vars(mod).values() if isinstance(v, Dispatcher)]
+print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+                  "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
+                  "left": left}))
+'''
+
+
+def _first_steps(tmp_path, tag):
+    """CHILD's run of mlp.py with the helper on: (its report, weights, stdout).
+    numba caches the module's kernels beside it (prelude: keyed by its
+    import name), in tmp_path / "__pycache__"."""
+    src = tmp_path / "model.py"
+    if not src.exists():
+        src.write_text((ROOT / "generated" / "mlp" / "model.py").read_text())
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), GEN_COMPILE_AHEAD="1")
+    out = tmp_path / f"{tag}.npz"
+    r = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "tests"), str(src), str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with np.load(out) as f:
+        weights = [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
+    return json.loads(r.stdout.strip().splitlines()[-1]), weights, r.stdout
+
+
+def test_a_cold_first_step_loads_what_the_helper_compiled_and_gives_the_same_numbers(tmp_path):
+    M = generated("mlp", "model")
+    xs, ys = random_data(M.Model, 64, np.random.default_rng(0))
+    ref = M.Model(seed=0)
+    ref.fit(xs, ys, epochs=1, batch_size=32, shuffle=False, verbose=0)
+    cache = tmp_path / "__pycache__"
+
+    cold, weights, stdout = _first_steps(tmp_path, "cold")
+    assert cold["hits"] > 0, cold  # the process loaded kernels the helper compiled
+    helper_files = [p.name for p in cache.rglob("*.nbc") if int(p.name.split(".")[-2]) >= 1000]
+    assert helper_files, sorted(p.name for p in cache.rglob("*"))  # the helper's own data names
+    assert cold["left"] is None, cold  # the helper was ended and reaped
+    assert stdout.count("before the first step") == 1 and stdout.count("Epoch 1/1") == 1, stdout
+    for w, r in zip(weights, ref.get_weights()):
+        np.testing.assert_allclose(w, r, rtol=1e-6, atol=1e-7)
+
+    files = sorted((p.name, p.stat().st_size) for p in cache.rglob("*"))
+    warm, weights, _ = _first_steps(tmp_path, "warm")
+    assert warm["misses"] == 0 and warm["hits"] > 0, warm  # the cache the two wrote serves the whole step
+    assert sorted((p.name, p.stat().st_size) for p in cache.rglob("*")) == files  # a warm helper compiles nothing
+    assert warm["left"] is None, warm
+    for w, r in zip(weights, ref.get_weights()):
+        np.testing.assert_allclose(w, r, rtol=1e-6, atol=1e-7)
