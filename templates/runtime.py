@@ -144,8 +144,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
     def _train_step(self, b, xb, tb, kinds):
         """One update; metrics are those before it. A non-finite loss or
         gradient raises before the weights change."""
-        if _RT_AHEAD[0]:  # this process's first step: a helper compiles ahead
-            return _rt_compile_ahead(b, self._train_step, b, xb, tb, kinds)
+        if "train" in _RT_AHEAD:  # this process's first step: a helper compiles ahead
+            return _rt_compile_ahead("train", b, self._train_step, b, xb, tb, kinds)
         outs = self._forward(b.bufs, xb, True)
         logs = self._metrics(b, outs, tb, kinds)
         bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
@@ -159,8 +159,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         """_train_step on the rows idx of xs and ts, its passes in P parts at
         once (gen/parts.py): each part gathers its rows into b.xb and b.tb
         and writes its gradients to its row of _pgrads, summed here."""
-        if _RT_AHEAD[0]:
-            return _rt_compile_ahead(b, self._train_step_parts, b, xs, ts, idx, kinds, P)
+        if "train" in _RT_AHEAD:
+            return _rt_compile_ahead("train", b, self._train_step_parts, b, xs, ts, idx, kinds, P)
         if self._pgrads is None or self._pgrads.shape[0] != P:
             self._pgrads = _rt_zeros((P, self._params.size), self.dtype)  # written every step where nonzero
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)
@@ -171,6 +171,13 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         self._owned_step = False
         self._update_unless(bad)
         return logs
+
+    def _infer(self, bufs, xs):
+        """The forward pass of predict and evaluate; the first of this
+        process has a helper compile ahead."""
+        if "infer" in _RT_AHEAD:
+            return _rt_compile_ahead("infer", None, self._forward, bufs, xs, False)
+        return self._forward(bufs, xs, False)
 
     def _train_all(self, b, xs, ts, kinds):
         """One step on every row of xs and ts, in parts where they apply."""
@@ -208,7 +215,7 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
                 except FloatingPointError as err:
                     raise FloatingPointError(f"epoch {epoch}, batch {s // bs + 1}: {err}") from None
             else:
-                logs = self._metrics(b, self._forward(b.bufs, xb, False), tb, kinds)
+                logs = self._metrics(b, self._infer(b.bufs, xb), tb, kinds)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v * (e - s)
         return {k: sums[k] / n for k in sorted(sums)}
@@ -223,7 +230,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         n = xs[0].shape[0] if len(xs) == 1 else self._cardinality(xs, names=self.input_names)
         bs = 32 if batch_size is None else self._batch_size(batch_size, 32)
         if n <= bs:  # one batch: its outputs, copied (latency at batch 1 is mostly this path)
-            outs = self._forward(self._batch(n, grads=False).bufs, xs, False)
+            bufs = self._batch(n, grads=False).bufs
+            outs = self._forward(bufs, xs, False) if "infer" not in _RT_AHEAD else self._infer(bufs, xs)
             if defer:
                 self._check_deferred(xs, defer, 0)
             return outs[0].copy() if len(outs) == 1 else [o.copy() for o in outs]
@@ -231,7 +239,7 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         for s in range(0, n, bs):
             e = min(s + bs, n)
             xb = [a[s:e] for a in xs]
-            outs = self._forward(self._batch(e - s, grads=False).bufs, xb, False)
+            outs = self._infer(self._batch(e - s, grads=False).bufs, xb)
             if defer:
                 self._check_deferred(xb, defer, s)
             for r, o in zip(res, outs):

@@ -1,31 +1,31 @@
 # ---------------------------------------------------------------------------
-# Compiling ahead: a first step on a cold numba cache compiles every kernel
+# Compiling ahead: a first pass on a cold numba cache compiles every kernel
 # it calls, one after another, on one core (numba compiles under one lock,
 # so threads cannot share the work): ~13-18 s for twitter.py's first
 # training step on a 2-core machine. _rt_compile_ahead forks a helper
-# process for that step. The helper runs the step with every kernel
-# replaced by a recorder (which kernel, with which argument types; no kernel
-# runs), then compiles them into numba's cache from the last to the first,
-# while this process runs the step and compiles from the first. Where the
-# two meet, this process loads what the helper finished from the cache.
-# The helper ends when the step does, and exits at once if the cache holds
-# every kernel it recorded. GEN_COMPILE_AHEAD=0 turns it off.
+# process for the first training step and the first inference pass of a
+# process. The helper runs the pass with every kernel replaced by a
+# recorder (which kernel, with which argument types; no kernel runs), then
+# compiles them into numba's cache from the last to the first, while this
+# process runs the pass and compiles from the first. Where the two meet,
+# this process loads what the helper finished from the cache. The helper
+# ends when the pass does. GEN_COMPILE_AHEAD=0 turns it off.
 # ---------------------------------------------------------------------------
 import signal
 import warnings
 
-# Training steps only: a forward pass's kernels return arrays that the
-# next kernel reads, which a recorder cannot give (twitter.py's predict
-# stopped at its first kernel), and mlp.py's is one kernel. Linux only:
-# fork() (elsewhere it is not safe with threads running).
-_RT_AHEAD = [sys.platform.startswith("linux") and hasattr(os, "fork")
-             and os.environ.get("GEN_COMPILE_AHEAD", "1") != "0"]
+# The kinds of pass whose first call in this process may still fork the
+# helper: a training step, and predict's or evaluate's forward pass. Linux
+# only: fork() (elsewhere it is not safe with threads running).
+_RT_AHEAD = {"train", "infer"} if (sys.platform.startswith("linux") and hasattr(os, "fork")
+                                   and os.environ.get("GEN_COMPILE_AHEAD", "1") != "0") else set()
+_RT_IMPORTED = time.time()  # cache entries written since are this run's
 
 
-def _rt_compile_ahead(batch, step, *args):
-    """step(*args), this process's first training step (batch: its
-    _Batch), with the helper compiling ahead of it."""
-    _RT_AHEAD[0] = False
+def _rt_compile_ahead(kind, batch, step, *args):
+    """step(*args), this process's first pass of its kind (batch: a training
+    step's _Batch, else None), with the helper compiling ahead of it."""
+    _RT_AHEAD.discard(kind)
     pid = _rt_fork_helper(batch, step, args)
     try:
         return step(*args)
@@ -65,17 +65,18 @@ def _rt_fork_helper(batch, step, args):
 
 
 def _rt_cache_cold(Dispatcher):
-    """Whether numba's cache holds none of this module's kernels but those
-    this process compiled (the data checks before the first step): the
-    module's first run, or its first since it was generated again.
-    Otherwise no helper: a fork would cost this process ~0.1 s even then
-    (its pages are copied as it writes them while the helper lives)."""
+    """Whether numba's cache holds none of this module's kernels from an
+    earlier run (an entry for this source written before this module was
+    imported): the module's first run, or its first since it was generated
+    again. Otherwise no helper: a fork would cost this process ~0.1 s even
+    then (its pages are copied as it writes them while the helper lives)."""
     try:
         for kernel in globals().values():
-            if isinstance(kernel, Dispatcher) and not kernel.stats.cache_misses:
+            if isinstance(kernel, Dispatcher):
                 index = kernel._cache._cache_file
-                if os.path.exists(index._index_path) and index._load_index():
-                    return False  # an entry from an earlier run (its source stamp matches)
+                path = index._index_path
+                if os.path.exists(path) and os.path.getmtime(path) < _RT_IMPORTED and index._load_index():
+                    return False
         return True
     except Exception:  # numba's internals changed
         return False
@@ -83,11 +84,12 @@ def _rt_cache_cold(Dispatcher):
 
 def _rt_record_step(batch, step, args, Dispatcher):
     """([(kernel, argument types)] that step(*args) calls, in order, once
-    each; whether the step ran to its end). No kernel runs, so the batch's
-    losses are zeroed first (the step reads them to check the loss is
-    finite) and the gradients' check is skipped (the recorder's 0 reads as
-    "a NaN at 0" to _rt_first_nonfinite)."""
-    for a in batch.loss:
+    each; whether the step ran to its end). No kernel runs and each returns
+    0, so a training step's losses are zeroed first (the step reads them to
+    check the loss is finite) and the gradients' check is skipped (0 reads
+    as "a NaN at 0" to _rt_first_nonfinite). The kernels of a pass must
+    not return arrays that the next call reads: the recording would stop."""
+    for a in batch.loss if batch is not None else ():
         a[...] = 0
     model = step.__self__
     check = model._grads_nonfinite
@@ -129,14 +131,14 @@ def _rt_helper_compile(calls, Dispatcher, IndexDataCacheFile):
     files apart from this process's: numba's index is read, changed and
     written by each process, and the same file name for two signatures would
     pair one's index entry with the other's code."""
-    if not calls:
-        return  # a warm cache: this process loads the step as fast
+    if len(calls) < 2:
+        return  # nothing this process does not start with
     for kernel in globals().values():
         if isinstance(kernel, Dispatcher) and hasattr(kernel, "_cache"):
             kernel._cache.load_overload = lambda sig, target_context: None
     first = 1000 * (1 + int.from_bytes(os.urandom(3), "little"))
     IndexDataCacheFile._data_name = lambda self, number: self._data_name_pattern.format(number=first + number)
-    for kernel, sig in reversed(calls):
+    for kernel, sig in reversed(calls[1:]):  # this process starts with the first
         try:
             kernel.compile(sig)
         except Exception:  # this process compiles it and reports the error

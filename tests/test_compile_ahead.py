@@ -1,15 +1,16 @@
-"""The helper that compiles a cold first training step ahead
+"""The helper that compiles a cold first pass ahead
 (templates/runtime_compile.py).
 
-A process's first training step forks a helper that records the kernels
-the step calls (none runs) and compiles them from the last one into
-numba's cache, while the process compiles from the first and loads what
-the helper finished. These tests check that it changes nothing but the
-time: the recorder sees a whole step and only what the step compiles; a
-cold first step gives the numbers a step without the helper gives, loads
-kernels the helper compiled, prints nothing twice and leaves no process
-behind; and a later process loads the whole step from that cache. The rest
-of the suite runs without the helper (conftest.py)."""
+A process's first training step, and its first inference pass, fork a
+helper that records the kernels the pass calls (none runs) and compiles
+them from the last one into numba's cache, while the process compiles from
+the first and loads what the helper finished. These tests check that it
+changes nothing but the time: the recorder sees a whole step or forward
+pass and only what it compiles; a cold first step gives the numbers a step
+without the helper gives, loads kernels the helper compiled, prints
+nothing twice and leaves no process behind; and a later process loads the
+whole step from that cache. The rest of the suite runs without the helper
+(conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -51,6 +52,20 @@ def test_the_recorder_runs_a_whole_step_and_records_only_what_it_compiles(exampl
         np.testing.assert_array_equal(w0, w1)
 
 
+@pytest.mark.parametrize("example, model", all_generated())
+@pytest.mark.parametrize("n", [1, 32])
+def test_the_recorder_runs_a_whole_forward_pass_and_records_only_what_it_compiles(example, model, n):
+    M = generated(example, model)
+    xs, _ = random_data(M.Model, n, np.random.default_rng(0))
+    M.Model(seed=0).predict(xs, batch_size=n)  # compiles every kernel predict calls at n rows
+    m = M.Model(seed=0)
+    x2 = m._prep_inputs(xs, [])
+    calls, done = M._rt_record_step(None, m._forward, (m._batch(n, grads=False).bufs, x2, False), Dispatcher)
+    assert done and calls, [k.py_func.__name__ for k, _ in calls]
+    not_compiled = [(k.py_func.__name__, s) for k, s in calls if s not in k.signatures]
+    assert not not_compiled, f"the helper would compile what predict does not call: {not_compiled}"
+
+
 CHILD = r'''
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
@@ -63,6 +78,7 @@ m = mod.Model(seed=0)
 xs, ys = random_data(m, 64, np.random.default_rng(0))
 print("before the first step")  # a helper that flushed this process's buffers would print it twice
 m.fit(xs, ys, epochs=1, batch_size=32, shuffle=False, verbose=1)
+m.predict([x[:1] for x in xs])  # a first inference pass: its helper too is ended and reaped
 np.savez(sys.argv[3], *m.get_weights())
 try:
     left = os.waitpid(-1, os.WNOHANG)

@@ -2097,9 +2097,11 @@ def _lstm_project_row(p, r, table, kernel):
 
 
 @njit
-def _lstm_missing_rows(done, ids):
-    """The distinct ids whose row is not computed yet, marked done."""
-    rows = np.empty(ids.shape[0], np.int64)
+def _lstm_missing_rows(rows, done, ids):
+    """Write the distinct ids whose row is not computed yet to rows, mark
+    them done, and return how many. A count, not an array: the helper that
+    compiles a first step ahead records kernel calls without running them,
+    and takes 0 for every result (templates/runtime_compile.py)."""
     n = 0
     for i in range(ids.shape[0]):
         r = ids[i]
@@ -2107,7 +2109,7 @@ def _lstm_missing_rows(done, ids):
             done[r] = True
             rows[n] = r
             n += 1
-    return rows[:n]
+    return n
 
 
 @njit(nogil=True)
@@ -2122,7 +2124,8 @@ def lstm_project_rows(p, done, ids, table, kernel):
     p    (V, G)  the projection cache     done (V,) bool: rows of p computed
     ids  (n,)    ids in [0, V)            table (V, I)   kernel (I, G)
     """
-    rows = _lstm_missing_rows(done, ids)
+    rows = np.empty(ids.shape[0], np.int64)
+    rows = rows[:_lstm_missing_rows(rows, done, ids)]
     if not rows.shape[0]:
         return
     try:
@@ -2449,33 +2452,33 @@ def _rt_shape(shape):
 
 
 # ---------------------------------------------------------------------------
-# Compiling ahead: a first step on a cold numba cache compiles every kernel
+# Compiling ahead: a first pass on a cold numba cache compiles every kernel
 # it calls, one after another, on one core (numba compiles under one lock,
 # so threads cannot share the work): ~13-18 s for twitter.py's first
 # training step on a 2-core machine. _rt_compile_ahead forks a helper
-# process for that step. The helper runs the step with every kernel
-# replaced by a recorder (which kernel, with which argument types; no kernel
-# runs), then compiles them into numba's cache from the last to the first,
-# while this process runs the step and compiles from the first. Where the
-# two meet, this process loads what the helper finished from the cache.
-# The helper ends when the step does, and exits at once if the cache holds
-# every kernel it recorded. GEN_COMPILE_AHEAD=0 turns it off.
+# process for the first training step and the first inference pass of a
+# process. The helper runs the pass with every kernel replaced by a
+# recorder (which kernel, with which argument types; no kernel runs), then
+# compiles them into numba's cache from the last to the first, while this
+# process runs the pass and compiles from the first. Where the two meet,
+# this process loads what the helper finished from the cache. The helper
+# ends when the pass does. GEN_COMPILE_AHEAD=0 turns it off.
 # ---------------------------------------------------------------------------
 import signal
 import warnings
 
-# Training steps only: a forward pass's kernels return arrays that the
-# next kernel reads, which a recorder cannot give (twitter.py's predict
-# stopped at its first kernel), and mlp.py's is one kernel. Linux only:
-# fork() (elsewhere it is not safe with threads running).
-_RT_AHEAD = [sys.platform.startswith("linux") and hasattr(os, "fork")
-             and os.environ.get("GEN_COMPILE_AHEAD", "1") != "0"]
+# The kinds of pass whose first call in this process may still fork the
+# helper: a training step, and predict's or evaluate's forward pass. Linux
+# only: fork() (elsewhere it is not safe with threads running).
+_RT_AHEAD = {"train", "infer"} if (sys.platform.startswith("linux") and hasattr(os, "fork")
+                                   and os.environ.get("GEN_COMPILE_AHEAD", "1") != "0") else set()
+_RT_IMPORTED = time.time()  # cache entries written since are this run's
 
 
-def _rt_compile_ahead(batch, step, *args):
-    """step(*args), this process's first training step (batch: its
-    _Batch), with the helper compiling ahead of it."""
-    _RT_AHEAD[0] = False
+def _rt_compile_ahead(kind, batch, step, *args):
+    """step(*args), this process's first pass of its kind (batch: a training
+    step's _Batch, else None), with the helper compiling ahead of it."""
+    _RT_AHEAD.discard(kind)
     pid = _rt_fork_helper(batch, step, args)
     try:
         return step(*args)
@@ -2515,17 +2518,18 @@ def _rt_fork_helper(batch, step, args):
 
 
 def _rt_cache_cold(Dispatcher):
-    """Whether numba's cache holds none of this module's kernels but those
-    this process compiled (the data checks before the first step): the
-    module's first run, or its first since it was generated again.
-    Otherwise no helper: a fork would cost this process ~0.1 s even then
-    (its pages are copied as it writes them while the helper lives)."""
+    """Whether numba's cache holds none of this module's kernels from an
+    earlier run (an entry for this source written before this module was
+    imported): the module's first run, or its first since it was generated
+    again. Otherwise no helper: a fork would cost this process ~0.1 s even
+    then (its pages are copied as it writes them while the helper lives)."""
     try:
         for kernel in globals().values():
-            if isinstance(kernel, Dispatcher) and not kernel.stats.cache_misses:
+            if isinstance(kernel, Dispatcher):
                 index = kernel._cache._cache_file
-                if os.path.exists(index._index_path) and index._load_index():
-                    return False  # an entry from an earlier run (its source stamp matches)
+                path = index._index_path
+                if os.path.exists(path) and os.path.getmtime(path) < _RT_IMPORTED and index._load_index():
+                    return False
         return True
     except Exception:  # numba's internals changed
         return False
@@ -2533,11 +2537,12 @@ def _rt_cache_cold(Dispatcher):
 
 def _rt_record_step(batch, step, args, Dispatcher):
     """([(kernel, argument types)] that step(*args) calls, in order, once
-    each; whether the step ran to its end). No kernel runs, so the batch's
-    losses are zeroed first (the step reads them to check the loss is
-    finite) and the gradients' check is skipped (the recorder's 0 reads as
-    "a NaN at 0" to _rt_first_nonfinite)."""
-    for a in batch.loss:
+    each; whether the step ran to its end). No kernel runs and each returns
+    0, so a training step's losses are zeroed first (the step reads them to
+    check the loss is finite) and the gradients' check is skipped (0 reads
+    as "a NaN at 0" to _rt_first_nonfinite). The kernels of a pass must
+    not return arrays that the next call reads: the recording would stop."""
+    for a in batch.loss if batch is not None else ():
         a[...] = 0
     model = step.__self__
     check = model._grads_nonfinite
@@ -2579,14 +2584,14 @@ def _rt_helper_compile(calls, Dispatcher, IndexDataCacheFile):
     files apart from this process's: numba's index is read, changed and
     written by each process, and the same file name for two signatures would
     pair one's index entry with the other's code."""
-    if not calls:
-        return  # a warm cache: this process loads the step as fast
+    if len(calls) < 2:
+        return  # nothing this process does not start with
     for kernel in globals().values():
         if isinstance(kernel, Dispatcher) and hasattr(kernel, "_cache"):
             kernel._cache.load_overload = lambda sig, target_context: None
     first = 1000 * (1 + int.from_bytes(os.urandom(3), "little"))
     IndexDataCacheFile._data_name = lambda self, number: self._data_name_pattern.format(number=first + number)
-    for kernel, sig in reversed(calls):
+    for kernel, sig in reversed(calls[1:]):  # this process starts with the first
         try:
             kernel.compile(sig)
         except Exception:  # this process compiles it and reports the error
@@ -3500,8 +3505,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
     def _train_step(self, b, xb, tb, kinds):
         """One update; metrics are those before it. A non-finite loss or
         gradient raises before the weights change."""
-        if _RT_AHEAD[0]:  # this process's first step: a helper compiles ahead
-            return _rt_compile_ahead(b, self._train_step, b, xb, tb, kinds)
+        if "train" in _RT_AHEAD:  # this process's first step: a helper compiles ahead
+            return _rt_compile_ahead("train", b, self._train_step, b, xb, tb, kinds)
         outs = self._forward(b.bufs, xb, True)
         logs = self._metrics(b, outs, tb, kinds)
         bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
@@ -3515,8 +3520,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         """_train_step on the rows idx of xs and ts, its passes in P parts at
         once (gen/parts.py): each part gathers its rows into b.xb and b.tb
         and writes its gradients to its row of _pgrads, summed here."""
-        if _RT_AHEAD[0]:
-            return _rt_compile_ahead(b, self._train_step_parts, b, xs, ts, idx, kinds, P)
+        if "train" in _RT_AHEAD:
+            return _rt_compile_ahead("train", b, self._train_step_parts, b, xs, ts, idx, kinds, P)
         if self._pgrads is None or self._pgrads.shape[0] != P:
             self._pgrads = _rt_zeros((P, self._params.size), self.dtype)  # written every step where nonzero
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)
@@ -3527,6 +3532,13 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         self._owned_step = False
         self._update_unless(bad)
         return logs
+
+    def _infer(self, bufs, xs):
+        """The forward pass of predict and evaluate; the first of this
+        process has a helper compile ahead."""
+        if "infer" in _RT_AHEAD:
+            return _rt_compile_ahead("infer", None, self._forward, bufs, xs, False)
+        return self._forward(bufs, xs, False)
 
     def _train_all(self, b, xs, ts, kinds):
         """One step on every row of xs and ts, in parts where they apply."""
@@ -3564,7 +3576,7 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
                 except FloatingPointError as err:
                     raise FloatingPointError(f"epoch {epoch}, batch {s // bs + 1}: {err}") from None
             else:
-                logs = self._metrics(b, self._forward(b.bufs, xb, False), tb, kinds)
+                logs = self._metrics(b, self._infer(b.bufs, xb), tb, kinds)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v * (e - s)
         return {k: sums[k] / n for k in sorted(sums)}
@@ -3579,7 +3591,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         n = xs[0].shape[0] if len(xs) == 1 else self._cardinality(xs, names=self.input_names)
         bs = 32 if batch_size is None else self._batch_size(batch_size, 32)
         if n <= bs:  # one batch: its outputs, copied (latency at batch 1 is mostly this path)
-            outs = self._forward(self._batch(n, grads=False).bufs, xs, False)
+            bufs = self._batch(n, grads=False).bufs
+            outs = self._forward(bufs, xs, False) if "infer" not in _RT_AHEAD else self._infer(bufs, xs)
             if defer:
                 self._check_deferred(xs, defer, 0)
             return outs[0].copy() if len(outs) == 1 else [o.copy() for o in outs]
@@ -3587,7 +3600,7 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         for s in range(0, n, bs):
             e = min(s + bs, n)
             xb = [a[s:e] for a in xs]
-            outs = self._forward(self._batch(e - s, grads=False).bufs, xb, False)
+            outs = self._infer(self._batch(e - s, grads=False).bufs, xb)
             if defer:
                 self._check_deferred(xb, defer, s)
             for r, o in zip(res, outs):

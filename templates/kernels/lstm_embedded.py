@@ -142,9 +142,11 @@ def _lstm_project_row(p, r, table, kernel):
 
 
 @njit
-def _lstm_missing_rows(done, ids):
-    """The distinct ids whose row is not computed yet, marked done."""
-    rows = np.empty(ids.shape[0], np.int64)
+def _lstm_missing_rows(rows, done, ids):
+    """Write the distinct ids whose row is not computed yet to rows, mark
+    them done, and return how many. A count, not an array: the helper that
+    compiles a first step ahead records kernel calls without running them,
+    and takes 0 for every result (templates/runtime_compile.py)."""
     n = 0
     for i in range(ids.shape[0]):
         r = ids[i]
@@ -152,7 +154,7 @@ def _lstm_missing_rows(done, ids):
             done[r] = True
             rows[n] = r
             n += 1
-    return rows[:n]
+    return n
 
 
 @njit(nogil=True)
@@ -167,7 +169,8 @@ def lstm_project_rows(p, done, ids, table, kernel):
     p    (V, G)  the projection cache     done (V,) bool: rows of p computed
     ids  (n,)    ids in [0, V)            table (V, I)   kernel (I, G)
     """
-    rows = _lstm_missing_rows(done, ids)
+    rows = np.empty(ids.shape[0], np.int64)
+    rows = rows[:_lstm_missing_rows(rows, done, ids)]
     if not rows.shape[0]:
         return
     try:
