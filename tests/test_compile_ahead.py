@@ -53,8 +53,11 @@ def test_the_recorder_runs_a_whole_step_and_records_only_what_it_compiles(exampl
 
 
 @pytest.mark.parametrize("example, model", all_generated())
-@pytest.mark.parametrize("n", [1, 32])
-def test_the_recorder_runs_a_whole_forward_pass_and_records_only_what_it_compiles(example, model, n):
+def test_the_recorder_runs_a_whole_forward_pass_and_records_only_what_it_compiles(example, model):
+    # one row: predict's latency path, where the projected LSTM runs. At 32
+    # rows every example passed too when this test was written; one size
+    # keeps CI under its 20 minutes (~35 s a size on two workers)
+    n = 1
     M = generated(example, model)
     xs, _ = random_data(M.Model, n, np.random.default_rng(0))
     M.Model(seed=0).predict(xs, batch_size=n)  # compiles every kernel predict calls at n rows
