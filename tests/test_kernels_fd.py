@@ -106,6 +106,32 @@ def test_dense_forward(use_bias, dtype, act):
     np.testing.assert_allclose(z, ref, rtol=1e-5 if dtype == F32 else 1e-12, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("o", [16, 64, 80, 10])
+def test_dense_forward_one_row(o, dtype):
+    """One row (predict at batch 1) of a kernel of whole panels runs on the
+    panel kernel (_panels_row: four panels at a time, then one): the
+    product to rounding, the same bits as the panel product of more rows;
+    a kernel of part of a panel, or a row read at a stride, takes np.dot."""
+    r = rng(46)
+    x = r.standard_normal((9, 37)).astype(dtype)
+    w = r.standard_normal((37, o)).astype(dtype)
+    b = r.standard_normal(o).astype(dtype)
+    tol = dict(rtol=1e-5 if dtype == F32 else 1e-12, atol=1e-6)
+    z = np.full((1, o), np.nan, dtype)
+    assert K._dense_one_row_panels(z, x[:1], w) == (o % 16 == 0)
+    K.dense_forward(z, x[:1], w, b, LINEAR)
+    np.testing.assert_allclose(z, x[:1].astype(F64) @ w.astype(F64) + b, **tol)
+    if o % 16 == 0:
+        rows = np.empty((9, o), dtype)
+        K._panels_product(rows, x, w)
+        np.testing.assert_array_equal(z[0], rows[0] + b)
+    strided = r.standard_normal((1, 74)).astype(dtype)[:, ::2]
+    assert not K._dense_one_row_panels(z, strided, w)
+    K.dense_forward(z, strided, w, b, LINEAR)
+    np.testing.assert_allclose(z, strided.astype(F64) @ w.astype(F64) + b, **tol)
+
+
 @pytest.mark.parametrize("act", [LINEAR, RELU, SIGMOID, TANH, SOFTMAX])
 @pytest.mark.parametrize("dtype", [F32, F64])
 @pytest.mark.parametrize("n", [7, 301])

@@ -720,6 +720,27 @@ _panel_rows_t8, _panel_rows_t4, _panel_rows_t2, _panel_rows_t1 = (_panel_rows_in
 # the same bits.
 _panel_pair8 = _panel_rows_intrinsic(8, False, 2)
 _panel_pair_t8 = _panel_rows_intrinsic(8, True, 2)
+# 1 row x 4 panels, for a product of one row (a Dense layer in predict at
+# batch 1): one row has only N / 16 accumulators, and one panel at a time
+# waits on each FMA's latency. (1 x 784) x (784 x 64), called from Python
+# on the Emerald Rapids machine: 2.1 us against OpenBLAS's 3.1 (its path
+# for 1 row is slower than for 2).
+_panel_quad1 = _panel_rows_intrinsic(1, False, 4)
+
+
+@njit
+def _panels_row(c, a, w, r):
+    """c[r] = a[r] @ w, w (K, N) with contiguous rows (N a multiple of 16)
+    or its panels: four panels at a time, then one. The same FMAs per lane
+    in k order as every other row count here: the same bits."""
+    P = w.shape[0] if w.ndim == 3 else w.shape[1] // 16
+    p = np.int64(0)
+    while p + 4 <= P:
+        _panel_quad1(c, a, w, p, r)
+        p += 4
+    while p < P:
+        _panel_rows1(c, a, w, p, r)
+        p += 1
 
 
 @njit
@@ -858,8 +879,19 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
 
 
 @njit
+def _dense_one_row_panels(z, x, kernel):
+    """Whether z = x @ kernel, one row, runs on the panel kernel (_panels_row):
+    a kernel of whole panels, each row's values contiguous."""
+    return (x.shape[0] == 1 and kernel.shape[1] % 16 == 0 and x.strides[1] == x.itemsize
+            and kernel.strides[1] == kernel.itemsize and z.strides[1] == z.itemsize)
+
+
+@njit
 def _dense_forward_serial(z, x, kernel, bias, act):
-    np.dot(x, kernel, z)
+    if _dense_one_row_panels(z, x, kernel):  # predict at batch 1: 1 us less than OpenBLAS for 784 x 64
+        _panels_row(z, x, kernel, np.int64(0))
+    else:
+        np.dot(x, kernel, z)
     return _dense_epilogue_rows(z, bias, np.int64(0), z.shape[0], act)
 
 

@@ -64,8 +64,19 @@ def _dense_epilogue_rows(z, bias, r0, r1, act):
 
 
 @njit
+def _dense_one_row_panels(z, x, kernel):
+    """Whether z = x @ kernel, one row, runs on the panel kernel (_panels_row):
+    a kernel of whole panels, each row's values contiguous."""
+    return (x.shape[0] == 1 and kernel.shape[1] % 16 == 0 and x.strides[1] == x.itemsize
+            and kernel.strides[1] == kernel.itemsize and z.strides[1] == z.itemsize)
+
+
+@njit
 def _dense_forward_serial(z, x, kernel, bias, act):
-    np.dot(x, kernel, z)
+    if _dense_one_row_panels(z, x, kernel):  # predict at batch 1: 1 us less than OpenBLAS for 784 x 64
+        _panels_row(z, x, kernel, np.int64(0))
+    else:
+        np.dot(x, kernel, z)
     return _dense_epilogue_rows(z, bias, np.int64(0), z.shape[0], act)
 
 
