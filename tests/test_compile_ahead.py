@@ -134,3 +134,47 @@ def test_a_cold_first_step_loads_what_the_helper_compiled_and_gives_the_same_num
     assert warm["left"] is None, warm
     for w, r in zip(weights, ref.get_weights()):
         np.testing.assert_allclose(w, r, rtol=1e-6, atol=1e-7)
+
+
+STEPS = r'''
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from conftest import import_module_from_path
+from genmods import random_data
+forks = []
+fork = os.fork
+os.fork = lambda: forks.append(1) or fork()
+mod = import_module_from_path(sys.argv[2], "ahead_module")
+m = mod.Model(seed=0)
+xs, ys = random_data(m, 32, np.random.default_rng(0))
+if sys.argv[3] == "train":
+    m.train_on_batch(xs, ys)
+else:
+    m.predict(xs)
+print(json.dumps({"forks": len(forks)}))
+'''
+
+
+def test_a_first_step_after_predict_only_runs_gets_a_helper(tmp_path):
+    """A cache that holds an earlier run's entries but not this pass's (a
+    predict-only run, then a first training step) gets a helper for what it
+    lacks; a pass an earlier run finished gets none."""
+    src = tmp_path / "model.py"
+    src.write_text((ROOT / "generated" / "mlp" / "model.py").read_text())
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), GEN_COMPILE_AHEAD="1")
+    cache = tmp_path / "__pycache__"
+
+    def run(what):
+        r = subprocess.run([sys.executable, "-c", STEPS, str(ROOT / "tests"), str(src), what],
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        helper = {p.name for p in cache.rglob("*.nbc") if int(p.name.split(".")[-2]) >= 1000}
+        return json.loads(r.stdout.strip().splitlines()[-1])["forks"], helper
+
+    forks, after_predict = run("predict")
+    assert forks == 1  # a cold cache
+    assert run("predict")[0] == 0  # that pass is cached
+    forks, after_train = run("train")
+    assert forks == 1 and after_train - after_predict, sorted(after_train)  # the helper compiled training kernels
+    assert run("train")[0] == 0

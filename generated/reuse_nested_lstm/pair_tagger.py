@@ -3422,7 +3422,8 @@ def _rt_shape(shape):
 # compiles them into numba's cache from the last to the first, while this
 # process runs the pass and compiles from the first. Where the two meet,
 # this process loads what the helper finished from the cache. The helper
-# ends when the pass does. GEN_COMPILE_AHEAD=0 turns it off.
+# ends when the pass does. A pass that an earlier run finished, on a cache
+# that holds that run's entries, forks none. GEN_COMPILE_AHEAD=0 turns it off.
 # ---------------------------------------------------------------------------
 import signal
 import warnings
@@ -3439,9 +3440,14 @@ def _rt_compile_ahead(kind, batch, step, *args):
     """step(*args), this process's first pass of its kind (batch: a training
     step's _Batch, else None), with the helper compiling ahead of it."""
     _RT_AHEAD.discard(kind)
-    pid = _rt_fork_helper(batch, step, args)
     try:
-        return step(*args)
+        from numba.core.dispatcher import Dispatcher
+        marker = _rt_ahead_marker(f"{step.__name__}-{np.dtype(step.__self__.dtype).name}", Dispatcher)
+    except Exception:  # numba's internals changed
+        Dispatcher, marker = None, None
+    pid = _rt_fork_helper(batch, step, args, Dispatcher, marker) if marker is not None else 0
+    try:
+        out = step(*args)
     finally:
         if pid:  # what it has not compiled yet, this process already has
             try:
@@ -3449,14 +3455,43 @@ def _rt_compile_ahead(kind, batch, step, *args):
                 os.waitpid(pid, 0)
             except OSError:  # reaped already (SIGCHLD ignored)
                 pass
+    if not _rt_marked(marker):  # every kernel of this pass is in the cache now
+        try:
+            with open(marker, "w"):
+                pass
+        except OSError:
+            pass
+    return out
 
 
-def _rt_fork_helper(batch, step, args):
+def _rt_ahead_marker(key, Dispatcher):
+    """A file beside numba's cache of this module (named like its entries:
+    the source file and the import name) whose presence says an earlier
+    run finished a pass of `key` (the pass, the dtype), so the cache holds
+    what it compiled; None without numba's cache."""
+    for kernel in globals().values():
+        if isinstance(kernel, Dispatcher):
+            folder = os.path.dirname(kernel._cache._cache_file._index_path)
+            stem = os.path.splitext(os.path.basename(__file__))[0]
+            return os.path.join(folder, f"{stem}.{__name__}.gen-ahead-{key}")
+    return None
+
+
+def _rt_marked(marker):
+    """Whether marker exists and is newer than this module's source (a
+    module generated again starts with a cold cache: numba's entries carry
+    the source's time stamp)."""
+    try:
+        return os.path.getmtime(marker) >= os.path.getmtime(__file__)
+    except (OSError, TypeError):
+        return False
+
+
+def _rt_fork_helper(batch, step, args, Dispatcher, marker):
     """Fork the helper; its pid, or 0 when there is none."""
     try:
         from numba.core.caching import IndexDataCacheFile
-        from numba.core.dispatcher import Dispatcher
-        if not _rt_cache_cold(Dispatcher):
+        if _rt_marked(marker) and not _rt_cache_cold(Dispatcher):
             return 0
         with warnings.catch_warnings():  # Python 3.12+ warns of fork() with threads running
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -3481,8 +3516,12 @@ def _rt_cache_cold(Dispatcher):
     """Whether numba's cache holds none of this module's kernels from an
     earlier run (an entry for this source written before this module was
     imported): the module's first run, or its first since it was generated
-    again. Otherwise no helper: a fork would cost this process ~0.1 s even
-    then (its pages are copied as it writes them while the helper lives)."""
+    again, or numba's cache was emptied. A pass an earlier run finished
+    (its marker) on a cache that is not cold gets no helper: a fork would
+    cost this process ~0.1 s even then (its pages are copied as it writes
+    them while the helper lives). Without the marker (a first training step
+    after predict-only runs, a first pass in float64) it forks: the helper
+    compiles what the cache lacks."""
     try:
         for kernel in globals().values():
             if isinstance(kernel, Dispatcher):
