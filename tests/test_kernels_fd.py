@@ -1176,13 +1176,15 @@ def test_lstm_block_grads_over_chunks_of_steps(B, Q, wmode, dtype, monkeypatch):
 
 @pytest.mark.parametrize("Q", [1, 2])
 @pytest.mark.parametrize("wmode", [1, 2])
-def test_lstm_blocks_stop_once_the_gradient_vanished(Q, wmode, monkeypatch):
+@pytest.mark.parametrize("mode", [1, 0])
+def test_lstm_blocks_stop_once_the_gradient_vanished(Q, wmode, mode, monkeypatch):
     """Forget gates near 0 and small recurrent weights: the gradient falls
     below the cells' floor within a few steps back from T. The blocks stop
     there (_lstm_vanished), never reading the earlier caches (NaN here), and
     write the earlier dzs as zeros: the same dzs, input and weight gradients
     as the steps schedule, which runs every step; the block's open chunk of
-    weight-gradient sums still added."""
+    weight-gradient sums still added. Without an input gradient (mode 0)
+    nothing reads dzs afterwards: the steps not run stay unwritten."""
     r = rng(64)
     B, T, I, U = 9, 150, 3, 16
     G = 4 * U
@@ -1200,10 +1202,16 @@ def test_lstm_blocks_stop_once_the_gradient_vanished(Q, wmode, monkeypatch):
         dw = stacked(*[a.copy() for a in start])
         dzt = np.full((B, G), np.nan, F32)
         K.lstm_backward(dx, dw, dzs, np.full((B, U), np.nan, F32), np.full((B, U), np.nan, F32), dzt,
-                        R, x, *caches, W, Rk, np.full((G, U), np.nan, F32), TANH, SIGMOID, False, True, 1, wmode)
+                        R, x, *caches, W, Rk, np.full((G, U), np.nan, F32), TANH, SIGMOID, False, True, mode, wmode)
         out[name] = (dzs, dx, dw)
     dzs = out["steps"][0]
     assert (dzs[:, :T - 20] == 0).all() and (dzs[:, T - 1] != 0).any()  # vanished well before step 0
+    if mode == 0:
+        got = out["blocks"][0]
+        assert np.isnan(got[:, :T - 30]).all() and not np.isnan(got[:, T - 1]).any()
+        written = ~np.isnan(got)
+        np.testing.assert_allclose(got[written], dzs[written], rtol=1e-5, atol=1e-5 * np.abs(dzs).max())
+        out = {k: v[2:] for k, v in out.items()}  # dx unwritten by both
     for got, want in zip(out["blocks"], out["steps"]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 

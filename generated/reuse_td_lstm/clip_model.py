@@ -1759,8 +1759,11 @@ def _lstm_add_chunk(total, part, first):
 # block is below the floor (the cells will store it as zero, lstm.py) and
 # its dc_{t-1} is zero, and no dy enters before step 0 (not
 # return_sequences), every earlier dz of those rows is zero, as the cells
-# would compute it. The block then writes those zeros and stops: adding a
-# zero product changes no sum, so the weight gradients keep their bits.
+# would compute it. The block then writes those zeros, if anything reads
+# them, and stops: adding a zero product changes no sum, so the weight
+# gradients keep their bits. A layer without an input gradient whose blocks
+# sum the weight gradients reads no dzs afterwards (U 32 / B 256 / T 400:
+# ~31 MB of zeros not written).
 # Through long sequences gradients vanish this way: at T 400 (the sweep
 # model, U 32, B 256) ~60% of dzs was below the floor, and a training step
 # took 56.7 against 69.5 ms (U 128: B 256 463.7 -> 418.2, B 32 56.3 ->
@@ -1781,7 +1784,7 @@ def _lstm_vanished(b0, b1, dh, dc):
 
 @njit(nogil=True)
 def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                         return_sequences, dwb, xh):
+                         return_sequences, dwb, xh, fill):
     """Backpropagation through time for rows b0:b1 (the blocks schedule):
     the block's cells, then dh_{t-1} = dz_t @ rkernel.T as one packed
     product that reads dz_t where the cells left it. panels (U / 16, G, 16)
@@ -1791,7 +1794,9 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
     are in L1 (see _LSTM_BLOCK_GRADS_MAX_OUTPUT): into dwb[2 q], q the
     block's index among Q, summed like _lstm_grad_range's chunks: dwb[2 q +
     1] each chunk of ~_LSTM_GRAD_CHUNK rows (steps x the block's rows),
-    then added. Stops early once the rows' gradient vanished (above)."""
+    then added. Stops early once the rows' gradient vanished (above), and
+    then writes the earlier steps of dzs as zeros only if fill (something
+    reads them: the product over all rows, an input gradient)."""
     T, n = zs.shape[1], b1 - b0
     grads = dwb.shape[0] > 0
     Q, B = dwb.shape[0] // 2, dzs.shape[0]
@@ -1821,7 +1826,8 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
             if k % chunk == chunk - 1 or last:
                 _lstm_add_chunk(dwb[2 * q], dwb[2 * q + 1], k < chunk)
         if last:
-            dzs[b0:b1, :t] = 0  # the steps not run: dz zero
+            if fill:
+                dzs[b0:b1, :t] = 0  # the steps not run: dz zero
             return
 
 
@@ -1977,11 +1983,13 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
 
 
 def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step, dw, xh, wmode):
+                              act, ract, return_sequences, per_step, dw, xh, wmode, dzs_read=True):
     """The recurrence of lstm_backward: fills dzs, and dw = (wmode 1) or +=
     (wmode 2) xh.T @ dzs (_lstm_weight_grads), inside the blocks up to
     _LSTM_BLOCK_GRADS_MAX_OUTPUT values of dw. rkt (G, U) scratch (the
-    forward pass's), or (0, 0)."""
+    forward pass's), or (0, 0). dzs_read False: nothing reads dzs after
+    this (no input gradient), so where the blocks stop early (the gradient
+    vanished) and sum dw themselves, dzs's earlier steps are not written."""
     B, T, G = zs.shape
     U = dh.shape[1]
     da = np.empty_like(dh)  # scratch: act'(c_t) of a row
@@ -1992,7 +2000,7 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
         in_blocks = dw.size <= _LSTM_BLOCK_GRADS_MAX_OUTPUT
         dwb = np.empty((2 * Q if in_blocks else 0,) + dw.shape, dw.dtype)
         _in_ranges(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                   return_sequences, dwb, xh)
+                   return_sequences, dwb, xh, dzs_read or not in_blocks)
         if in_blocks:  # the blocks' sums added in block order
             if wmode == 1:
                 dw[:] = dwb[0]
@@ -2223,7 +2231,7 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
     rkt      (G, U)       scratch (lstm_forward's): rkernel.T's panels in the blocks schedule
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step, dw, xh, wmode)
+                              act, ract, return_sequences, per_step, dw, xh, wmode, mode != 0)
     _lstm_input_grads(dx, dzs, kernel, mode)
 
 # --------------------------------------------------------------- losses

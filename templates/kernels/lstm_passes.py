@@ -49,11 +49,13 @@ def _lstm_recurrence_forward(y, zs, hp, cp, tc, hc, cc, rec, rkt, rkernel, bias,
 
 
 def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step, dw, xh, wmode):
+                              act, ract, return_sequences, per_step, dw, xh, wmode, dzs_read=True):
     """The recurrence of lstm_backward: fills dzs, and dw = (wmode 1) or +=
     (wmode 2) xh.T @ dzs (_lstm_weight_grads), inside the blocks up to
     _LSTM_BLOCK_GRADS_MAX_OUTPUT values of dw. rkt (G, U) scratch (the
-    forward pass's), or (0, 0)."""
+    forward pass's), or (0, 0). dzs_read False: nothing reads dzs after
+    this (no input gradient), so where the blocks stop early (the gradient
+    vanished) and sum dw themselves, dzs's earlier steps are not written."""
     B, T, G = zs.shape
     U = dh.shape[1]
     da = np.empty_like(dh)  # scratch: act'(c_t) of a row
@@ -64,7 +66,7 @@ def _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
         in_blocks = dw.size <= _LSTM_BLOCK_GRADS_MAX_OUTPUT
         dwb = np.empty((2 * Q if in_blocks else 0,) + dw.shape, dw.dtype)
         _in_ranges(_lstm_block_backward, Q, B, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, ract,
-                   return_sequences, dwb, xh)
+                   return_sequences, dwb, xh, dzs_read or not in_blocks)
         if in_blocks:  # the blocks' sums added in block order
             if wmode == 1:
                 dw[:] = dwb[0]
@@ -295,5 +297,5 @@ def lstm_backward(dx, dw, dzs, dh, dc, dzt, dy, x, zs, xh, cp, tc, kernel, rkern
     rkt      (G, U)       scratch (lstm_forward's): rkernel.T's panels in the blocks schedule
     """
     _lstm_recurrence_backward(dzs, dh, dc, dzt, dy, zs, cp, tc, rkernel, rkt,
-                              act, ract, return_sequences, per_step, dw, xh, wmode)
+                              act, ract, return_sequences, per_step, dw, xh, wmode, mode != 0)
     _lstm_input_grads(dx, dzs, kernel, mode)
