@@ -169,7 +169,7 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         if bad is None and _rt_sum_parts(self._grads, self._pgrads) > 0:
             bad = "gradient"
         self._owned_step = False
-        self._update_unless(bad)
+        self._update_unless(bad, P)
         return logs
 
     def _infer(self, bufs, xs):
@@ -187,14 +187,15 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
             return self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
         return self._train_step(b, xs, ts, kinds)
 
-    def _update_unless(self, bad):
-        """The optimizer step, or FloatingPointError if bad names a non-finite value."""
+    def _update_unless(self, bad, parts=0):
+        """The optimizer step (after a step in `parts` parts), or
+        FloatingPointError if bad names a non-finite value."""
         if bad is not None:
             raise FloatingPointError(
                 f"Non-finite {bad} at step {self.iterations + 1}: training stopped, the update "
                 f"was not applied and the weights are those of the last finite step. Try a "
                 f"lower learning rate or check the data.")
-        self._apply_update()
+        self._apply_update(parts)
 
     def _run(self, xs, ts, kinds, n, bs, order=None, train=False, epoch=None):
         """All batches of one pass; batch-size-weighted means, like Keras."""

@@ -269,6 +269,32 @@ def test_owned_rows_training_steps(parts, monkeypatch):
     assert not owned_calls and not m._owned_step
 
 
+def test_parts_step_updates_on_the_threads(monkeypatch):
+    """After a training step in parts, a model with owned-rows kernels (mlp)
+    updates the halves of its flat buffer on the threads (_parts_spans)
+    when OpenMP's threads spin between regions, and serially when they do
+    not: the same weights either way (the update is element-wise)."""
+    mod = generated("mlp", "model")
+    monkeypatch.setattr(mod, "_rt_parts_threads", lambda: 2)  # parts on any machine
+    xs, ys = random_data(mod.Model, 128, np.random.default_rng(5))
+    runs = {}
+    for threads in (2, 0):
+        monkeypatch.setattr(mod, "_rt_owned_threads", lambda: threads)
+        m = mod.Model(seed=1)
+        seen, owned = [], m._opt_owned
+        m._opt_owned = lambda *a: seen.append(a[-2].copy()) or owned(*a)
+        for _ in range(3):
+            m.train_on_batch(xs, ys)
+        assert m._pgrads is not None and not m._owned_step  # the steps ran in parts
+        runs[threads] = (m.get_weights(), seen)
+    n = m._params.size
+    assert len(runs[2][1]) == 3 and not runs[0][1]
+    for spans in runs[2][1]:
+        np.testing.assert_array_equal(spans, [[0, n // 2, 0], [n // 2, n, 1]])
+    for a, b in zip(runs[2][0], runs[0][0]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_owned_rows_non_finite_gradient_stops_the_step(monkeypatch):
     """A NaN/Inf in an owned part of a kernel's gradient (counted where that
     part's thread computed it, not by the runtime's own check) stops the

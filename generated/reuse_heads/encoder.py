@@ -1661,6 +1661,7 @@ class _RuntimeState:
         able = self._owned_kernels and not self._sparse
         self._owned_parts = None if able else 0
         self._opt_owned = _OPTIMIZER_OWNED_KERNELS[name] if able else None
+        self._spans_by_parts = {}  # P: the spans of a parts step's update (_parts_spans)
 
     def _owned_setup(self):
         """_owned_parts threads (0: none), and the spans of the flat buffer
@@ -1683,6 +1684,15 @@ class _RuntimeState:
         if at < self._params.size:
             self._owned_free.append((at, self._params.size))
         self._owned_spans = np.array(spans + [(lo, hi, 0) for lo, hi in self._owned_free], np.int64)
+
+    def _parts_spans(self, P):
+        """(lo, hi, part) spans of P equal parts of the flat buffer, made once."""
+        spans = self._spans_by_parts.get(P)
+        if spans is None:
+            n = self._params.size
+            spans = np.array([(p * n // P, (p + 1) * n // P, p) for p in range(P)], np.int64)
+            self._spans_by_parts[P] = spans
+        return spans
 
     def _parts_for(self, n):
         """Threads to run a pass over n rows in, as parts (gen/parts.py), or 0."""
@@ -1809,12 +1819,19 @@ class _RuntimeState:
         return any(_rt_count_nonfinite(gr.reshape(-1)) > 0 if gathered else _rt_rows_nonfinite(gr, rows)
                    for rows, gr, gathered in self._rowgrads)
 
-    def _apply_update(self):
-        """One optimizer step: dense segments, then the rows each table used."""
+    def _apply_update(self, parts=0):
+        """One optimizer step: dense segments, then the rows each table used.
+        After a step in parts, a model with owned-rows kernels updates the
+        halves (P parts) of its flat buffer on the threads, whose OpenMP
+        threads spin between regions then (mlp at batch 256: 344k -> 360k
+        samples/s in fit, the same weights: the update is element-wise)."""
         t = (self.iterations + 1,) if self._opt_takes_t else ()
         if self._owned_step:
             self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
                             self._owned_spans, self._owned_parts)
+        elif parts > 1 and self._opt_owned is not None and _rt_owned_threads():
+            self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
+                            self._parts_spans(parts), parts)
         elif not self._sparse:
             self._opt_kernel(self._params, self._grads, *self._opt_state, *self._opt_args, *t)
         else:
@@ -2507,7 +2524,7 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         if bad is None and _rt_sum_parts(self._grads, self._pgrads) > 0:
             bad = "gradient"
         self._owned_step = False
-        self._update_unless(bad)
+        self._update_unless(bad, P)
         return logs
 
     def _infer(self, bufs, xs):
@@ -2525,14 +2542,15 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
             return self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
         return self._train_step(b, xs, ts, kinds)
 
-    def _update_unless(self, bad):
-        """The optimizer step, or FloatingPointError if bad names a non-finite value."""
+    def _update_unless(self, bad, parts=0):
+        """The optimizer step (after a step in `parts` parts), or
+        FloatingPointError if bad names a non-finite value."""
         if bad is not None:
             raise FloatingPointError(
                 f"Non-finite {bad} at step {self.iterations + 1}: training stopped, the update "
                 f"was not applied and the weights are those of the last finite step. Try a "
                 f"lower learning rate or check the data.")
-        self._apply_update()
+        self._apply_update(parts)
 
     def _run(self, xs, ts, kinds, n, bs, order=None, train=False, epoch=None):
         """All batches of one pass; batch-size-weighted means, like Keras."""
