@@ -178,3 +178,26 @@ def test_a_first_step_after_predict_only_runs_gets_a_helper(tmp_path):
     forks, after_train = run("train")
     assert forks == 1 and after_train - after_predict, sorted(after_train)  # the helper compiled training kernels
     assert run("train")[0] == 0
+
+
+def test_without_numba_cache_a_first_step_forks_nothing_and_runs(monkeypatch):
+    """A module numba does not cache (imported under no name in
+    sys.modules) has no marker: no helper, no marker written, and its first
+    training step and predict run as without the helper."""
+    M = generated("mlp", "model")
+    monkeypatch.setattr(M, "_rt_ahead_marker", lambda key, Dispatcher: None)
+    monkeypatch.setattr(M, "_RT_AHEAD", {"train", "infer"})
+
+    def fork():
+        raise AssertionError("forked without a cache")
+
+    monkeypatch.setattr(M.os, "fork", fork)
+    xs, ys = random_data(M.Model, 32, np.random.default_rng(0))
+    m, ref = M.Model(seed=0), M.Model(seed=0)
+    m.train_on_batch(xs, ys)
+    m.predict(xs)
+    assert not M._RT_AHEAD  # both first passes went through _rt_compile_ahead
+    monkeypatch.setattr(M, "_RT_AHEAD", set())
+    ref.train_on_batch(xs, ys)
+    for a, b in zip(m.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(a, b)

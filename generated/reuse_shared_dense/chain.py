@@ -2003,7 +2003,7 @@ def _rt_compile_ahead(kind, batch, step, *args):
                 os.waitpid(pid, 0)
             except OSError:  # reaped already (SIGCHLD ignored)
                 pass
-    if not _rt_marked(marker):  # every kernel of this pass is in the cache now
+    if marker is not None and not _rt_marked(marker):  # every kernel of this pass is in the cache now
         try:
             with open(marker, "w"):
                 pass
