@@ -40,3 +40,91 @@ def random_data(M, n: int, rng, dtype=np.float32):
         else:
             ys.append(rng.normal(size=(n, *shape)).astype(dtype))
     return xs, ys
+
+
+def _code_names(code) -> set[str]:
+    """The global names a function's code (and the code nested in it) reads."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            names |= _code_names(c)
+    return names
+
+
+def _syntax(f) -> str:
+    """A function's syntax tree, without its comments and line numbers."""
+    import ast
+    import inspect
+    import textwrap
+
+    return ast.dump(ast.parse(textwrap.dedent(inspect.getsource(f))))
+
+
+def _same_value(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and np.array_equal(a, b))
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - a value that cannot say: not the same
+        return False
+
+
+def share_kernels(mod, base) -> set[str]:
+    """Point ``mod``'s numba kernels at ``base``'s compiled ones where both
+    are the same code: the same source, reading equal module constants and
+    kernels that are shared too. Returns the names shared.
+
+    An optimizer variant of an example (test_keras_conformance.py) is the
+    example's module with another optimizer table: its kernels are the
+    committed module's but for comments that name the variant's file, and
+    compiling them once more per variant cost CI ~15 s a variant. What the variant changes (its
+    optimizer's kernels, its Python code) still runs from ``mod``."""
+    from numba.core.dispatcher import Dispatcher
+    from numba.core.extending import _Intrinsic
+
+    def code(v):  # a kernel's or intrinsic's Python function, else None
+        return v.py_func if isinstance(v, Dispatcher) else v._defn if isinstance(v, _Intrinsic) else None
+
+    mine, theirs = vars(mod), vars(base)
+    able = {}
+    for name, k in mine.items():
+        a, b = code(k), code(theirs.get(name))
+        if a is not None and b is not None and _syntax(a) == _syntax(b):
+            if _same_value(a.__defaults__, b.__defaults__):
+                able[name] = _code_names(a.__code__)
+    changed = True
+    while changed:  # drop kernels that read a constant that differs or a kernel not shared
+        changed = False
+        for name, reads in list(able.items()):
+            for g in reads:
+                if g not in mine and g not in theirs:
+                    continue  # a builtin
+                a, b = mine.get(g), theirs.get(g)
+                if code(a) is not None or code(b) is not None:
+                    ok = g in able
+                else:
+                    ok = _same_value(a, b)
+                if not ok:
+                    del able[name]
+                    changed = True
+                    break
+
+    to = {id(mine[name]): theirs[name] for name in able}
+
+    def swap(v):
+        if code(v) is not None:
+            return to.get(id(v), v)
+        if isinstance(v, tuple):
+            return tuple(swap(x) for x in v)
+        if isinstance(v, dict):  # in place: code may hold the dict itself
+            for k, x in v.items():
+                v[k] = swap(x)
+        return v
+
+    for g, v in list(mine.items()):
+        if (code(v) is not None or isinstance(v, (tuple, dict))) and not g.startswith("__"):
+            mine[g] = swap(v)
+    return set(able)

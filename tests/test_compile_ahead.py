@@ -6,10 +6,10 @@ helper that records the kernels the pass calls (none runs) and compiles
 them from the last one into numba's cache, while the process compiles from
 the first and loads what the helper finished. These tests check that it
 changes nothing but the time: the recorder sees a whole step or forward
-pass and only what it compiles; a cold first step gives the numbers a step
-without the helper gives, loads kernels the helper compiled, prints
-nothing twice and leaves no process behind; and a later process loads the
-whole step from that cache. The rest of the suite runs without the helper
+pass and only what it compiles; a first step after a predict-only run on a
+cold cache gives the numbers a step without the helper gives, loads
+kernels the helper compiled, prints nothing twice and leaves no process
+behind; and a later process loads the whole step from that cache. The rest of the suite runs without the helper
 (conftest.py)."""
 from __future__ import annotations
 
@@ -76,34 +76,43 @@ import numpy as np
 from numba.core.dispatcher import Dispatcher
 from conftest import import_module_from_path
 from genmods import random_data
+forks = []
+fork = os.fork
+os.fork = lambda: forks.append(1) or fork()
 mod = import_module_from_path(sys.argv[2], "ahead_module")
 m = mod.Model(seed=0)
 xs, ys = random_data(m, 64, np.random.default_rng(0))
-print("before the first step")  # a helper that flushed this process's buffers would print it twice
-m.fit(xs, ys, epochs=1, batch_size=32, shuffle=False, verbose=1)
+done = {}
+if sys.argv[4] == "fit":
+    print("before the first step")  # a helper that flushed this process's buffers would print it twice
+    m.fit(xs, ys, epochs=1, batch_size=32, shuffle=False, verbose=1)
+    done["fit"] = len(forks)
 m.predict([x[:1] for x in xs])  # a first inference pass: its helper too is ended and reaped
+done["predict"] = len(forks) - done.get("fit", 0)
 np.savez(sys.argv[3], *m.get_weights())
 try:
     left = os.waitpid(-1, os.WNOHANG)
 except ChildProcessError:
     left = None
 kernels = [v for v in vars(mod).values() if isinstance(v, Dispatcher)]
-print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
-                  "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels),
-                  "left": left}))
+print(json.dumps({"forks": done, "left": left,
+                  "hit": sorted(k.py_func.__name__ for k in kernels if sum(k.stats.cache_hits.values())),
+                  "ran": sorted(k.py_func.__name__ for k in kernels if k.signatures),
+                  "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels)}))
 '''
 
 
-def _first_steps(tmp_path, tag):
-    """CHILD's run of mlp.py with the helper on: (its report, weights, stdout).
-    numba caches the module's kernels beside it (prelude: keyed by its
-    import name), in tmp_path / "__pycache__"."""
+def _run(tmp_path, what, tag):
+    '''CHILD's run of mlp.py with the helper on, ``what`` "fit" (then a
+    predict) or "predict": (its report, weights, stdout). numba caches the
+    module's kernels beside it (prelude: keyed by its import name), in
+    tmp_path / "__pycache__".'''
     src = tmp_path / "model.py"
     if not src.exists():
         src.write_text((ROOT / "generated" / "mlp" / "model.py").read_text())
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), GEN_COMPILE_AHEAD="1")
     out = tmp_path / f"{tag}.npz"
-    r = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "tests"), str(src), str(out)],
+    r = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "tests"), str(src), str(out), what],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     with np.load(out) as f:
@@ -111,73 +120,45 @@ def _first_steps(tmp_path, tag):
     return json.loads(r.stdout.strip().splitlines()[-1]), weights, r.stdout
 
 
-def test_a_cold_first_step_loads_what_the_helper_compiled_and_gives_the_same_numbers(tmp_path):
+def test_first_passes_load_what_the_helper_compiled_and_give_the_same_numbers(tmp_path):
+    '''Three processes on one cache: a predict-only run on a cold cache
+    forks a helper. A first training step on that cache, which holds an
+    earlier run's entries but not this pass's, forks one for what it lacks
+    and loads training kernels the helper compiled; its predict, a pass an
+    earlier run finished, forks none. Then a warm process forks nothing and
+    loads the whole step. The weights are those of a run without the
+    helper; nothing prints twice; no process is left.'''
     M = generated("mlp", "model")
     xs, ys = random_data(M.Model, 64, np.random.default_rng(0))
     ref = M.Model(seed=0)
     ref.fit(xs, ys, epochs=1, batch_size=32, shuffle=False, verbose=0)
     cache = tmp_path / "__pycache__"
 
-    cold, weights, stdout = _first_steps(tmp_path, "cold")
-    assert cold["hits"] > 0, cold  # the process loaded kernels the helper compiled
-    helper_files = [p.name for p in cache.rglob("*.nbc") if int(p.name.split(".")[-2]) >= 1000]
-    assert helper_files, sorted(p.name for p in cache.rglob("*"))  # the helper's own data names
-    assert cold["left"] is None, cold  # the helper was ended and reaped
+    def helper_files():  # data files the helper's own names mark (>= 1000)
+        return {p.name for p in cache.rglob("*.nbc") if int(p.name.split(".")[-2]) >= 1000}
+
+    first, _, _ = _run(tmp_path, "predict", "predict")
+    assert first["forks"] == {"predict": 1} and first["left"] is None, first  # a cold cache
+    after_predict = helper_files()
+
+    cold, weights, stdout = _run(tmp_path, "fit", "cold")
+    assert cold["forks"] == {"fit": 1, "predict": 0}, cold
+    assert helper_files() - after_predict, sorted(helper_files())  # the helper compiled training kernels
+    loaded = set(cold["hit"]) - set(first["ran"])
+    assert loaded, cold  # and this process loaded some of them
+    assert cold["left"] is None, cold  # the helpers were ended and reaped
     assert stdout.count("before the first step") == 1 and stdout.count("Epoch 1/1") == 1, stdout
     for w, r in zip(weights, ref.get_weights()):
         np.testing.assert_allclose(w, r, rtol=1e-6, atol=1e-7)
 
     files = sorted((p.name, p.stat().st_size) for p in cache.rglob("*"))
-    warm, weights, _ = _first_steps(tmp_path, "warm")
-    assert warm["misses"] == 0 and warm["hits"] > 0, warm  # the cache the two wrote serves the whole step
+    warm, weights, _ = _run(tmp_path, "fit", "warm")
+    assert warm["forks"] == {"fit": 0, "predict": 0}, warm
+    assert warm["misses"] == 0 and warm["hit"], warm  # the cache the processes wrote serves the whole step
     assert sorted((p.name, p.stat().st_size) for p in cache.rglob("*")) == files  # a warm helper compiles nothing
     assert warm["left"] is None, warm
     for w, r in zip(weights, ref.get_weights()):
         np.testing.assert_allclose(w, r, rtol=1e-6, atol=1e-7)
-
-
-STEPS = r'''
-import json, os, sys
-sys.path.insert(0, sys.argv[1])
-import numpy as np
-from conftest import import_module_from_path
-from genmods import random_data
-forks = []
-fork = os.fork
-os.fork = lambda: forks.append(1) or fork()
-mod = import_module_from_path(sys.argv[2], "ahead_module")
-m = mod.Model(seed=0)
-xs, ys = random_data(m, 32, np.random.default_rng(0))
-if sys.argv[3] == "train":
-    m.train_on_batch(xs, ys)
-else:
-    m.predict(xs)
-print(json.dumps({"forks": len(forks)}))
-'''
-
-
-def test_a_first_step_after_predict_only_runs_gets_a_helper(tmp_path):
-    """A cache that holds an earlier run's entries but not this pass's (a
-    predict-only run, then a first training step) gets a helper for what it
-    lacks; a pass an earlier run finished gets none."""
-    src = tmp_path / "model.py"
-    src.write_text((ROOT / "generated" / "mlp" / "model.py").read_text())
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), GEN_COMPILE_AHEAD="1")
-    cache = tmp_path / "__pycache__"
-
-    def run(what):
-        r = subprocess.run([sys.executable, "-c", STEPS, str(ROOT / "tests"), str(src), what],
-                           env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        helper = {p.name for p in cache.rglob("*.nbc") if int(p.name.split(".")[-2]) >= 1000}
-        return json.loads(r.stdout.strip().splitlines()[-1])["forks"], helper
-
-    forks, after_predict = run("predict")
-    assert forks == 1  # a cold cache
-    assert run("predict")[0] == 0  # that pass is cached
-    forks, after_train = run("train")
-    assert forks == 1 and after_train - after_predict, sorted(after_train)  # the helper compiled training kernels
-    assert run("train")[0] == 0
 
 
 def test_without_numba_cache_a_first_step_forks_nothing_and_runs(monkeypatch):

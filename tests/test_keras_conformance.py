@@ -24,6 +24,7 @@ import pytest
 from conftest import CONFORMANCE_ERRORS, EXAMPLE_FILES, EXAMPLES, ROOT
 import keras
 import keras_oracle as ko
+from genmods import generated, share_kernels
 
 BATCH = 8
 STEPS = 3
@@ -117,11 +118,13 @@ def _discover():
 
 MODELS = _discover()
 MODEL_IDS = [f"{stem}-{name}" for stem, name, _ in MODELS]
-# The optimizer sweep runs on every example (each variant is a new module for
-# numba to compile, 5-25 s) except twitter_named.py, which is twitter.py's
-# graph with the dict forms of compile(). The examples as written add further
-# optimizer settings (nesterov SGD, centered RMSprop with momentum, Adam with
-# a learning rate, 'sgd').
+# The optimizer sweep runs on every example except twitter_named.py, which is
+# twitter.py's graph with the dict forms of compile(). A variant's module
+# runs the example's compiled kernels where they are the same code
+# (genmods.share_kernels); compiling them anew cost ~15 s a variant, most
+# of CI's time. The examples as written add further optimizer settings
+# (nesterov SGD, centered RMSprop with momentum, Adam with a learning rate,
+# 'sgd').
 SWEEP_FILES = {stem for stem, _, _ in MODELS} - {"twitter_named"}
 TRAIN_CASES = [(stem, name, variant) for stem, name, compiled in MODELS if compiled
                for variant in OPTIMIZER_VARIANTS
@@ -396,6 +399,55 @@ def test_with_optimizer_variants():
     assert with_optimizer("x = 1\n", "'sgd'") is None
 
 
+SHARE_BASE = """\
+import numba
+import numpy as np
+K, T = 2, np.arange(3)
+@numba.njit
+def same(x):
+    return x + 1
+@numba.njit
+def calls_same(x):
+    return same(x) * 2
+@numba.njit
+def reads_k(x):
+    return x * K
+@numba.njit
+def reads_t(x):
+    return T[x]
+@numba.njit
+def edited(x):
+    return x - 1
+@numba.njit
+def calls_edited(x):
+    return edited(x)
+@numba.njit
+def with_default(x, k=K):
+    return x + k
+TABLE = {"a": same, "b": (edited, calls_same)}
+"""
+
+
+def test_share_kernels_shares_only_the_same_code(tmp_path):
+    """A variant's kernel runs the base module's compiled copy only if its
+    syntax (comments aside), the constants it reads and the kernels it calls
+    are the same; kernels in the module's tables are swapped too."""
+    from conftest import import_module_from_path
+
+    (tmp_path / "base.py").write_text(SHARE_BASE)
+    (tmp_path / "variant.py").write_text(
+        SHARE_BASE.replace("    return x + 1", "    return x + 1  # another comment")
+        .replace("K, T = 2,", "K, T = 3,").replace("x - 1", "x - 2"))
+    base = import_module_from_path(tmp_path / "base.py")
+    mod = import_module_from_path(tmp_path / "variant.py")
+    own = {k: getattr(mod, k) for k in ("reads_k", "edited", "calls_edited", "with_default")}
+    assert share_kernels(mod, base) == {"same", "calls_same", "reads_t"}
+    assert mod.same is base.same and mod.calls_same is base.calls_same and mod.reads_t is base.reads_t
+    assert all(getattr(mod, k) is v for k, v in own.items())
+    assert mod.TABLE == {"a": base.same, "b": (own["edited"], base.calls_same)}
+    assert (mod.reads_k(1), mod.calls_edited(1), mod.calls_same(1), mod.with_default(1)) == (3, -1, 4, 4)
+
+
 # ---------------------------------------------------------------------------
 # generated code vs Keras
 
@@ -464,6 +516,8 @@ def test_conformance_training(stem, name, variant, gen_modules, variant_dir, mon
     figures depended on which tests shared its worker."""
     path = model_file(stem, variant, variant_dir)
     mod, kmodel = load_pair(gen_modules, path, name)
+    if path.parent == variant_dir:  # only the optimizer differs: the example's kernels serve
+        assert share_kernels(mod, generated(stem, name)), "the variant shares no kernel"
     m = mod.Model(seed=0)
     kmodel.set_weights(m.get_weights())
     x, y = _batch(kmodel)

@@ -586,65 +586,6 @@ def test_predict_checks_each_input_through_a_shared_layer(monkeypatch):
             m.predict(bad, batch_size=n)
 
 
-COLD = textwrap.dedent("""
-    import importlib.util
-    import sys
-    import numba
-    import numpy as np
-    from numba.core import types
-    sys.path.insert(0, sys.argv[1])
-    from genmods import random_data
-    for k, path in enumerate(sys.argv[2:]):
-        spec = importlib.util.spec_from_file_location(f"cold_{k}", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        m, rng = mod.Model(seed=0), np.random.default_rng(0)
-        for n in (3, 300):  # serial and parallel kernels
-            xs, ys = random_data(mod.Model, n, rng)
-            m.fit(xs, ys, batch_size=n, epochs=1, verbose=0)
-            m.predict(xs, batch_size=n)
-        m.predict([a[:1] for a in xs])
-        kernels = {name: v for name, v in vars(mod).items() if isinstance(v, numba.core.dispatcher.Dispatcher)}
-        twice = {name: [str(sig) for sig in v.signatures] for name, v in kernels.items()
-                 if len({tuple(types.unliteral(a) for a in sig) for sig in v.signatures}) < len(v.signatures)}
-        print(sum(len(v.signatures) for v in kernels.values()), twice)
-""")
-
-PER_STEP_LSTM = """from keras.layers import Input, LSTM, Dense
-from keras.models import Model
-inputs = Input(shape=(5, 8))
-x = LSTM(256)(inputs)
-out = Dense(1, activation='sigmoid')(x)
-model = Model(inputs, outputs=out)
-model.compile(optimizer='rmsprop', loss='binary_crossentropy')
-"""
-
-
-def test_no_kernel_compiles_a_copy_for_a_literal_argument(tmp_path):
-    """numba compiles a jitted callee once more for every literal argument a
-    caller passes it (Literal[int](0), Literal[bool](True)), next to its copy
-    for a plain int or bool, and a literal passed on goes down the calls
-    (twitter's cold start 13.7 -> 11.2 s without some of them). Compiled
-    from scratch in a new process (the in-tree cache of a fresh copy),
-    twitter, mlp and a 256-unit LSTM (the per-step schedules) train and
-    predict, and no kernel holds two signatures equal once literals are
-    dropped."""
-    (tmp_path / "wide.py").write_text(PER_STEP_LSTM)
-    r = subprocess.run([sys.executable, "-m", "gen", str(tmp_path / "wide.py"), "-o", str(tmp_path / "wide")],
-                       cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    paths = [shutil.copy(GENERATED / e / "model.py", tmp_path / f"{e}.py") for e in ("twitter", "mlp")]
-    r = subprocess.run([sys.executable, "-c", COLD, str(Path(__file__).parent), *map(str, paths),
-                        str(tmp_path / "wide" / "model.py")], cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().split("\n")
-    assert len(lines) == 3
-    for line in lines:
-        count, twice = line.split(" ", 1)
-        assert int(count) > 10 and twice == "{}", line  # > 10: the callees compiled here, not loaded
-
-
 def test_benchmark_reports_every_kernel_and_restores_the_module():
     """Model.benchmark() times each kernel entry point, numba kernels and the
     Python ones that pick serial or parallel kernels (the fused LSTM, the
