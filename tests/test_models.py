@@ -387,39 +387,6 @@ WARM = textwrap.dedent("""
 """)
 
 
-STAGES = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, sys.argv[1])
-    sys.path.insert(0, sys.argv[2])
-    import numpy as np
-    import model
-    from genmods import random_data
-    m = model.Model(seed=0)
-    rng = np.random.default_rng(0)
-    for n in (3, 300):  # serial and parallel kernels
-        xs, ys = random_data(model.Model, n, rng)
-        m.predict(xs, batch_size=n) if sys.argv[3] == "predict" else m.train_on_batch(xs, ys)
-    print("ok")
-""")
-
-
-@pytest.mark.parametrize("example", ["twitter", "mlp"])
-def test_processes_that_each_compile_part_of_the_kernels(example, tmp_path):
-    """A fresh cache filled in stages: predict in one process, training in a
-    second (it loads what the first compiled and compiles the rest), training
-    again in a third, which loads everything. A jitted kernel compiled while a
-    parallel kernel it calls came from the cache was cached broken, and the
-    third process crashed (twitter: a segmentation fault in the embedded
-    LSTM's projection, fixed by calling the parallel row copy from Python only;
-    the copy now runs on Python threads)."""
-    shutil.copy(GENERATED / example / "model.py", tmp_path / "model.py")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for stage in ("predict", "train", "train", "predict"):
-        r = subprocess.run([sys.executable, "-c", STAGES, str(tmp_path), str(Path(__file__).parent), stage],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0 and r.stdout.strip() == "ok", (stage, r.returncode, r.stderr[-2000:])
-
-
 def test_warm_process_loads_lstm_embedding_parallel_kernels_without_compiler_setup(tmp_path):
     """twitter (Embedding, LSTM, the parallel kernels, the sparse update) in
     a second process: loaded without numba's compiler set-up, the same bits.
