@@ -334,7 +334,7 @@ _ACTIVATION_BLOCK = 16  # rows per parallel task
 # np.bool_(...): numba compiles a callee once more for each literal value a
 # caller passes (Literal[int](0), next to its int64 copy for the parallel
 # kernels' blocks), and a literal passed on goes down the calls (tested in
-# a cold process: test_no_kernel_compiles_a_copy_for_a_literal_argument).
+# a cold process: tests/test_compile.py).
 # float32 sigmoid and softmax take exp from _activation_exp32: plain
 # arithmetic that vectorizes, where libm's exp is a call per value (softmax
 # over 1024 x 10: 31 -> 12 us). float64 keeps libm's exp.
