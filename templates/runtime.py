@@ -166,7 +166,7 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)
         logs = self._metrics(b, outs, b.tb, kinds)
         bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
-        if bad is None and _rt_sum_parts(self._grads, self._pgrads) > 0:
+        if bad is None and self._sum_parts(P) > 0:
             bad = "gradient"
         self._owned_step = False
         self._update_unless(bad, P)

@@ -242,6 +242,20 @@ class _RuntimeState:
         return any(_rt_count_nonfinite(gr.reshape(-1)) > 0 if gathered else _rt_rows_nonfinite(gr, rows)
                    for rows, gr, gathered in self._rowgrads)
 
+    def _parts_on_threads(self, parts):
+        """Whether the gradients of a step in `parts` parts are summed and
+        applied on the threads, half a thread: with the optimizer's owned
+        kernel, when OpenMP's threads spin between regions."""
+        return parts > 1 and self._opt_owned is not None and _rt_owned_threads()
+
+    def _sum_parts(self, parts):
+        """_grads = the sum of the parts' gradients (_pgrads); returns how
+        many are NaN/Inf. On the threads, each where the update of those
+        values runs next (_parts_on_threads)."""
+        if self._parts_on_threads(parts):
+            return _rt_sum_parts_owned(self._grads, self._pgrads, self._parts_spans(parts), parts)
+        return _rt_sum_parts(self._grads, self._pgrads)
+
     def _apply_update(self, parts=0):
         """One optimizer step: dense segments, then the rows each table used.
         After a step in parts, a model with owned-rows kernels updates the
@@ -252,7 +266,7 @@ class _RuntimeState:
         if self._owned_step:
             self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
                             self._owned_spans, self._owned_parts)
-        elif parts > 1 and self._opt_owned is not None and _rt_owned_threads():
+        elif self._parts_on_threads(parts):
             self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
                             self._parts_spans(parts), parts)
         elif not self._sparse:

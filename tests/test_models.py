@@ -278,21 +278,39 @@ def test_parts_step_updates_on_the_threads(monkeypatch):
     monkeypatch.setattr(mod, "_rt_parts_threads", lambda: 2)  # parts on any machine
     xs, ys = random_data(mod.Model, 128, np.random.default_rng(5))
     runs = {}
+    summed = mod._rt_sum_parts_owned
     for threads in (2, 0):
         monkeypatch.setattr(mod, "_rt_owned_threads", lambda: threads)
         m = mod.Model(seed=1)
-        seen, owned = [], m._opt_owned
+        seen, owned, sums = [], m._opt_owned, []
         m._opt_owned = lambda *a: seen.append(a[-2].copy()) or owned(*a)
+        monkeypatch.setattr(mod, "_rt_sum_parts_owned", lambda *a: sums.append(a[-2].copy()) or summed(*a))
         for _ in range(3):
             m.train_on_batch(xs, ys)
         assert m._pgrads is not None and not m._owned_step  # the steps ran in parts
-        runs[threads] = (m.get_weights(), seen)
+        runs[threads] = (m.get_weights(), seen, sums)
     n = m._params.size
-    assert len(runs[2][1]) == 3 and not runs[0][1]
-    for spans in runs[2][1]:
+    assert len(runs[2][1]) == len(runs[2][2]) == 3 and not runs[0][1] and not runs[0][2]
+    for spans in runs[2][1] + runs[2][2]:  # the gradients summed where they are applied
         np.testing.assert_array_equal(spans, [[0, n // 2, 0], [n // 2, n, 1]])
     for a, b in zip(runs[2][0], runs[0][0]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_parts_gradients_summed_on_the_threads_are_the_serial_sums():
+    """_rt_sum_parts_owned: each thread sums its spans of the parts'
+    gradients; the bits and the NaN/Inf count of _rt_sum_parts."""
+    mod = generated("mlp", "model")
+    rng = np.random.default_rng(6)
+    G = rng.standard_normal((3, 1000)).astype(np.float32)
+    G[1, 17], G[2, 600], G[0, 999] = np.nan, np.inf, -np.inf
+    want = np.empty(1000, np.float32)
+    assert mod._rt_sum_parts(want, G) == 3
+    spans = np.array([[0, 100, 1], [100, 640, 0], [640, 1000, 1]], np.int64)
+    got = np.full(1000, 7.0, np.float32)
+    assert mod._rt_sum_parts_owned(got, G, spans, 2) == 3
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(want[:17], G[0, :17] + G[1, :17] + G[2, :17])  # row order
 
 
 def test_owned_rows_non_finite_gradient_stops_the_step(monkeypatch):
