@@ -159,8 +159,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         """_train_step on the rows idx of xs and ts, its passes in P parts at
         once (gen/parts.py): each part gathers its rows into b.xb and b.tb
         and writes its gradients to its row of _pgrads, summed here."""
-        if "train" in _RT_AHEAD:
-            return _rt_compile_ahead("train", b, self._train_step_parts, b, xs, ts, idx, kinds, P)
+        if "train-parts" in _RT_AHEAD:
+            return _rt_compile_ahead("train-parts", b, self._train_step_parts, b, xs, ts, idx, kinds, P)
         if self._pgrads is None or self._pgrads.shape[0] != P:
             self._pgrads = _rt_zeros((P, self._params.size), self.dtype)  # written every step where nonzero
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)

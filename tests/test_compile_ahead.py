@@ -87,15 +87,18 @@ if sys.argv[4] == "fit":
     print("before the first step")  # a helper that flushed this process's buffers would print it twice
     m.fit(xs, ys, epochs=1, batch_size=32, shuffle=False, verbose=1)
     done["fit"] = len(forks)
+    xp, yp = random_data(m, 256, np.random.default_rng(1))
+    m.train_on_batch(xp, yp)  # in parts where there are two threads: a first pass of its own
+    done["parts"] = len(forks) - done["fit"]
 m.predict([x[:1] for x in xs])  # a first inference pass: its helper too is ended and reaped
-done["predict"] = len(forks) - done.get("fit", 0)
+done["predict"] = len(forks) - sum(done.values())
 np.savez(sys.argv[3], *m.get_weights())
 try:
     left = os.waitpid(-1, os.WNOHANG)
 except ChildProcessError:
     left = None
 kernels = [v for v in vars(mod).values() if isinstance(v, Dispatcher)]
-print(json.dumps({"forks": done, "left": left,
+print(json.dumps({"forks": done, "left": left, "parts": m._parts_for(256),
                   "hit": sorted(k.py_func.__name__ for k in kernels if sum(k.stats.cache_hits.values())),
                   "ran": sorted(k.py_func.__name__ for k in kernels if k.signatures),
                   "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels)}))
@@ -124,14 +127,16 @@ def test_first_passes_load_what_the_helper_compiled_and_give_the_same_numbers(tm
     '''Three processes on one cache: a predict-only run on a cold cache
     forks a helper. A first training step on that cache, which holds an
     earlier run's entries but not this pass's, forks one for what it lacks
-    and loads training kernels the helper compiled; its predict, a pass an
-    earlier run finished, forks none. Then a warm process forks nothing and
+    and loads training kernels the helper compiled; a first step in parts
+    after it forks one too; its predict, a pass an earlier run finished,
+    forks none. Then a warm process forks nothing and
     loads the whole step. The weights are those of a run without the
     helper; nothing prints twice; no process is left.'''
     M = generated("mlp", "model")
     xs, ys = random_data(M.Model, 64, np.random.default_rng(0))
     ref = M.Model(seed=0)
     ref.fit(xs, ys, epochs=1, batch_size=32, shuffle=False, verbose=0)
+    ref.train_on_batch(*random_data(M.Model, 256, np.random.default_rng(1)))
     cache = tmp_path / "__pycache__"
 
     def helper_files():  # data files the helper's own names mark (>= 1000)
@@ -142,7 +147,8 @@ def test_first_passes_load_what_the_helper_compiled_and_give_the_same_numbers(tm
     after_predict = helper_files()
 
     cold, weights, stdout = _run(tmp_path, "fit", "cold")
-    assert cold["forks"] == {"fit": 1, "predict": 0}, cold
+    # a first step in parts after a plain one gets a helper of its own
+    assert cold["forks"] == {"fit": 1, "parts": 1 if cold["parts"] else 0, "predict": 0}, cold
     assert helper_files() - after_predict, sorted(helper_files())  # the helper compiled training kernels
     loaded = set(cold["hit"]) - set(first["ran"])
     assert loaded, cold  # and this process loaded some of them
@@ -153,7 +159,7 @@ def test_first_passes_load_what_the_helper_compiled_and_give_the_same_numbers(tm
 
     files = sorted((p.name, p.stat().st_size) for p in cache.rglob("*"))
     warm, weights, _ = _run(tmp_path, "fit", "warm")
-    assert warm["forks"] == {"fit": 0, "predict": 0}, warm
+    assert warm["forks"] == {"fit": 0, "parts": 0, "predict": 0}, warm
     assert warm["misses"] == 0 and warm["hit"], warm  # the cache the processes wrote serves the whole step
     assert sorted((p.name, p.stat().st_size) for p in cache.rglob("*")) == files  # a warm helper compiles nothing
     assert warm["left"] is None, warm

@@ -2040,8 +2040,8 @@ def _rt_shape(shape):
 # it calls, one after another, on one core (numba compiles under one lock,
 # so threads cannot share the work): ~13-18 s for twitter.py's first
 # training step on a 2-core machine. _rt_compile_ahead forks a helper
-# process for the first training step and the first inference pass of a
-# process. The helper runs the pass with every kernel replaced by a
+# process for the first training step (plain, and in parts) and the first
+# inference pass of a process. The helper runs the pass with every kernel replaced by a
 # recorder (which kernel, with which argument types; no kernel runs), then
 # compiles them into numba's cache from the last to the first, while this
 # process runs the pass and compiles from the first. Where the two meet,
@@ -2053,9 +2053,11 @@ import signal
 import warnings
 
 # The kinds of pass whose first call in this process may still fork the
-# helper: a training step, and predict's or evaluate's forward pass. Linux
-# only: fork() (elsewhere it is not safe with threads running).
-_RT_AHEAD = {"train", "infer"} if (sys.platform.startswith("linux") and hasattr(os, "fork")
+# helper: a training step, one in parts (another set of kernels: a process
+# that trained at batch 32 first compiled mlp's parts at 256 on one core),
+# and predict's or evaluate's forward pass. Linux only: fork() (elsewhere it
+# is not safe with threads running).
+_RT_AHEAD = {"train", "train-parts", "infer"} if (sys.platform.startswith("linux") and hasattr(os, "fork")
                                    and os.environ.get("GEN_COMPILE_AHEAD", "1") != "0") else set()
 _RT_IMPORTED = time.time()  # cache entries written since are this run's
 
@@ -3174,8 +3176,8 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         """_train_step on the rows idx of xs and ts, its passes in P parts at
         once (gen/parts.py): each part gathers its rows into b.xb and b.tb
         and writes its gradients to its row of _pgrads, summed here."""
-        if "train" in _RT_AHEAD:
-            return _rt_compile_ahead("train", b, self._train_step_parts, b, xs, ts, idx, kinds, P)
+        if "train-parts" in _RT_AHEAD:
+            return _rt_compile_ahead("train-parts", b, self._train_step_parts, b, xs, ts, idx, kinds, P)
         if self._pgrads is None or self._pgrads.shape[0] != P:
             self._pgrads = _rt_zeros((P, self._params.size), self.dtype)  # written every step where nonzero
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)
