@@ -166,10 +166,11 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)
         logs = self._metrics(b, outs, b.tb, kinds)
         bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
-        if bad is None and self._sum_parts(P) > 0:
+        spread = self._parts_on_threads(P)
+        if bad is None and self._sum_parts(spread) > 0:
             bad = "gradient"
         self._owned_step = False
-        self._update_unless(bad, P)
+        self._update_unless(bad, spread)
         return logs
 
     def _infer(self, bufs, xs):
@@ -187,15 +188,15 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
             return self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
         return self._train_step(b, xs, ts, kinds)
 
-    def _update_unless(self, bad, parts=0):
-        """The optimizer step (after a step in `parts` parts), or
+    def _update_unless(self, bad, spread=0):
+        """The optimizer step (on `spread` threads: _apply_update), or
         FloatingPointError if bad names a non-finite value."""
         if bad is not None:
             raise FloatingPointError(
                 f"Non-finite {bad} at step {self.iterations + 1}: training stopped, the update "
                 f"was not applied and the weights are those of the last finite step. Try a "
                 f"lower learning rate or check the data.")
-        self._apply_update(parts)
+        self._apply_update(spread)
 
     def _run(self, xs, ts, kinds, n, bs, order=None, train=False, epoch=None):
         """All batches of one pass; batch-size-weighted means, like Keras."""

@@ -4,12 +4,12 @@
 # so threads cannot share the work): ~13-18 s for twitter.py's first
 # training step on a 2-core machine. _rt_compile_ahead forks a helper
 # process for the first training step (plain, and in parts) and the first
-# inference pass of a process. The helper runs the pass with every kernel replaced by a
-# recorder (which kernel, with which argument types; no kernel runs), then
-# compiles them into numba's cache from the last to the first, while this
-# process runs the pass and compiles from the first. Where the two meet,
-# this process loads what the helper finished from the cache. The helper
-# ends when the pass does. A pass that an earlier run finished, on a cache
+# inference pass of a process. The helper runs the pass with every kernel
+# replaced by a recorder (which kernel, with which argument types; no
+# kernel runs), then compiles them into numba's cache from the last to the
+# first, while this process runs the pass and compiles from the first.
+# Where the two meet, this process loads what the helper finished from the
+# cache. The helper ends when the pass does. A pass that an earlier run finished, on a cache
 # that holds that run's entries, forks none. GEN_COMPILE_AHEAD=0 turns it off.
 # ---------------------------------------------------------------------------
 import signal

@@ -243,32 +243,34 @@ class _RuntimeState:
                    for rows, gr, gathered in self._rowgrads)
 
     def _parts_on_threads(self, parts):
-        """Whether the gradients of a step in `parts` parts are summed and
-        applied on the threads, half a thread: with the optimizer's owned
-        kernel, when OpenMP's threads spin between regions."""
-        return parts > 1 and self._opt_owned is not None and _rt_owned_threads()
+        """How many threads sum and apply the gradients of a step in `parts`
+        parts, each its part of the flat buffer: `parts` with the optimizer's
+        owned kernel when OpenMP's threads spin between regions, else 0 (the
+        calling thread). Decided once a step, so each half is summed where
+        it is updated."""
+        return parts if parts > 1 and self._opt_owned is not None and _rt_owned_threads() else 0
 
-    def _sum_parts(self, parts):
+    def _sum_parts(self, spread):
         """_grads = the sum of the parts' gradients (_pgrads); returns how
-        many are NaN/Inf. On the threads, each where the update of those
-        values runs next (_parts_on_threads)."""
-        if self._parts_on_threads(parts):
-            return _rt_sum_parts_owned(self._grads, self._pgrads, self._parts_spans(parts), parts)
+        many are NaN/Inf. On `spread` threads (_parts_on_threads), or here."""
+        if spread:
+            return _rt_sum_parts_owned(self._grads, self._pgrads, self._parts_spans(spread), spread)
         return _rt_sum_parts(self._grads, self._pgrads)
 
-    def _apply_update(self, parts=0):
+    def _apply_update(self, spread=0):
         """One optimizer step: dense segments, then the rows each table used.
         After a step in parts, a model with owned-rows kernels updates the
-        halves (P parts) of its flat buffer on the threads, whose OpenMP
-        threads spin between regions then (mlp at batch 256: 344k -> 360k
-        samples/s in fit, the same weights: the update is element-wise)."""
+        parts of its flat buffer on `spread` threads (_parts_on_threads),
+        whose OpenMP threads spin between regions then (mlp at batch 256:
+        344k -> 360k samples/s in fit, the same weights: the update is
+        element-wise)."""
         t = (self.iterations + 1,) if self._opt_takes_t else ()
         if self._owned_step:
             self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
                             self._owned_spans, self._owned_parts)
-        elif self._parts_on_threads(parts):
+        elif spread:
             self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
-                            self._parts_spans(parts), parts)
+                            self._parts_spans(spread), spread)
         elif not self._sparse:
             self._opt_kernel(self._params, self._grads, *self._opt_state, *self._opt_args, *t)
         else:

@@ -9,8 +9,8 @@ changes nothing but the time: the recorder sees a whole step or forward
 pass and only what it compiles; a first step after a predict-only run on a
 cold cache gives the numbers a step without the helper gives, loads
 kernels the helper compiled, prints nothing twice and leaves no process
-behind; and a later process loads the whole step from that cache. The rest of the suite runs without the helper
-(conftest.py)."""
+behind; and a later process loads the whole step from that cache. The
+rest of the suite runs without the helper (conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -129,9 +129,9 @@ def test_first_passes_load_what_the_helper_compiled_and_give_the_same_numbers(tm
     earlier run's entries but not this pass's, forks one for what it lacks
     and loads training kernels the helper compiled; a first step in parts
     after it forks one too; its predict, a pass an earlier run finished,
-    forks none. Then a warm process forks nothing and
-    loads the whole step. The weights are those of a run without the
-    helper; nothing prints twice; no process is left.'''
+    forks none. Then a warm process forks nothing and loads the whole
+    step. The weights are those of a run without the helper; nothing
+    prints twice; no process is left.'''
     M = generated("mlp", "model")
     xs, ys = random_data(M.Model, 64, np.random.default_rng(0))
     ref = M.Model(seed=0)

@@ -1422,12 +1422,12 @@ def _rt_shape(shape):
 # so threads cannot share the work): ~13-18 s for twitter.py's first
 # training step on a 2-core machine. _rt_compile_ahead forks a helper
 # process for the first training step (plain, and in parts) and the first
-# inference pass of a process. The helper runs the pass with every kernel replaced by a
-# recorder (which kernel, with which argument types; no kernel runs), then
-# compiles them into numba's cache from the last to the first, while this
-# process runs the pass and compiles from the first. Where the two meet,
-# this process loads what the helper finished from the cache. The helper
-# ends when the pass does. A pass that an earlier run finished, on a cache
+# inference pass of a process. The helper runs the pass with every kernel
+# replaced by a recorder (which kernel, with which argument types; no
+# kernel runs), then compiles them into numba's cache from the last to the
+# first, while this process runs the pass and compiles from the first.
+# Where the two meet, this process loads what the helper finished from the
+# cache. The helper ends when the pass does. A pass that an earlier run finished, on a cache
 # that holds that run's entries, forks none. GEN_COMPILE_AHEAD=0 turns it off.
 # ---------------------------------------------------------------------------
 import signal
@@ -1849,32 +1849,34 @@ class _RuntimeState:
                    for rows, gr, gathered in self._rowgrads)
 
     def _parts_on_threads(self, parts):
-        """Whether the gradients of a step in `parts` parts are summed and
-        applied on the threads, half a thread: with the optimizer's owned
-        kernel, when OpenMP's threads spin between regions."""
-        return parts > 1 and self._opt_owned is not None and _rt_owned_threads()
+        """How many threads sum and apply the gradients of a step in `parts`
+        parts, each its part of the flat buffer: `parts` with the optimizer's
+        owned kernel when OpenMP's threads spin between regions, else 0 (the
+        calling thread). Decided once a step, so each half is summed where
+        it is updated."""
+        return parts if parts > 1 and self._opt_owned is not None and _rt_owned_threads() else 0
 
-    def _sum_parts(self, parts):
+    def _sum_parts(self, spread):
         """_grads = the sum of the parts' gradients (_pgrads); returns how
-        many are NaN/Inf. On the threads, each where the update of those
-        values runs next (_parts_on_threads)."""
-        if self._parts_on_threads(parts):
-            return _rt_sum_parts_owned(self._grads, self._pgrads, self._parts_spans(parts), parts)
+        many are NaN/Inf. On `spread` threads (_parts_on_threads), or here."""
+        if spread:
+            return _rt_sum_parts_owned(self._grads, self._pgrads, self._parts_spans(spread), spread)
         return _rt_sum_parts(self._grads, self._pgrads)
 
-    def _apply_update(self, parts=0):
+    def _apply_update(self, spread=0):
         """One optimizer step: dense segments, then the rows each table used.
         After a step in parts, a model with owned-rows kernels updates the
-        halves (P parts) of its flat buffer on the threads, whose OpenMP
-        threads spin between regions then (mlp at batch 256: 344k -> 360k
-        samples/s in fit, the same weights: the update is element-wise)."""
+        parts of its flat buffer on `spread` threads (_parts_on_threads),
+        whose OpenMP threads spin between regions then (mlp at batch 256:
+        344k -> 360k samples/s in fit, the same weights: the update is
+        element-wise)."""
         t = (self.iterations + 1,) if self._opt_takes_t else ()
         if self._owned_step:
             self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
                             self._owned_spans, self._owned_parts)
-        elif self._parts_on_threads(parts):
+        elif spread:
             self._opt_owned(self._params, self._grads, *self._opt_state, *self._opt_args, *t,
-                            self._parts_spans(parts), parts)
+                            self._parts_spans(spread), spread)
         elif not self._sparse:
             self._opt_kernel(self._params, self._grads, *self._opt_state, *self._opt_args, *t)
         else:
@@ -2564,10 +2566,11 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
         outs = self._train_in_parts(b, xs, ts, idx, self._pgrads)
         logs = self._metrics(b, outs, b.tb, kinds)
         bad = None if math.isfinite(logs["loss"]) else f"loss ({logs['loss']})"
-        if bad is None and self._sum_parts(P) > 0:
+        spread = self._parts_on_threads(P)
+        if bad is None and self._sum_parts(spread) > 0:
             bad = "gradient"
         self._owned_step = False
-        self._update_unless(bad, P)
+        self._update_unless(bad, spread)
         return logs
 
     def _infer(self, bufs, xs):
@@ -2585,15 +2588,15 @@ class _Runtime(_RuntimeState, _RuntimeData, _RuntimeWeights, _RuntimeReport):
             return self._train_step_parts(b, xs, ts, np.arange(n), kinds, parts)
         return self._train_step(b, xs, ts, kinds)
 
-    def _update_unless(self, bad, parts=0):
-        """The optimizer step (after a step in `parts` parts), or
+    def _update_unless(self, bad, spread=0):
+        """The optimizer step (on `spread` threads: _apply_update), or
         FloatingPointError if bad names a non-finite value."""
         if bad is not None:
             raise FloatingPointError(
                 f"Non-finite {bad} at step {self.iterations + 1}: training stopped, the update "
                 f"was not applied and the weights are those of the last finite step. Try a "
                 f"lower learning rate or check the data.")
-        self._apply_update(parts)
+        self._apply_update(spread)
 
     def _run(self, xs, ts, kinds, n, bs, order=None, train=False, epoch=None):
         """All batches of one pass; batch-size-weighted means, like Keras."""
