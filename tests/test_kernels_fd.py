@@ -874,14 +874,16 @@ def test_lstm_cell_forward_default_activations_bit_equal(U):
     zs[1, 2] = z
     hc, cc = np.full((3, U), np.nan, F32), np.full((3, U), np.nan, F32)
     hc[1], cc[1] = h0, c0
-    hp, cp, tc = (np.full((3, 2, U), np.nan, F32) for _ in range(3))
+    cp, tc = (np.full((3, 2, U), np.nan, F32) for _ in range(2))
+    xh = np.full((3, 2, U + 7), np.nan, F32)  # h_{t-1} at columns 5:5 + U, NaN around it
+    hp = xh[:, :, 5:5 + U]
     y = np.full((3, 4, U), np.nan, F32)
-    K._lstm_cells_forward(1, 2, 2, 1, y, zs, hp, cp, tc, hc, cc, TANH, SIGMOID, True)
+    K._lstm_cells_forward(1, 2, 2, 1, y, zs, xh, 5, cp, tc, hc, cc, TANH, SIGMOID, True)
     for got, want in ((zs[1, 2], ref), (cc[1], c_ref), (tc[1, 1], a_ref), (hc[1], ref[3 * U:] * a_ref),
                       (hp[1, 1], h0), (cp[1, 1], c0), (y[1, 2], ref[3 * U:] * a_ref)):
         np.testing.assert_array_equal(got, want)
     for arr in (np.delete(zs, 1, 0), np.delete(zs[1], 2, 0), np.delete(hc, 1, 0), np.delete(tc, 1, 0),
-                tc[1, 0], hp[1, 0], cp[1, 0]):
+                tc[1, 0], hp[1, 0], cp[1, 0], xh[:, :, :5], xh[:, :, 5 + U:]):
         assert np.isnan(arr).all()
 
 

@@ -153,13 +153,14 @@ def _lstm_pair_dh(dh, b, b2, dzs, t, rkernel):
 
 
 @njit
-def _lstm_cells_forward(b0, b1, t, k, y, zs, hp, cp, tc, hc, cc, act, ract, return_sequences):
+def _lstm_cells_forward(b0, b1, t, k, y, zs, xh, ho, cp, tc, hc, cc, act, ract, return_sequences):
     """Step t of rows b0:b1, once zs[b, t] holds their pre-activations: the
     cells, and h_t into y with return_sequences.
 
     zs (B, T, G)     [b, t] in: pre-activations; out: gate values [i f g o]
     hc, cc (B, U)    [b] in: h_{t-1}, c_{t-1}; out: h_t, c_t
-    hp, cp (B, ., U) cache, [b, k]: h_{t-1}, c_{t-1} (k is t, or 0 for scratch)
+    xh (B, ., W)     cache, [b, k, ho:ho + U]: h_{t-1} (k is t, or 0 for scratch)
+    cp (B, ., U)     cache, [b, k]: c_{t-1}
     tc (B, ., U)     cache, [b, k]: act(c_t)
     """
     U = hc.shape[1]
@@ -186,7 +187,7 @@ def _lstm_cells_forward(b0, b1, t, k, y, zs, hp, cp, tc, hc, cc, act, ract, retu
                     zs[b, t, 2 * U + u] = _activation_tanh(zs[b, t, 2 * U + u], one)
                     zs[b, t, 3 * U + u] = one / (one + math.exp(-zs[b, t, 3 * U + u]))
             for u in range(U):
-                hp[b, k, u] = hc[b, u]
+                xh[b, k, ho + u] = hc[b, u]
                 cp[b, k, u] = cc[b, u]
             if zs.itemsize == 4:
                 for u in range(U):
@@ -204,7 +205,8 @@ def _lstm_cells_forward(b0, b1, t, k, y, zs, hp, cp, tc, hc, cc, act, ract, retu
                     tc[b, k, u] = th
                     hc[b, u] = zs[b, t, 3 * U + u] * th
         else:
-            _lstm_cell_forward_general(zs[b, t], hc[b], cc[b], hp[b, k], cp[b, k], tc[b, k], act, ract)
+            _lstm_cell_forward_general(zs[b, t], hc[b], cc[b], xh[b, k, ho:ho + U], cp[b, k], tc[b, k],
+                                       act, ract)
         if return_sequences:
             for u in range(U):
                 y[b, t, u] = hc[b, u]

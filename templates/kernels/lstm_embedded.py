@@ -190,7 +190,7 @@ def lstm_projected_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, ids, proj, rkern
     backward pass (it fills no uniq/inv/xu for one)."""
     B, T, G = zs.shape
     _lstm_copy_rows(zs.reshape(B * T, G), proj, ids, False)  # zs[b, t] = proj[ids[b * T + t]]
-    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
+    _lstm_recurrence_forward(y, zs, xh, _lstm_h_column(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
 
@@ -215,7 +215,7 @@ def lstm_embedded_forward(y, zs, xh, cp, tc, hc, cc, rec, rkt, uniq, inv, slot, 
     _lstm_project_embedded(zs, uniq, inv, slot, nu, xu, pu, ids, table, kernel)
     if xh.shape[1] == T:  # caches for a backward pass
         _lstm_stage_inputs(xh, np.empty((B, T, 0), xh.dtype), bias)  # the 1 column
-    _lstm_recurrence_forward(y, zs, _lstm_hp(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
+    _lstm_recurrence_forward(y, zs, xh, _lstm_h_column(xh, rkernel, bias), cp, tc, hc, cc, rec, rkt,
                              rkernel, bias, act, ract, return_sequences, per_step)
 
 

@@ -18,7 +18,7 @@ def _lstm_add_recurrent(b0, b1, t, zs, rec, bias):
 
 
 @njit
-def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
+def _lstm_rows_forward(b0, b1, y, zs, xh, ho, cp, tc, hc, cc, rkt, bias,
                        act, ract, return_sequences):
     """All T steps of rows b0..b1-1, two rows at a time, h @ rkernel inline
     through rkt = rkernel.T (G, U) (the rows schedule)."""
@@ -26,7 +26,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
     U = rkt.shape[1]
     G = 4 * U
     zero = zs.dtype.type(0.0)
-    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     for b in range(b0, b1, 2):
         rows = 2 if b + 1 < b1 else 1
         for r in range(b, b + rows):
@@ -39,7 +39,7 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
                     for j in range(G):
                         zs[r, t, j] += bias[j]
             _lstm_pair_gates(zs, t, hc, b, b + rows - 1, rkt)
-            _lstm_cells_forward(b, b + rows, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract,
+            _lstm_cells_forward(b, b + rows, t, t if keep else 0, y, zs, xh, ho, cp, tc, hc, cc, act, ract,
                                 return_sequences)
         if not return_sequences:
             for r in range(b, b + rows):
@@ -48,13 +48,13 @@ def _lstm_rows_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rkt, bias,
 
 
 @njit(parallel=True)
-def _lstm_rows_forward_parallel(y, zs, hp, cp, tc, hc, cc, rkt, bias,
+def _lstm_rows_forward_parallel(y, zs, xh, ho, cp, tc, hc, cc, rkt, bias,
                                 act, ract, return_sequences):
     """_lstm_rows_forward with pairs of rows in parallel (numba gives each
     thread one contiguous block of pairs)."""
     B = zs.shape[0]
     for p in prange((B + 1) // 2):
-        _lstm_rows_forward(2 * p, min(B, 2 * p + 2), y, zs, hp, cp, tc, hc, cc, rkt, bias,
+        _lstm_rows_forward(2 * p, min(B, 2 * p + 2), y, zs, xh, ho, cp, tc, hc, cc, rkt, bias,
                            act, ract, return_sequences)
 
 
@@ -175,10 +175,10 @@ _LSTM_BLOCK_GRADS_MAX_OUTPUT = 1 << 15
 # / B 256 / T 25 23.7 -> 21.0; U 512 / B 32 / T 25 35.7 against 35.3;
 # twitter.py at batch 32 12.0 -> 11.6, at 256 44.5 -> 41.1.
 @intrinsic
-def _lstm_prefetch_row(typingctx, arr, b, t):
-    """Prefetch arr[b, t, :] (3-D, its rows contiguous) into L2, a cache line
-    at a time (LLVM's llvm.prefetch: a hint, never a fault)."""
-    sig = types.void(arr, b, t)
+def _lstm_prefetch_row(typingctx, arr, b, t, lo):
+    """Prefetch arr[b, t, lo:] (3-D, its rows contiguous) into L2, a cache
+    line at a time (LLVM's llvm.prefetch: a hint, never a fault)."""
+    sig = types.void(arr, b, t, lo)
 
     def codegen(context, builder, signature, args):
         aty = signature.args[0]
@@ -189,9 +189,11 @@ def _lstm_prefetch_row(typingctx, arr, b, t):
             builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
         hint = [llvm_ir.Constant(i32, 0), llvm_ir.Constant(i32, 2), llvm_ir.Constant(i32, 1)]  # read, L2, data
         zero = llvm_ir.Constant(i64, 0)
-        row = cgutils.get_item_pointer(context, builder, aty, a, [args[1], args[2], zero], wraparound=False)
+        lo = context.cast(builder, args[3], signature.args[3], types.intp)
+        row = cgutils.get_item_pointer(context, builder, aty, a, [args[1], args[2], lo], wraparound=False)
         row = builder.bitcast(row, i8p)
-        n = builder.mul(builder.extract_value(a.shape, 2), llvm_ir.Constant(i64, aty.dtype.bitwidth // 8))
+        n = builder.mul(builder.sub(builder.extract_value(a.shape, 2), lo),
+                        llvm_ir.Constant(i64, aty.dtype.bitwidth // 8))
         with cgutils.for_range_slice(builder, zero, n, llvm_ir.Constant(i64, 64)) as (off, _):
             builder.call(fn, [builder.gep(row, [off])] + hint)
         with builder.if_then(builder.icmp_signed(">", n, zero)):  # the row's last line, off a line's start
@@ -201,13 +203,13 @@ def _lstm_prefetch_row(typingctx, arr, b, t):
 
 
 @njit(nogil=True)
-def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
+def _lstm_block_forward(b0, b1, y, zs, xh, ho, cp, tc, hc, cc, rec, panels, bias,
                         act, ract, return_sequences):
     """All T steps of rows b0:b1 (the blocks schedule): each step one packed
     product of the block's h_{t-1} with rkernel, then the block's cells.
     panels (G / 16, U, 16) rkernel's; the other arrays as lstm_forward's."""
     T = zs.shape[1]
-    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     # hb typed as a strided view, like the backward pass's dz_t
     # (dzs[b0:b1, t]): _panels_product then compiles once, not twice
     hb, rb = hc[b0:b1, :hc.shape[1]], rec[b0:b1]
@@ -216,14 +218,14 @@ def _lstm_block_forward(b0, b1, y, zs, hp, cp, tc, hc, cc, rec, panels, bias,
     for t in range(T):
         if t + 1 < T:  # the next step's rows, to L2 (_lstm_prefetch_row)
             for b in range(b0, b1):
-                _lstm_prefetch_row(zs, b, t + 1)
+                _lstm_prefetch_row(zs, b, t + 1, 0)
                 if keep:
-                    _lstm_prefetch_row(hp, b, t + 1)
-                    _lstm_prefetch_row(cp, b, t + 1)
-                    _lstm_prefetch_row(tc, b, t + 1)
+                    _lstm_prefetch_row(xh, b, t + 1, ho)
+                    _lstm_prefetch_row(cp, b, t + 1, 0)
+                    _lstm_prefetch_row(tc, b, t + 1, 0)
         _panels_product(rb, hb, panels)
         _lstm_add_recurrent(b0, b1, t, zs, rec, bias)
-        _lstm_cells_forward(b0, b1, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract, return_sequences)
+        _lstm_cells_forward(b0, b1, t, t if keep else 0, y, zs, xh, ho, cp, tc, hc, cc, act, ract, return_sequences)
     if not return_sequences:
         for b in range(b0, b1):
             for u in range(hc.shape[1]):
@@ -321,12 +323,12 @@ def _lstm_block_backward(b0, b1, dzs, dh, dc, da, dy, zs, cp, tc, panels, act, r
     for t in range(T - 1, -1, -1):
         if t > 0:  # the next step's rows, to L2 (_lstm_prefetch_row)
             for b in range(b0, b1):
-                _lstm_prefetch_row(zs, b, t - 1)
-                _lstm_prefetch_row(cp, b, t - 1)
-                _lstm_prefetch_row(tc, b, t - 1)
-                _lstm_prefetch_row(dzs, b, t - 1)
+                _lstm_prefetch_row(zs, b, t - 1, 0)
+                _lstm_prefetch_row(cp, b, t - 1, 0)
+                _lstm_prefetch_row(tc, b, t - 1, 0)
+                _lstm_prefetch_row(dzs, b, t - 1, 0)
                 if grads:
-                    _lstm_prefetch_row(xh, b, t - 1)
+                    _lstm_prefetch_row(xh, b, t - 1, 0)
         _lstm_cells_backward(b0, b1, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
         if t > 0:
             _panels_product(dh[b0:b1], dzs[b0:b1, t], panels)
@@ -389,13 +391,13 @@ def _lstm_pack_panels_t(panels, w):
 
 
 @njit
-def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias,
+def _lstm_steps_forward(y, zs, xh, ho, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias,
                         act, ract, return_sequences):
     """The recurrence, steps schedule: one BLAS product per step. With rect
     (G, B) scratch (not (0, 0)) each product is taken transposed, rkt @ hc.T
     with rkt = rkernel.T, and transposed back into rec."""
     B, T = zs.shape[0], zs.shape[1]
-    keep = hp.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
     transposed = rect.shape[0] > 0
     hc[:] = 0
     cc[:] = 0
@@ -406,7 +408,7 @@ def _lstm_steps_forward(y, zs, hp, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias
         else:
             np.dot(hc, rkernel, rec)
         _lstm_add_recurrent(np.int64(0), B, t, zs, rec, bias)
-        _lstm_cells_forward(np.int64(0), B, t, t if keep else 0, y, zs, hp, cp, tc, hc, cc, act, ract, return_sequences)
+        _lstm_cells_forward(np.int64(0), B, t, t if keep else 0, y, zs, xh, ho, cp, tc, hc, cc, act, ract, return_sequences)
     if not return_sequences:
         for b in range(B):
             for u in range(hc.shape[1]):
