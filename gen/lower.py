@@ -17,8 +17,8 @@ from .parts import lower_parts
 from .plan import ModulePlan, SmallForward, Step, comment_text
 
 # Kernel files in the order they are pasted into a module.
-KERNEL_ORDER = ("activation", "panels", "dense", "embedding", "lstm", "lstm_schedules", "lstm_passes",
-                "lstm_embedded", "concat", "losses", "metrics", "optimizers")
+KERNEL_ORDER = ("activation", "panels", "dense", "embedding", "lstm", "lstm_schedules", "lstm_blocks",
+                "lstm_passes", "lstm_embedded", "concat", "losses", "metrics", "optimizers")
 # Up to this many units an LSTM may run its recurrence row by row with
 # h @ recurrent_kernel inline (the backward pass always, the forward pass
 # for big batches: templates/kernels/lstm.py); above, one BLAS product per
@@ -37,7 +37,8 @@ _SMALL_KINDS = {"Dense", "Activation", "Embedding", "Concatenate"}
 # owned split saves to pay for a parallel region.
 OWNED_MIN_VALUES = 1 << 14
 _KIND_KERNELS = {"Dense": ("activation", "panels", "dense"), "Activation": ("activation",), "Embedding": ("embedding",),
-                 "LSTM": ("activation", "panels", "lstm", "lstm_schedules", "lstm_passes"), "Concatenate": ("concat",)}
+                 "LSTM": ("activation", "panels", "lstm", "lstm_schedules", "lstm_blocks", "lstm_passes"),
+                 "Concatenate": ("concat",)}
 
 
 class _Lowering(BufferAllocator):

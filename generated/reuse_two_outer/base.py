@@ -645,7 +645,7 @@ def activation_backward(dz, dy, y, act, mode):
 # GFLOP/s, that core's peak, where one OpenBLAS thread ran (128 x 784) x
 # (784 x 64) at 92 and its transposed form, x.T @ dz for a Dense kernel's
 # gradient, at 85. An Intel core needs the second panel (below). Used by
-# the LSTM's blocks schedule (lstm_schedules.py) and weight gradients
+# the LSTM's blocks schedule (lstm_blocks.py) and weight gradients
 # (lstm_passes.py, _lstm_grad_range) and by one part of a data-parallel
 # step (dense.py, _dense_forward_one / _dense_backward_one).
 # w is either a (K, N) matrix with contiguous rows, N a multiple of 16,

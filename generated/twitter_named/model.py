@@ -645,7 +645,7 @@ def activation_backward(dz, dy, y, act, mode):
 # GFLOP/s, that core's peak, where one OpenBLAS thread ran (128 x 784) x
 # (784 x 64) at 92 and its transposed form, x.T @ dz for a Dense kernel's
 # gradient, at 85. An Intel core needs the second panel (below). Used by
-# the LSTM's blocks schedule (lstm_schedules.py) and weight gradients
+# the LSTM's blocks schedule (lstm_blocks.py) and weight gradients
 # (lstm_passes.py, _lstm_grad_range) and by one part of a data-parallel
 # step (dense.py, _dense_forward_one / _dense_backward_one).
 # w is either a (K, N) matrix with contiguous rows, N a multiple of 16,
@@ -1555,8 +1555,8 @@ def _lstm_cell_backward_general(dz, gh, gc, da, z, cp, a, act, ract):
         gc[u] = g * z[U + u]
 
 # ------------------------------------------------------- lstm schedules
-# The recurrence's three schedules (see lstm): rows, blocks and steps,
-# and the weight transposes they read.
+# The recurrence's three schedules (see lstm): rows and steps here, blocks
+# in lstm_blocks; and the weight transposes they read.
 
 
 @njit
@@ -1681,6 +1681,65 @@ def _lstm_transpose_weights(dst, src):
             dst[j, i] = src[i, j]
 
 
+@njit
+def _lstm_steps_forward(y, zs, xh, ho, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias,
+                        act, ract, return_sequences):
+    """The recurrence, steps schedule: one BLAS product per step. With rect
+    (G, B) scratch (not (0, 0)) each product is taken transposed, rkt @ hc.T
+    with rkt = rkernel.T, and transposed back into rec."""
+    B, T = zs.shape[0], zs.shape[1]
+    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    transposed = rect.shape[0] > 0
+    hc[:] = 0
+    cc[:] = 0
+    for t in range(T):
+        if transposed:
+            np.dot(rkt, hc.T, rect)
+            _lstm_transpose(rec, rect)
+        else:
+            np.dot(hc, rkernel, rec)
+        _lstm_add_recurrent(np.int64(0), B, t, zs, rec, bias)
+        _lstm_cells_forward(np.int64(0), B, t, t if keep else 0, y, zs, xh, ho, cp, tc, hc, cc, act, ract, return_sequences)
+    if not return_sequences:
+        for b in range(B):
+            for u in range(hc.shape[1]):
+                y[b, 0, u] = hc[b, u]
+
+
+@njit
+def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
+                         act, ract, return_sequences):
+    """The backward recurrence, steps schedule: fills dzs. dht (U, B):
+    dh_{t-1} transposed, as rkernel @ dz_t.T (see
+    _LSTM_STEPS_TRANSPOSED_MIN_UNITS); (0, 0): dz_t @ rkernel.T."""
+    B, T, G = zs.shape
+    U = rkernel.shape[0]
+    transposed = dht.shape[0] > 0
+    dh[:] = 0
+    dc[:] = 0
+    for t in range(T - 1, -1, -1):
+        _lstm_cells_backward(np.int64(0), B, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
+        if t == 0:
+            break
+        for b in range(B):
+            for j in range(G):
+                dzt[b, j] = dzs[b, t, j]
+        if transposed:
+            # dzt.T is a no-copy F view: OpenBLAS reads it transposed as
+            # fast as a (G, B) copy (U 128, B 32: 16.7 against 16.6 us),
+            # and the copy, 16 rows at a time, cost 4.7 us a step. Without
+            # it the backward recurrence measured U 128: T 100 4.72 -> 4.38
+            # ms, B 8 T 25 0.208 -> 0.178; U 512, T 25 6.90 -> 6.65 (same
+            # bits)
+            np.dot(rkernel, dzt.T, dht)
+            for b in range(B):
+                for u in range(U):
+                    dh[b, u] = dht[u, b]
+        else:
+            # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
+            np.dot(dzt, rkernel.T, dh)
+
+# ---------------------------------------------------------- lstm blocks
 # The blocks schedule (float32, U a multiple of 16; _lstm_blocks): each
 # thread takes a block of rows that runs all T steps on its own (the
 # recurrence is independent per row), so no thread waits for another within
@@ -1944,65 +2003,6 @@ def _lstm_pack_panels_t(panels, w):
     w.T, each the transpose of 16 rows of w."""
     P = panels.shape[0]
     _in_ranges(_lstm_pack_t_range, _range_threads(w.size, _LSTM_PACK_SPLIT_MIN), P, panels, w)
-
-
-@njit
-def _lstm_steps_forward(y, zs, xh, ho, cp, tc, hc, cc, rec, rect, rkernel, rkt, bias,
-                        act, ract, return_sequences):
-    """The recurrence, steps schedule: one BLAS product per step. With rect
-    (G, B) scratch (not (0, 0)) each product is taken transposed, rkt @ hc.T
-    with rkt = rkernel.T, and transposed back into rec."""
-    B, T = zs.shape[0], zs.shape[1]
-    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
-    transposed = rect.shape[0] > 0
-    hc[:] = 0
-    cc[:] = 0
-    for t in range(T):
-        if transposed:
-            np.dot(rkt, hc.T, rect)
-            _lstm_transpose(rec, rect)
-        else:
-            np.dot(hc, rkernel, rec)
-        _lstm_add_recurrent(np.int64(0), B, t, zs, rec, bias)
-        _lstm_cells_forward(np.int64(0), B, t, t if keep else 0, y, zs, xh, ho, cp, tc, hc, cc, act, ract, return_sequences)
-    if not return_sequences:
-        for b in range(B):
-            for u in range(hc.shape[1]):
-                y[b, 0, u] = hc[b, u]
-
-
-@njit
-def _lstm_steps_backward(dzs, dh, dc, da, dzt, dht, dy, zs, cp, tc, rkernel,
-                         act, ract, return_sequences):
-    """The backward recurrence, steps schedule: fills dzs. dht (U, B):
-    dh_{t-1} transposed, as rkernel @ dz_t.T (see
-    _LSTM_STEPS_TRANSPOSED_MIN_UNITS); (0, 0): dz_t @ rkernel.T."""
-    B, T, G = zs.shape
-    U = rkernel.shape[0]
-    transposed = dht.shape[0] > 0
-    dh[:] = 0
-    dc[:] = 0
-    for t in range(T - 1, -1, -1):
-        _lstm_cells_backward(np.int64(0), B, t, dzs, dh, dc, da, dy, zs, cp, tc, act, ract, return_sequences)
-        if t == 0:
-            break
-        for b in range(B):
-            for j in range(G):
-                dzt[b, j] = dzs[b, t, j]
-        if transposed:
-            # dzt.T is a no-copy F view: OpenBLAS reads it transposed as
-            # fast as a (G, B) copy (U 128, B 32: 16.7 against 16.6 us),
-            # and the copy, 16 rows at a time, cost 4.7 us a step. Without
-            # it the backward recurrence measured U 128: T 100 4.72 -> 4.38
-            # ms, B 8 T 25 0.208 -> 0.178; U 512, T 25 6.90 -> 6.65 (same
-            # bits)
-            np.dot(rkernel, dzt.T, dht)
-            for b in range(B):
-                for u in range(U):
-                    dh[b, u] = dht[u, b]
-        else:
-            # dh_{t-1} = dz_t @ rkernel.T (rkernel.T is a no-copy F view)
-            np.dot(dzt, rkernel.T, dh)
 
 # ---------------------------------------------------------- lstm passes
 # The entry points below are plain Python: each numba kernel they call is
