@@ -20,6 +20,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+# the kernel tests' shared finite-difference helpers (fd.py) assert too:
+# pytest's detailed messages there as well
+pytest.register_assert_rewrite("fd")
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))
