@@ -83,7 +83,7 @@ def _lstm_block_forward(b0, b1, y, zs, xh, ho, cp, tc, hc, cc, rec, panels, bias
     product of the block's h_{t-1} with rkernel, then the block's cells.
     panels (G / 16, U, 16) rkernel's; the other arrays as lstm_forward's."""
     T = zs.shape[1]
-    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, .) scratch
     # hb typed as a strided view, like the backward pass's dz_t
     # (dzs[b0:b1, t]): _panels_product then compiles once, not twice
     hb, rb = hc[b0:b1, :hc.shape[1]], rec[b0:b1]

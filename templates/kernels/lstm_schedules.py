@@ -26,7 +26,7 @@ def _lstm_rows_forward(b0, b1, y, zs, xh, ho, cp, tc, hc, cc, rkt, bias,
     U = rkt.shape[1]
     G = 4 * U
     zero = zs.dtype.type(0.0)
-    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, .) scratch
     for b in range(b0, b1, 2):
         rows = 2 if b + 1 < b1 else 1
         for r in range(b, b + rows):
@@ -132,7 +132,7 @@ def _lstm_steps_forward(y, zs, xh, ho, cp, tc, hc, cc, rec, rect, rkernel, rkt, 
     (G, B) scratch (not (0, 0)) each product is taken transposed, rkt @ hc.T
     with rkt = rkernel.T, and transposed back into rec."""
     B, T = zs.shape[0], zs.shape[1]
-    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, U) scratch
+    keep = xh.shape[1] == T  # caches for the backward pass, else (B, 1, .) scratch
     transposed = rect.shape[0] > 0
     hc[:] = 0
     cc[:] = 0
