@@ -77,7 +77,7 @@ def share_kernels(mod, base) -> set[str]:
     are the same code: the same source, reading equal module constants and
     kernels that are shared too. Returns the names shared.
 
-    An optimizer variant of an example (test_keras_conformance.py) is the
+    An optimizer variant of an example (test_keras_conformance_examples.py) is the
     example's module with another optimizer table: its kernels are the
     committed module's but for comments that name the variant's file, and
     compiling them once more per variant cost CI ~15 s a variant. What the variant changes (its

@@ -1,4 +1,4 @@
-"""The scaling sweep's choice of points to measure again (benchmarks/sweep.py): close
+"""The scaling sweep's choice of points to measure again (benchmarks/sweep.py and sweep_analysis.py): close
 ratios, and lengths whose step time grows steeply."""
 import os
 import sys

@@ -1,6 +1,6 @@
 """Data-parallel passes (gen/parts.py): a model of Dense, Activation and
 Concatenate layers runs a pass over a big enough batch in parts of its rows,
-a thread each. Against Keras: test_keras_conformance.py, test_conformance_parts.
+a thread each. Against Keras: test_keras_conformance_schedules.py, test_conformance_parts.
 Here: the parts give what the one-call passes give through fit (shuffled
 batches, a last batch too small for parts, validation), evaluate and predict;
 when they run; their sum of the gradients and its NaN/Inf count; a
