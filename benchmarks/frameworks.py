@@ -22,7 +22,12 @@ import math
 import os
 import sys
 
-import numpy as np
+from workloads import MODELS, SWEEP_FEATURES, make_data, sweep_dims, sweep_model_source
+
+# what the worker, kernels.py, run.py, sweep.py and experiments/ import from here
+# (the models' data and the sweep model's file live in workloads.py)
+__all__ = ["RUNNERS", "FRAMEWORK_ENV", "blas_info", "load_generated", "make_data",
+           "sweep_model_source", "sweep_dims", "MODELS", "SWEEP_FEATURES"]
 
 # Keras's float32 clip bound for probabilities (keras.config.epsilon()).
 EPS = 1e-7
@@ -32,48 +37,6 @@ EPS = 1e-7
 # and agree for large v; they differ by at most a factor sqrt(2) (at v = 1e-7).
 # The cost per element is the same either way.
 TORCH_RMSPROP_EPS = math.sqrt(1e-7)
-
-MODELS = ("mlp", "twitter")
-SWEEP_FEATURES = 32  # input features per timestep of the sweep model
-
-
-def sweep_dims(spec):
-    """(seq_len, units, features) of the sweep model described by `spec`."""
-    return (int(spec["seq_len"]), int(spec["units"]),
-            int(spec.get("features", SWEEP_FEATURES)))
-
-
-def sweep_model_source(seq_len, units, features=SWEEP_FEATURES):
-    """The Keras model file of one sweep point, as gen reads it."""
-    return (
-        "from keras.layers import Input, LSTM, Dense\n"
-        "from keras.models import Model\n"
-        "\n"
-        f"inputs = Input(shape=({seq_len}, {features}))\n"
-        f"x = LSTM({units})(inputs)\n"
-        "out = Dense(1, activation='sigmoid')(x)\n"
-        "model = Model(inputs, outputs=out)\n"
-        "model.compile(optimizer='rmsprop', loss='binary_crossentropy')\n")
-
-
-def make_data(model, n, seed=0, spec=None):
-    """Pre-generated training data: (xs, ys) as lists of numpy arrays."""
-    rng = np.random.default_rng(seed)
-    if model == "sweep":
-        seq_len, _, features = sweep_dims(spec)
-        x = rng.random((n, seq_len, features), dtype=np.float32)
-        lab = rng.integers(0, 2, (n, 1)).astype(np.float32)
-        return [x], [lab]
-    if model == "mlp":
-        x = rng.random((n, 784), dtype=np.float32)
-        y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
-        return [x], [y]
-    if model == "twitter":
-        ids = rng.integers(0, 10000, (n, 100)).astype(np.int32)
-        aux = rng.random((n, 5), dtype=np.float32)
-        lab = rng.integers(0, 2, (n, 1)).astype(np.float32)
-        return [ids, aux], [lab, lab.copy()]
-    raise ValueError(model)
 
 
 # --------------------------------------------------------------------- gen

@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,25 +59,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from frameworks import FRAMEWORK_ENV, SWEEP_FEATURES, sweep_model_source  # noqa: E402
-from run import (EXTRA, FRAMEWORKS, child_env, log, machine_info,  # noqa: E402
-                 module_fingerprint, rotate, run_worker)
+from frameworks import FRAMEWORK_ENV  # noqa: E402
+from harness import (EXTRA, FRAMEWORKS, child_env, log, machine_info,  # noqa: E402
+                     module_fingerprint, rotate, run_worker)
+from sweep_analysis import (LINEAR_CONFIRM_ABOVE, close_points, confirm_runs,  # noqa: E402
+                            linear_runs, linearity, steep_growth, summarise)
+from sweep_report import _growth_cell, markdown_tables, print_report  # noqa: E402
+from workloads import SWEEP_FEATURES, sweep_model_source  # noqa: E402
+
+# what tests/test_bench_sweep.py reaches through this module (sweep.summarise, ...)
+__all__ = ["main", "summarise", "close_points", "confirm_runs", "linearity", "steep_growth",
+           "linear_runs", "_growth_cell"]
 
 DEFAULT_FRAMEWORKS = ("gen", "keras-jax", "torch")
 SEQ_LENS = (25, 100, 400)
 UNITS = (32, 128, 512)
 BATCHES = (1, 32, 256)
-# gen's step-time ratio between two sequence lengths, divided by the length
-# ratio: 1.0 is linear; the issue's 4x steps give 3.0-5.5 for "linear"
-LINEAR_BAND = (0.75, 1.375)
-# a close point's extra rounds also run every anchor within this factor of
-# its fastest (one far behind cannot become the fastest; torch's T 400 steps
-# at 512 units take over a minute each)
-CONFIRM_ANCHORS_WITHIN = 2.0
-# gen's growth between two lengths, normalised as above, from which the two
-# lengths are measured again alternating in one process: points minutes apart
-# in the first rounds can differ in the machine's state by more than the band
-LINEAR_CONFIRM_ABOVE = 1.2
 
 PROFILES = {
     # budget: timed seconds per point per framework; steps: warm-up (untimed),
@@ -297,293 +293,6 @@ def main(argv=None):
         if a.json:
             shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-# ----------------------------------------------------------------- analysis
-
-def summarise(points, fws, values):
-    """Per point: median step time per framework, samples/s, gen / fastest anchor."""
-    rows = []
-    for t, u, b in points:
-        step = {}
-        for f in fws:
-            xs = values.get((t, u, b, f))
-            if xs:
-                step[f] = statistics.median(xs)
-        rate = {f: b / s for f, s in step.items()}
-        anchors = {f: v for f, v in rate.items() if not f.startswith("gen")}
-        ref = max(anchors, key=anchors.get) if anchors else None
-        ratio = rate["gen"] / anchors[ref] if ("gen" in rate and ref) else None
-        verdict = None if ratio is None else ("PASS" if ratio >= 1.0 else "MISS")
-        rows.append({"seq_len": t, "units": u, "batch": b, "step_s": step,
-                     "samples_per_s": rate, "rounds": {f: len(values.get((t, u, b, f), []))
-                                                       for f in fws},
-                     "ref": ref, "ratio": ratio, "verdict": verdict})
-    return rows
-
-
-def close_points(table, band):
-    """The points whose gen / fastest ratio lies within band, with their
-    frameworks' samples/s: [(T, units, batch, rates)]."""
-    lo, hi = band
-    return [(r["seq_len"], r["units"], r["batch"], r["samples_per_s"]) for r in table
-            if r["ratio"] is not None and lo <= r["ratio"] <= hi]
-
-
-def confirm_runs(confirmed, fws):
-    """What a confirmation round runs, {units: [(framework, points)]}: every
-    close point by gen and by each anchor within CONFIRM_ANCHORS_WITHIN of
-    that point's fastest."""
-    todo = {}
-    for fw in fws:
-        for t, u, b, rates in sorted(confirmed, key=lambda c: (c[1], c[0], c[2])):
-            best = max(v for f, v in rates.items() if not f.startswith("gen"))
-            if fw.startswith("gen") or rates.get(fw, 0.0) * CONFIRM_ANCHORS_WITHIN >= best:
-                runs = todo.setdefault(u, [])
-                if not runs or runs[-1][0] != fw:
-                    runs.append((fw, []))
-                runs[-1][1].append((t, u, b))
-    return todo
-
-
-def _linear_label(norm):
-    lo, hi = LINEAR_BAND
-    if norm < lo:
-        return "sublinear"   # a fixed per-step cost dominates at the short length
-    if norm > hi:
-        return "SUPERLINEAR"
-    return "linear"
-
-
-def _growth(step, t1, t2):
-    ratio = step[t2] / step[t1]
-    norm = ratio / (t2 / t1)
-    return {"from": t1, "to": t2, "ratio": ratio, "expected": t2 / t1,
-            "normalised": norm, "label": _linear_label(norm)}
-
-
-def linearity(points, fws, values, again=None):
-    """Per (units, batch) and framework: step time at each T and the growth
-    ratio between consecutive lengths (ratio / length ratio = 1 if linear).
-    again: gen's step times from linear_runs; a growth whose two lengths
-    both have them takes its ratio from those (the first rounds' under
-    "first")."""
-    rows = []
-    pairs = sorted({(u, b) for _, u, b in points})
-    for u, b in pairs:
-        lens = sorted({t for t, uu, bb in points if (uu, bb) == (u, b)})
-        if len(lens) < 2:
-            continue
-        row = {"units": u, "batch": b, "seq_lens": lens, "frameworks": {}}
-        for f in fws:
-            step = {t: statistics.median(values[(t, u, b, f)]) for t in lens
-                    if values.get((t, u, b, f))}
-            alt = {t: statistics.median(again[(t, u, b, f)]) for t in lens
-                   if (again or {}).get((t, u, b, f))}
-            steps = []
-            for t1, t2 in zip(lens, lens[1:]):
-                if t1 in alt and t2 in alt:
-                    g = _growth(alt, t1, t2)
-                    g["rounds"] = min(len(again[(t, u, b, f)]) for t in (t1, t2))
-                    if t1 in step and t2 in step:
-                        g["first"] = _growth(step, t1, t2)
-                    steps.append(g)
-                elif t1 in step and t2 in step:
-                    steps.append(_growth(step, t1, t2))
-            row["frameworks"][f] = {"step_s": step, "growth": steps}
-        g = row["frameworks"].get("gen", {}).get("growth", [])
-        labels = {s["label"] for s in g}
-        row["gen_verdict"] = (None if not g else "SUPERLINEAR" if "SUPERLINEAR" in labels
-                              else "linear" if labels == {"linear"} else "sublinear")
-        rows.append(row)
-    return rows
-
-
-def steep_growth(linear, above):
-    """The (units, batch) pairs where gen's step time grows faster than
-    above x linear between two lengths, with those lengths: [(units, batch,
-    [T, ...])]."""
-    out = []
-    for r in linear:
-        steep = [s for s in r["frameworks"].get("gen", {}).get("growth", [])
-                 if s["normalised"] > above]
-        if steep:
-            out.append((r["units"], r["batch"], sorted({t for s in steep
-                                                          for t in (s["from"], s["to"])})))
-    return out
-
-
-def linear_runs(again, rounds):
-    """What the linearity round runs, {units: [("gen", points)]}: in one
-    process a width, each pair's lengths one after another, rounds times."""
-    todo = {}
-    for _ in range(rounds):
-        for u, b, lens in sorted(again):
-            todo.setdefault(u, [("gen", [])])[0][1].extend((t, u, b) for t in lens)
-    return todo
-
-
-# ----------------------------------------------------------------- printing
-
-def _rate(v):
-    return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
-
-
-def _ms(v):
-    if v is None:
-        return "-"
-    ms = v * 1e3
-    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:,.0f}"
-
-
-def point_rows(out):
-    fws = out["frameworks"]
-    head = ["T", "units", "batch"] + [f"{f} [samples/s]" for f in fws] + \
-        ["gen [ms/step]", "fastest anchor", "gen/fastest", ""]
-    rows = []
-    for r in out["table"]:
-        cells = [str(r["seq_len"]), str(r["units"]), str(r["batch"])]
-        cells += [_rate(r["samples_per_s"].get(f)) for f in fws]
-        cells += [_ms(r["step_s"].get("gen")), r["ref"] or "-",
-                  f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-", r["verdict"] or ""]
-        rows.append(cells)
-    return head, rows
-
-
-def _growth_cell(g):
-    """A growth ratio; one measured again alternating: "4.68* (6.18)", the
-    first rounds' in parentheses."""
-    if g is None:
-        return "-"
-    if "rounds" not in g:
-        return f"{g['ratio']:.2f}"
-    return f"{g['ratio']:.2f}*" + (f" ({g['first']['ratio']:.2f})" if "first" in g else "")
-
-
-def linearity_rows(out):
-    fws = out["frameworks"]
-    lin = out["linearity"]
-    if not lin:
-        return None, []
-    lens = sorted({t for r in lin for t in r["seq_lens"]})
-    growth_cols = [(t1, t2) for t1, t2 in zip(lens, lens[1:])]
-    head = ["units", "batch"] + [f"gen T={t} [ms]" for t in lens] + \
-        [f"gen {t2}/{t1}" for t1, t2 in growth_cols] + ["gen"] + \
-        [f"{f} " + ", ".join(f"{t2}/{t1}" for t1, t2 in growth_cols)
-         for f in fws if f != "gen"]
-    rows = []
-    for r in lin:
-        fr = r["frameworks"]
-        gen = fr.get("gen", {"step_s": {}, "growth": []})
-        cells = [str(r["units"]), str(r["batch"])]
-        cells += [_ms(gen["step_s"].get(t)) for t in lens]
-        by = {(s["from"], s["to"]): s for s in gen["growth"]}
-        cells += [_growth_cell(by.get(c)) for c in growth_cols]
-        cells.append(r["gen_verdict"] or "-")
-        for f in fws:
-            if f == "gen":
-                continue
-            byf = {(s["from"], s["to"]): s for s in fr.get(f, {}).get("growth", [])}
-            cells.append(", ".join(f"{byf[c]['ratio']:.2f}" if c in byf else "-"
-                                   for c in growth_cols))
-        rows.append(cells)
-    return head, rows
-
-
-def _print_table(head, rows, left=0):
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    for row in rows:
-        print("  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths))))
-
-
-def _md(head, rows):
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def markdown_tables(out):
-    parts = [_md(*point_rows(out))]
-    head, rows = linearity_rows(out)
-    if head:
-        parts.append(_md(head, rows))
-    return "\n\n".join(parts)
-
-
-def print_report(out):
-    prof = out["profile"]
-    print()
-    print(f"Training step (single step on one batch, optimizer update included): "
-          f"samples/s = batch / median step time; {prof['rounds']} round(s), "
-          f"budget {prof['budget']} s per point per framework; "
-          f"gen/fastest = gen / the fastest anchor, PASS if >= 1.0")
-    if out.get("confirmed"):
-        lo, hi = prof["confirm_band"]
-        print(f"Confirmed (gen/fastest within {lo:g}-{hi:g} after the first round(s), then "
-              f"{prof['confirm_rounds']} more round(s); medians over all): "
-              + ", ".join(f"{t}x{u}x{b}" for t, u, b in out["confirmed"]))
-    _print_table(*point_rows(out))
-    verdicts = [r["verdict"] for r in out["table"] if r["verdict"]]
-    if verdicts:
-        print(f"gen at or ahead of the fastest anchor at {verdicts.count('PASS')}/"
-              f"{len(verdicts)} point(s)"
-              + ("" if len(verdicts) == len(out["table"]) else
-                 f" ({len(out['table']) - len(verdicts)} point(s) without a ratio)"))
-
-    head, rows = linearity_rows(out)
-    if head:
-        lo, hi = LINEAR_BAND
-        print(f"\nGrowth of the step time with sequence length (time(T2)/time(T1); linear = "
-              f"T2/T1, called linear within {lo:g}-{hi:g}x of it, i.e. 3.0-5.5 for 4x; "
-              f"sublinear = a fixed per-step cost still dominates)")
-        _print_table(head, rows)
-        if out.get("linear_again"):
-            print(f"* measured again by gen, the lengths alternating in one process, "
-                  f"{prof['linear_rounds']} round(s) (growth above {LINEAR_CONFIRM_ABOVE:g}x "
-                  f"linear in the first round(s), whose ratio is in parentheses): "
-                  + ", ".join(f"units {u} / batch {b} at T {', '.join(map(str, lens))}"
-                              for u, b, lens in out["linear_again"]))
-        v = [r["gen_verdict"] for r in out["linearity"] if r["gen_verdict"]]
-        print(f"gen: linear at {v.count('linear')}/{len(v)} (units, batch) pair(s), "
-              f"sublinear at {v.count('sublinear')}, superlinear at {v.count('SUPERLINEAR')}")
-
-    print("\nWhat ran (first process of each framework):")
-    seen = set()
-    for res in out["raw"]:
-        f = res["framework"]
-        if f in seen:
-            continue
-        seen.add(f)
-        print(f"  {f}: {res['info']}")
-        for b in res["blas"]:
-            print(f"      {b.get('user_api')}: {b.get('internal_api')} {b.get('version') or ''} "
-                  f"kernel={b.get('architecture', '-')} threads={b.get('num_threads')} "
-                  f"{b.get('file')}{'  <- ' + b['used_by'] if b.get('used_by') else ''}")
-    rss = {}
-    for res in out["raw"]:
-        rss[res["framework"]] = max(rss.get(res["framework"], 0), res["peak_rss_mb"])
-    print("  peak RSS of a process (largest group): "
-          + ", ".join(f"{f} {v:.0f} MB" for f, v in rss.items()))
-    mi = out["machine"]
-    print(f"\nmachine: {mi['cpu']}, {mi['cpus']} CPUs; python {mi['python']}; "
-          f"{mi['versions']}")
-    print(f"repo at {mi['git'].get('commit')} with {mi['git'].get('dirty_files')} modified "
-          f"tracked file(s)")
-    la = [l[0] for l in out["loadavg"]]
-    print(f"load average (1 min) before the run and seen by the workers: min {min(la):.1f}, "
-          f"median {statistics.median(la):.1f}, max {max(la):.1f}; "
-          f"run took {out['minutes']:.1f} min")
-    if out["few_steps"]:
-        print(f"\nfewer than {prof['min_steps']} timed steps (slow points, stopped after "
-              f"{prof['max_timed_s']:g} s):")
-        for e in out["few_steps"]:
-            print("  " + e)
-    if out["errors"]:
-        print("\nerrors:")
-        for e in out["errors"]:
-            print("  " + e)
 
 
 if __name__ == "__main__":

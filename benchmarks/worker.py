@@ -1,4 +1,4 @@
-"""One benchmark measurement in its own process (started by benchmarks/run.py).
+"""One benchmark measurement in its own process (started by benchmarks/run.py and sweep.py, through harness.run_worker).
 
     python benchmarks/worker.py '<json spec>'
 
