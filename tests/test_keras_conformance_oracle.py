@@ -20,10 +20,7 @@ import keras_oracle as ko
 from genmods import share_kernels
 
 pytest.register_assert_rewrite("conformance")  # its asserts: pytest's detailed messages, as in a test module
-try:
-    from conformance import BATCH, MODELS, SEED, assert_close, with_optimizer
-except ImportError:  # tests/ imported as a package
-    from tests.conformance import BATCH, MODELS, SEED, assert_close, with_optimizer
+from conformance import BATCH, MODELS, SEED, assert_close, with_optimizer
 
 
 # ---------------------------------------------------------------------------

@@ -5,38 +5,21 @@ path."""
 import numpy as np
 import pytest
 
-try:
-    from fd import (
-        F32,
-        F64,
-        LINEAR,
-        RELU,
-        SIGMOID,
-        SOFTMAX,
-        TANH,
-        K,
-        assert_grad,
-        away_from_zero,
-        np_act,
-        numgrad,
-        rng,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.fd import (
-        F32,
-        F64,
-        LINEAR,
-        RELU,
-        SIGMOID,
-        SOFTMAX,
-        TANH,
-        K,
-        assert_grad,
-        away_from_zero,
-        np_act,
-        numgrad,
-        rng,
-    )
+from fd import (
+    F32,
+    F64,
+    LINEAR,
+    RELU,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
+    K,
+    assert_grad,
+    away_from_zero,
+    np_act,
+    numgrad,
+    rng,
+)
 
 
 # ------------------------------------------------------------- activation

@@ -6,36 +6,20 @@ one-thread paths against the serial kernels."""
 import numpy as np
 import pytest
 
-try:
-    from fd import (
-        F32,
-        F64,
-        LINEAR,
-        RELU,
-        SIGMOID,
-        SOFTMAX,
-        TANH,
-        K,
-        assert_grad,
-        np_act,
-        numgrad,
-        rng,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.fd import (
-        F32,
-        F64,
-        LINEAR,
-        RELU,
-        SIGMOID,
-        SOFTMAX,
-        TANH,
-        K,
-        assert_grad,
-        np_act,
-        numgrad,
-        rng,
-    )
+from fd import (
+    F32,
+    F64,
+    LINEAR,
+    RELU,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
+    K,
+    assert_grad,
+    np_act,
+    numgrad,
+    rng,
+)
 
 
 # ------------------------------------------------------------------ dense

@@ -5,10 +5,7 @@ check."""
 import numpy as np
 import pytest
 
-try:
-    from fd import F32, F64, K, assert_grad, numgrad, rng
-except ImportError:  # tests/ imported as a package
-    from tests.fd import F32, F64, K, assert_grad, numgrad, rng
+from fd import F32, F64, K, assert_grad, numgrad, rng
 
 
 # -------------------------------------------------------------- embedding

@@ -11,36 +11,20 @@ import textwrap
 import numpy as np
 import pytest
 
-try:
-    from fd import (
-        F32,
-        LINEAR,
-        LOSSES,
-        OPT_CONFIGS,
-        RELU,
-        SIGMOID,
-        TANH,
-        loss_data,
-        loss_fns,
-        lstm_run,
-        rng,
-        run_ours,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.fd import (
-        F32,
-        LINEAR,
-        LOSSES,
-        OPT_CONFIGS,
-        RELU,
-        SIGMOID,
-        TANH,
-        loss_data,
-        loss_fns,
-        lstm_run,
-        rng,
-        run_ours,
-    )
+from fd import (
+    F32,
+    LINEAR,
+    LOSSES,
+    OPT_CONFIGS,
+    RELU,
+    SIGMOID,
+    TANH,
+    loss_data,
+    loss_fns,
+    lstm_run,
+    rng,
+    run_ours,
+)
 
 
 # ------------------------------------------------- Keras (torch) cross-check

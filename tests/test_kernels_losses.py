@@ -4,20 +4,7 @@ differences of the loss gradients, and the clip bounds."""
 import numpy as np
 import pytest
 
-try:
-    from fd import F32, F64, LOSSES, K, assert_grad, loss_data, loss_fns, numgrad, rng
-except ImportError:  # tests/ imported as a package
-    from tests.fd import (
-        F32,
-        F64,
-        LOSSES,
-        K,
-        assert_grad,
-        loss_data,
-        loss_fns,
-        numgrad,
-        rng,
-    )
+from fd import F32, F64, LOSSES, K, assert_grad, loss_data, loss_fns, numgrad, rng
 
 
 # ----------------------------------------------------------------- losses

@@ -9,40 +9,22 @@ import time
 import numpy as np
 import pytest
 
-try:
-    from fd import (
-        ACT_PAIRS,
-        F32,
-        F64,
-        SIGMOID,
-        TANH,
-        K,
-        assert_grad,
-        lstm_grads,
-        lstm_ref,
-        lstm_run,
-        numgrad,
-        numgrad_at,
-        rng,
-        stacked,
-    )
-except ImportError:  # tests/ imported as a package
-    from tests.fd import (
-        ACT_PAIRS,
-        F32,
-        F64,
-        SIGMOID,
-        TANH,
-        K,
-        assert_grad,
-        lstm_grads,
-        lstm_ref,
-        lstm_run,
-        numgrad,
-        numgrad_at,
-        rng,
-        stacked,
-    )
+from fd import (
+    ACT_PAIRS,
+    F32,
+    F64,
+    SIGMOID,
+    TANH,
+    K,
+    assert_grad,
+    lstm_grads,
+    lstm_ref,
+    lstm_run,
+    numgrad,
+    numgrad_at,
+    rng,
+    stacked,
+)
 
 
 # ------------------------------------------------- lstm: blocks schedule

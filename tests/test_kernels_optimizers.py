@@ -5,10 +5,7 @@ updates, and state below the normal numbers stored as zero."""
 import numpy as np
 import pytest
 
-try:
-    from fd import F32, F64, OPT_CONFIGS, K, rng, run_ours
-except ImportError:  # tests/ imported as a package
-    from tests.fd import F32, F64, OPT_CONFIGS, K, rng, run_ours
+from fd import F32, F64, OPT_CONFIGS, K, rng, run_ours
 
 
 # ------------------------------------------------------------- optimizers

@@ -5,10 +5,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from parse_helpers import at, errors, only, run
-except ImportError:  # tests/ imported as a package
-    from tests.parse_helpers import at, errors, only, run
+from parse_helpers import at, errors, only, run
 
 
 # ---------------------------------------------------------------- diagnostics, one code at a time

@@ -8,10 +8,7 @@ import pytest
 from gen import ir
 from gen.diagnostics import Span
 
-try:
-    from parse_helpers import at, errors, only, run
-except ImportError:  # tests/ imported as a package
-    from tests.parse_helpers import at, errors, only, run
+from parse_helpers import at, errors, only, run
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = sorted((ROOT.parent / "shared" / "seed-examples").glob("*.py")) or sorted((ROOT / "examples").glob("*.py"))

@@ -8,10 +8,7 @@ import math
 import numpy as np
 import pytest
 
-try:
-    from runtime_helpers import data, fake_generated_module, two_data
-except ImportError:  # tests/ imported as a package
-    from tests.runtime_helpers import data, fake_generated_module, two_data
+from runtime_helpers import data, fake_generated_module, two_data
 
 
 @pytest.fixture(scope="module")
