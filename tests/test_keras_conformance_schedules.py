@@ -11,21 +11,9 @@ from conftest import EXAMPLES
 import keras_oracle as ko
 
 pytest.register_assert_rewrite("conformance")  # its asserts: pytest's detailed messages, as in a test module
-from conformance import (
-    ATOL,
-    ATOL64,
-    RTOL,
-    RTOL64,
-    SEED,
-    STEPS,
-    _batch,
-    as_list,
-    assert_close,
-    assert_layer_grads_close,
-    assert_metrics_close,
-    assert_weights_close,
-    load_pair,
-)
+from conformance import (ATOL, ATOL64, RTOL, RTOL64, SEED, STEPS, _batch, as_list, assert_close,
+                         assert_layer_grads_close, assert_metrics_close, assert_weights_close,
+                         load_pair)
 
 
 @pytest.fixture(scope="session")

@@ -5,21 +5,8 @@ path."""
 import numpy as np
 import pytest
 
-from fd import (
-    F32,
-    F64,
-    LINEAR,
-    RELU,
-    SIGMOID,
-    SOFTMAX,
-    TANH,
-    K,
-    assert_grad,
-    away_from_zero,
-    np_act,
-    numgrad,
-    rng,
-)
+from fd import (F32, F64, LINEAR, RELU, SIGMOID, SOFTMAX, TANH, K, assert_grad, away_from_zero,
+                np_act, numgrad, rng)
 
 
 # ------------------------------------------------------------- activation

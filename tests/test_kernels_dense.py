@@ -6,20 +6,8 @@ one-thread paths against the serial kernels."""
 import numpy as np
 import pytest
 
-from fd import (
-    F32,
-    F64,
-    LINEAR,
-    RELU,
-    SIGMOID,
-    SOFTMAX,
-    TANH,
-    K,
-    assert_grad,
-    np_act,
-    numgrad,
-    rng,
-)
+from fd import (F32, F64, LINEAR, RELU, SIGMOID, SOFTMAX, TANH, K, assert_grad, np_act, numgrad,
+                rng)
 
 
 # ------------------------------------------------------------------ dense

@@ -11,20 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from fd import (
-    F32,
-    LINEAR,
-    LOSSES,
-    OPT_CONFIGS,
-    RELU,
-    SIGMOID,
-    TANH,
-    loss_data,
-    loss_fns,
-    lstm_run,
-    rng,
-    run_ours,
-)
+from fd import (F32, LINEAR, LOSSES, OPT_CONFIGS, RELU, SIGMOID, TANH, loss_data, loss_fns,
+                lstm_run, rng, run_ours)
 
 
 # ------------------------------------------------- Keras (torch) cross-check

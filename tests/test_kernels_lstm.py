@@ -7,21 +7,8 @@ test_kernels_lstm_schedules.py."""
 import numpy as np
 import pytest
 
-from fd import (
-    ACT_PAIRS,
-    F32,
-    F64,
-    RELU,
-    SIGMOID,
-    TANH,
-    K,
-    assert_grad,
-    lstm_grads,
-    lstm_ref,
-    lstm_run,
-    numgrad,
-    rng,
-)
+from fd import (ACT_PAIRS, F32, F64, RELU, SIGMOID, TANH, K, assert_grad, lstm_grads, lstm_ref,
+                lstm_run, numgrad, rng)
 
 
 # ------------------------------------------------------------------- lstm

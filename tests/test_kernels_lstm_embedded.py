@@ -5,19 +5,8 @@ gradients, and its parallel branches against the unfused kernels."""
 import numpy as np
 import pytest
 
-from fd import (
-    SIGMOID,
-    TANH,
-    K,
-    assert_grad,
-    lstm_grads,
-    lstm_ref,
-    lstm_run,
-    numgrad,
-    rng,
-    stacked,
-    unstack,
-)
+from fd import (SIGMOID, TANH, K, assert_grad, lstm_grads, lstm_ref, lstm_run, numgrad, rng,
+                stacked, unstack)
 
 
 def embedded_run(ids, table, W, Rk, b, act, ract, rs, per_step):

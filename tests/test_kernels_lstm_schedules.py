@@ -9,22 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from fd import (
-    ACT_PAIRS,
-    F32,
-    F64,
-    SIGMOID,
-    TANH,
-    K,
-    assert_grad,
-    lstm_grads,
-    lstm_ref,
-    lstm_run,
-    numgrad,
-    numgrad_at,
-    rng,
-    stacked,
-)
+from fd import (ACT_PAIRS, F32, F64, SIGMOID, TANH, K, assert_grad, lstm_grads, lstm_ref, lstm_run,
+                numgrad, numgrad_at, rng, stacked)
 
 
 # ------------------------------------------------- lstm: blocks schedule
