@@ -11,7 +11,7 @@ share a process.  Every runner offers:
     r.info()                               # dict of facts worth printing (threads, graphs...)
 
 `xs`, `ys` are lists of numpy arrays in the model's input/output order, made
-by `make_data`.  The models are the seed examples, written out by hand for
+by `make_data` (workloads.py).  The models are the seed examples, written out by hand for
 each framework: examples/mlp.py and examples/twitter.py; and "sweep", the
 scaling sweep's family (benchmarks/sweep.py): Input (seq_len, features) ->
 LSTM(units) -> Dense(1, sigmoid), binary crossentropy, RMSprop, whose sizes
@@ -22,12 +22,7 @@ import math
 import os
 import sys
 
-from workloads import MODELS, SWEEP_FEATURES, make_data, sweep_dims, sweep_model_source
-
-# what the worker, kernels.py, run.py, sweep.py and experiments/ import from here
-# (the models' data and the sweep model's file live in workloads.py)
-__all__ = ["RUNNERS", "FRAMEWORK_ENV", "blas_info", "load_generated", "make_data",
-           "sweep_model_source", "sweep_dims", "MODELS", "SWEEP_FEATURES"]
+from workloads import sweep_dims
 
 # Keras's float32 clip bound for probabilities (keras.config.epsilon()).
 EPS = 1e-7

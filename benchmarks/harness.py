@@ -9,7 +9,6 @@ Used by the parent processes only: nothing here imports a framework.
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -58,10 +57,6 @@ def rotate(seq, k):
     k %= len(seq)
     return seq[k:] + seq[:k]
 
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def machine_info():

@@ -218,7 +218,8 @@ def _fit_step_seconds(m, x, y, bs, steps):
 
 def breakdown(spec):
     """spec: gen_path, model, batch_sizes, steps.  Returns a JSON-able dict."""
-    from frameworks import load_generated, make_data
+    from frameworks import load_generated
+    from workloads import make_data
     model = spec["model"]
     mod = load_generated(spec["gen_path"], f"genbench_{model}")
     steps = int(spec.get("steps", 10))

@@ -64,12 +64,8 @@ from harness import (EXTRA, FRAMEWORKS, child_env, log, machine_info,  # noqa: E
                      module_fingerprint, rotate, run_worker)
 from sweep_analysis import (LINEAR_CONFIRM_ABOVE, close_points, confirm_runs,  # noqa: E402
                             linear_runs, linearity, steep_growth, summarise)
-from sweep_report import _growth_cell, markdown_tables, print_report  # noqa: E402
+from sweep_report import markdown_tables, print_report  # noqa: E402
 from workloads import SWEEP_FEATURES, sweep_model_source  # noqa: E402
-
-# what tests/test_bench_sweep.py reaches through this module (sweep.summarise, ...)
-__all__ = ["main", "summarise", "close_points", "confirm_runs", "linearity", "steep_growth",
-           "linear_runs", "_growth_cell"]
 
 DEFAULT_FRAMEWORKS = ("gen", "keras-jax", "torch")
 SEQ_LENS = (25, 100, 400)

@@ -43,7 +43,8 @@ def run_startup(spec):
 
     Everything a user's script would do: import the framework, build (and
     compile) the model, make a batch, one optimizer step, the loss on the host."""
-    from frameworks import RUNNERS, make_data
+    from frameworks import RUNNERS
+    from workloads import make_data
     fw, model = spec["framework"], spec["model"]
     xs, ys = make_data(model, 32, seed=1)
     t_import = time.time()
@@ -122,7 +123,8 @@ def _predict_rate(r, xs, spec, bs=1024):
 
 
 def run_steady(spec):
-    from frameworks import RUNNERS, blas_info, make_data
+    from frameworks import RUNNERS, blas_info
+    from workloads import make_data
     fw, model = spec["framework"], spec["model"]
     xs, ys = make_data(model, spec["n_data"])
     data_mb = sum(a.nbytes for a in xs + ys) / 2**20
@@ -187,7 +189,8 @@ def run_sweep(spec):
     """The scaling sweep (benchmarks/sweep.py): every point of spec["points"]
     in this process, one after another; a fresh model per point."""
     import gc
-    from frameworks import RUNNERS, blas_info, make_data
+    from frameworks import RUNNERS, blas_info
+    from workloads import make_data
     fw = spec["framework"]
     res = {"points": [], "errors": {}}
     r, info = None, {}

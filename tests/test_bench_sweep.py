@@ -5,7 +5,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-import sweep  # noqa: E402
+import sweep_analysis  # noqa: E402
+import sweep_report  # noqa: E402
 
 FWS = ["gen", "keras-jax", "torch"]
 
@@ -13,7 +14,7 @@ FWS = ["gen", "keras-jax", "torch"]
 def table(steps):
     """summarise() over one round of step times {(T, units, batch): (gen, keras-jax, torch)}."""
     values = {p + (f,): [v] for p, st in steps.items() for f, v in zip(FWS, st)}
-    return sweep.summarise(sorted(steps), FWS, values)
+    return sweep_analysis.summarise(sorted(steps), FWS, values)
 
 
 def test_close_points_are_those_within_the_band_either_side():
@@ -21,8 +22,8 @@ def test_close_points_are_those_within_the_band_either_side():
                (25, 512, 256): (0.232, 0.35, 0.256),      # 1.10x
                (25, 32, 1): (0.00007, 0.001, 0.0012),     # 14.3x
                (100, 128, 32): (0.02, 0.01, 0.011)})      # 0.50x
-    assert [c[:3] for c in sweep.close_points(t, (0.8, 1.25))] == [(25, 512, 32), (25, 512, 256)]
-    assert sweep.close_points(t, (0.9, 1.0)) == []
+    assert [c[:3] for c in sweep_analysis.close_points(t, (0.8, 1.25))] == [(25, 512, 32), (25, 512, 256)]
+    assert sweep_analysis.close_points(t, (0.9, 1.0)) == []
 
 
 def test_a_confirmation_round_runs_gen_and_the_anchors_near_the_fastest():
@@ -31,7 +32,7 @@ def test_a_confirmation_round_runs_gen_and_the_anchors_near_the_fastest():
     t = table({(25, 512, 32): (0.036, 0.056, 0.0316),      # keras-jax 1.77x behind torch: kept
                (400, 512, 256): (4.3, 5.07, 77.0),         # torch 15x behind keras-jax: dropped
                (25, 32, 256): (0.0052, 0.0088, 0.0064)})   # 1.21x, the only 32-unit one
-    todo = sweep.confirm_runs(sweep.close_points(t, (0.8, 1.25)), FWS)
+    todo = sweep_analysis.confirm_runs(sweep_analysis.close_points(t, (0.8, 1.25)), FWS)
     assert todo == {32: [("gen", [(25, 32, 256)]), ("keras-jax", [(25, 32, 256)]), ("torch", [(25, 32, 256)])],
                     512: [("gen", [(25, 512, 32), (400, 512, 256)]),
                           ("keras-jax", [(25, 512, 32), (400, 512, 256)]),
@@ -41,20 +42,20 @@ def test_a_confirmation_round_runs_gen_and_the_anchors_near_the_fastest():
 def growth(steps, again=None):
     """linearity() of gen's step times {(T, units, batch): seconds} (one round)."""
     values = {p + ("gen",): [v] for p, v in steps.items()}
-    return sweep.linearity(sorted(steps), ["gen"], values, again)
+    return sweep_analysis.linearity(sorted(steps), ["gen"], values, again)
 
 
 def test_steep_growth_names_each_pair_and_the_lengths_that_grew_fast():
     lin = growth({(25, 32, 256): 0.0036, (100, 32, 256): 0.013, (400, 32, 256): 0.080,  # 3.6x, 6.2x
                   (25, 128, 32): 0.0027, (100, 128, 32): 0.0082, (400, 128, 32): 0.035,  # 3.0x, 4.2x
                   (25, 512, 1): 0.004, (100, 512, 1): 0.020, (400, 512, 1): 0.100})     # 5.0x, 5.0x
-    assert sweep.steep_growth(lin, 1.2) == [(32, 256, [100, 400]), (512, 1, [25, 100, 400])]
-    assert sweep.steep_growth(lin, 1.5) == [(32, 256, [100, 400])]
-    assert sweep.steep_growth(lin, 2.0) == []
+    assert sweep_analysis.steep_growth(lin, 1.2) == [(32, 256, [100, 400]), (512, 1, [25, 100, 400])]
+    assert sweep_analysis.steep_growth(lin, 1.5) == [(32, 256, [100, 400])]
+    assert sweep_analysis.steep_growth(lin, 2.0) == []
 
 
 def test_linear_runs_alternate_the_lengths_of_each_pair_in_one_process_a_width():
-    todo = sweep.linear_runs([(32, 256, [100, 400]), (32, 1, [25, 100]), (512, 32, [25, 100])], 2)
+    todo = sweep_analysis.linear_runs([(32, 256, [100, 400]), (32, 1, [25, 100]), (512, 32, [25, 100])], 2)
     assert todo == {32: [("gen", [(25, 32, 1), (100, 32, 1), (100, 32, 256), (400, 32, 256),
                                   (25, 32, 1), (100, 32, 1), (100, 32, 256), (400, 32, 256)])],
                     512: [("gen", [(25, 512, 32), (100, 512, 32), (25, 512, 32), (100, 512, 32)])]}
@@ -71,6 +72,6 @@ def test_a_growth_measured_again_takes_its_ratio_from_the_alternated_steps():
     assert second["rounds"] == 3 and abs(second["ratio"] - 0.085 / 0.018) < 1e-12
     assert second["label"] == "linear" and second["first"]["label"] == "SUPERLINEAR"
     assert row["gen_verdict"] == "linear"
-    assert sweep._growth_cell(second) == "4.72* (6.15)"
+    assert sweep_report._growth_cell(second) == "4.72* (6.15)"
     (row,) = growth(steps)
     assert row["gen_verdict"] == "SUPERLINEAR"

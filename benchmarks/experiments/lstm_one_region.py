@@ -33,7 +33,7 @@ from numba.extending import intrinsic
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from frameworks import sweep_model_source  # noqa: E402
+from workloads import sweep_model_source  # noqa: E402
 
 g = tanh32 = None  # the generated module and its float32 tanh, set by load() before any kernel compiles
 
