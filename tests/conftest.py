@@ -20,9 +20,10 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-# the kernel tests' shared finite-difference helpers (fd.py) assert too:
-# pytest's detailed messages there as well
-pytest.register_assert_rewrite("fd")
+# helper modules that assert for the tests importing them (the kernels'
+# finite differences, the conformance comparisons): pytest's detailed
+# messages there as well
+pytest.register_assert_rewrite("fd", "conformance")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"

@@ -14,7 +14,6 @@ from conftest import EXAMPLES
 import keras_oracle as ko
 from genmods import generated, share_kernels
 
-pytest.register_assert_rewrite("conformance")  # its asserts: pytest's detailed messages, as in a test module
 from conformance import (ATOL64, METRIC_RTOL, MODEL_IDS, MODELS, RTOL64, STEPS, _batch, as_list,
                          assert_close, assert_layer_grads_close, assert_metrics_close,
                          assert_weights_close, load_pair, with_optimizer)

@@ -19,7 +19,6 @@ import keras
 import keras_oracle as ko
 from genmods import share_kernels
 
-pytest.register_assert_rewrite("conformance")  # its asserts: pytest's detailed messages, as in a test module
 from conformance import BATCH, MODELS, SEED, assert_close, with_optimizer
 
 

@@ -10,7 +10,6 @@ import pytest
 from conftest import EXAMPLES
 import keras_oracle as ko
 
-pytest.register_assert_rewrite("conformance")  # its asserts: pytest's detailed messages, as in a test module
 from conformance import (ATOL, ATOL64, RTOL, RTOL64, SEED, STEPS, _batch, as_list, assert_close,
                          assert_layer_grads_close, assert_metrics_close, assert_weights_close,
                          load_pair)
