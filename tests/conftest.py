@@ -154,3 +154,11 @@ def gen_modules(tmp_path_factory):
 def generated_examples(gen_modules):
     """{example stem: {model name: generated module}} for every examples/*.py."""
     return {p.stem: gen_modules.modules(p) for p in EXAMPLE_FILES}
+
+
+@pytest.fixture(scope="session")
+def fake_mod(tmp_path_factory):
+    """The runtime tests' hand-written generated module (tests/runtime_helpers.py),
+    built and compiled once per session for both test_runtime*.py files."""
+    from runtime_helpers import fake_generated_module
+    yield from fake_generated_module(tmp_path_factory)

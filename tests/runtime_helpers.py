@@ -1,6 +1,6 @@
 """The fake generated module of the runtime tests (tests/test_runtime*.py):
 prelude + kernels + runtime + small numpy models, built by
-fake_generated_module (the tests' `mod` fixture), and their data.
+fake_generated_module (the session fixture `fake_mod`), and their data.
 
 Kernel files from templates/kernels/ are used when they define the kernels
 needed; otherwise the small fallbacks below stand in (numerics of kernels
@@ -296,7 +296,7 @@ def kernel_source(fname):
 
 
 def fake_generated_module(tmp_path_factory):
-    """The body of the tests' module-scoped `mod` fixture: yields the module."""
+    """The body of the session fixture `fake_mod` (conftest.py): yields the module."""
     texts = [(ROOT / "templates" / f).read_text() for f in RUNTIME_FILES]
     for f, text in zip(RUNTIME_FILES, texts):
         assert not re.search(r"\{\{|\{%|\{#", text), f"{f} must hold no Jinja syntax"

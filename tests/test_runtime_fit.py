@@ -8,18 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from runtime_helpers import data, fake_generated_module, two_data
-
-
-@pytest.fixture(scope="module")
-def mod(tmp_path_factory):
-    yield from fake_generated_module(tmp_path_factory)
+from runtime_helpers import data, two_data
 
 
 # -- gradients and steps ------------------------------------------------------
 
-def test_compute_gradients_matches_finite_differences(mod):
-    t = mod.TwoOut(seed=0, dtype=np.float64)
+def test_compute_gradients_matches_finite_differences(fake_mod):
+    t = fake_mod.TwoOut(seed=0, dtype=np.float64)
     xs, ys = two_data(6)
     before = t.get_weights()
     logs, grads = t.compute_gradients(xs, ys)
@@ -41,8 +36,8 @@ def test_compute_gradients_matches_finite_differences(mod):
     np.testing.assert_allclose(flat, num, rtol=1e-5, atol=1e-8)
 
 
-def test_train_on_batch_metrics_before_update(mod):
-    m = mod.Model(seed=0)
+def test_train_on_batch_metrics_before_update(fake_mod):
+    m = fake_mod.Model(seed=0)
     x, y = data()
     ref = m.evaluate(x, y, batch_size=10)
     _, grads = m.compute_gradients(x, y)
@@ -54,8 +49,8 @@ def test_train_on_batch_metrics_before_update(mod):
         np.testing.assert_allclose(w, before - 0.1 * g, rtol=1e-5, atol=1e-7)
 
 
-def test_adam_first_step(mod):
-    t = mod.TwoOut(seed=0, dtype=np.float64)
+def test_adam_first_step(fake_mod):
+    t = fake_mod.TwoOut(seed=0, dtype=np.float64)
     xs, ys = two_data()
     _, grads = t.compute_gradients(xs, ys)
     g = np.concatenate([a.ravel() for v in grads.values() for a in v])
@@ -67,13 +62,13 @@ def test_adam_first_step(mod):
     assert t.iterations == 1
 
 
-def test_fit_history_is_weighted_mean_of_pre_update_batches(mod):
+def test_fit_history_is_weighted_mean_of_pre_update_batches(fake_mod):
     x, y = data(10)
-    m = mod.Model(seed=0)
+    m = fake_mod.Model(seed=0)
     hist = m.fit(x, y, verbose=0)  # defaults: 2 epochs, batch 4, no shuffle
     assert list(hist) == ["accuracy", "loss"] and len(hist["loss"]) == 2
     assert hist.history is hist and m.iterations == 6
-    ref = mod.Model(seed=0)
+    ref = fake_mod.Model(seed=0)
     for epoch in range(2):
         sums = {"accuracy": 0.0, "loss": 0.0}
         for s in range(0, 10, 4):
@@ -85,19 +80,19 @@ def test_fit_history_is_weighted_mean_of_pre_update_batches(mod):
     assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), ref.get_weights()))
 
 
-def test_fit_arguments_override_defaults(mod):
+def test_fit_arguments_override_defaults(fake_mod):
     x, y = data(10)
-    m = mod.Model(seed=0)
+    m = fake_mod.Model(seed=0)
     hist = m.fit(x, y, epochs=3, batch_size=10, verbose=0)
     assert len(hist["loss"]) == 3 and m.iterations == 3
     with pytest.raises(ValueError, match="batch_size"):
         m.fit(x, y, batch_size=0, verbose=0)
 
 
-def test_validation_split_takes_last_fraction(mod):
+def test_validation_split_takes_last_fraction(fake_mod):
     x, y = data(10)
 
-    class Frozen(mod.Model):
+    class Frozen(fake_mod.Model):
         _optimizer = ("sgd", {"learning_rate": 0.0})
 
     m = Frozen(seed=0)
@@ -113,8 +108,8 @@ def test_validation_split_takes_last_fraction(mod):
         m.fit(x[:1], y[:1], validation_split=0.5, verbose=0)
 
 
-def test_validation_data_multi_output(mod):
-    t = mod.TwoOut(seed=0)
+def test_validation_data_multi_output(fake_mod):
+    t = fake_mod.TwoOut(seed=0)
     xs, ys = two_data(20)
     vx, vy = two_data(5, seed=9)
     hist = t.fit(xs, ys, epochs=2, validation_data=(vx, vy), verbose=0)
@@ -124,36 +119,36 @@ def test_validation_data_multi_output(mod):
     assert hist["val_loss"][-1] == pytest.approx(t.evaluate(vx, vy)["loss"], rel=1e-6)
 
 
-def test_fit_deterministic_and_shuffles(mod):
+def test_fit_deterministic_and_shuffles(fake_mod):
     xs, ys = two_data(30)
-    a, b = mod.TwoOut(seed=5), mod.TwoOut(seed=5)
+    a, b = fake_mod.TwoOut(seed=5), fake_mod.TwoOut(seed=5)
     ha, hb = a.fit(xs, ys, epochs=3, verbose=0), b.fit(xs, ys, epochs=3, verbose=0)
     assert ha == hb
     assert all(np.array_equal(p, q) for p, q in zip(a.get_weights(), b.get_weights()))
-    c = mod.TwoOut(seed=5)
+    c = fake_mod.TwoOut(seed=5)
     c.fit(xs, ys, epochs=3, shuffle=False, verbose=0)
     assert not np.array_equal(c._params, a._params)
 
 
-def test_buffers_allocated_once_per_batch_size(mod):
+def test_buffers_allocated_once_per_batch_size(fake_mod):
     x, y = data(10)
-    m = mod.Model(seed=0)
+    m = fake_mod.Model(seed=0)
     m.fit(x, y, epochs=3, batch_size=4, verbose=0)
     m.fit(x, y, epochs=2, batch_size=4, shuffle=True, verbose=0)
     m.evaluate(x, y, batch_size=4)
     assert m.alloc_calls == [4, 2]
 
 
-def test_verbose_prints_one_line_per_epoch(mod, capsys):
+def test_verbose_prints_one_line_per_epoch(fake_mod, capsys):
     x, y = data(10)
-    mod.Model(seed=0).fit(x, y, epochs=2, verbose=1)
+    fake_mod.Model(seed=0).fit(x, y, epochs=2, verbose=1)
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("Epoch 2/2") and "loss: " in lines[1]
 
 
-def test_non_finite_loss_stops_fit_and_keeps_weights(mod):
+def test_non_finite_loss_stops_fit_and_keeps_weights(fake_mod):
     x, y = data(10)
-    m = mod.Model(seed=0)
+    m = fake_mod.Model(seed=0)
     huge = [np.full((4, 3), 3e38, np.float32), np.zeros(3, np.float32)]
     huge[0][:, 0] = -3e38
     m.set_weights(huge)
@@ -166,10 +161,10 @@ def test_non_finite_loss_stops_fit_and_keeps_weights(mod):
     assert all(np.array_equal(a, b) for a, b in zip(m.get_weights(), huge))
 
 
-def test_divergence_stops_with_finite_weights(mod):
+def test_divergence_stops_with_finite_weights(fake_mod):
     x, y = data(10)
 
-    class Wild(mod.Linear):
+    class Wild(fake_mod.Linear):
         _optimizer = ("sgd", {"learning_rate": 50.0})
 
     m = Wild(seed=0)
