@@ -249,7 +249,7 @@ def test_panel_pairs_give_the_bits_of_single_panels(M, K_, N, dtype):
 
 
 @pytest.mark.parametrize("mode", [1, 2])
-@pytest.mark.parametrize("M", [1, 9, 255, 256, 257, 700])
+@pytest.mark.parametrize("M", [0, 1, 9, 255, 256, 257, 700])
 @pytest.mark.parametrize("K_,N", [(1, 16), (13, 48), (65, 128)])
 def test_lstm_weight_gradient_by_panels_and_chunks(M, K_, N, mode):
     """lstm_passes.py's weight gradient on panels.py's kernel, c = (1) or +=
@@ -257,7 +257,7 @@ def test_lstm_weight_gradient_by_panels_and_chunks(M, K_, N, mode):
     _LSTM_GRAD_CHUNK (here 256): within float32 rounding of float64 numpy,
     the same bits however the panels are split (one range, two, or
     _lstm_grad_panels on the module's threads), rows of c around the result
-    untouched."""
+    untouched; no rows give zeros (1) or c unchanged (2)."""
     r = rng(67)
     a = r.standard_normal((M, K_ + 2)).astype(F32)[:, 1:K_ + 1]  # rows contiguous, strided
     w = r.standard_normal((M, N)).astype(F32)
@@ -287,7 +287,7 @@ def test_lstm_weight_gradient_on_panels_where_it_pays(monkeypatch):
     _LSTM_GRAD_MIN_MACS, and an output up to _LSTM_GRAD_MAX_OUTPUT values
     (no cap on AMD Zen, 2^14 elsewhere); everything else stays on BLAS."""
     def taken(M, K_, N, dtype=F32):
-        return K._lstm_grad_on_panels(np.empty((K_, N), dtype), np.empty((M, K_), dtype), np.empty((M, N), dtype))
+        return K._lstm_grad_on_panels(np.empty((K_, N), dtype), np.empty((M, K_), dtype), np.empty((M, N), dtype), M)
     assert taken(25600, 65, 128)
     assert taken(3200, 161, 512) == (K._LSTM_GRAD_MAX_OUTPUT >= 161 * 512)
     assert K._LSTM_GRAD_MAX_OUTPUT in (1 << 14, 1 << 62)
@@ -298,6 +298,9 @@ def test_lstm_weight_gradient_on_panels_where_it_pays(monkeypatch):
     assert not taken(3200, 161, 512, F64)
     assert not taken(800, 545, 2048)  # wide: BLAS is faster
     assert not taken(800, 65, 128)  # small: a hand-off costs more
+    # the rows passed decide, not a's (an embedded LSTM's distinct ids: its B*T rows)
+    few = (np.empty((65, 128), F32), np.empty((3, 65), F32), np.empty((3, 128), F32))
+    assert K._lstm_grad_on_panels(*few, 25600) and not K._lstm_grad_on_panels(*few, 3)
     assert not taken(25600, 65, 40)  # not whole panels
     assert not taken(0, 65, 128)
 

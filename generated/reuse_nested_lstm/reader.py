@@ -1804,13 +1804,17 @@ def _lstm_weight_grads(dw, xh, dzs, wmode):
     gradients of the weights xh's columns multiply ([dkernel; drkernel;
     dbias] stacked, (W, G))."""
     B, T, G = dzs.shape
-    _lstm_grad_product(dw, xh.reshape(B * T, xh.shape[2]), dzs.reshape(B * T, G), wmode)
+    _lstm_grad_product(dw, xh.reshape(B * T, xh.shape[2]), dzs.reshape(B * T, G), wmode, B * T)
 
 
-def _lstm_grad_product(c, a, w, mode):
+def _lstm_grad_product(c, a, w, mode, rows):
     """c = (mode 1) or += (mode 2) a.T @ w, a weight gradient: on the
-    panel kernel over the threads where _lstm_grad_on_panels, else BLAS."""
-    if _lstm_grad_on_panels(c, a, w):
+    panel kernel over the threads where _lstm_grad_on_panels(rows), else
+    BLAS. rows, not a's row count, decides: an embedded LSTM passes its
+    batch's B*T for its distinct ids, so the kernels a step calls do not
+    depend on how often ids repeat (the helper that compiles ahead sees no
+    ids: it records the kernels the step will call)."""
+    if _lstm_grad_on_panels(c, a, w, rows):
         _lstm_grad_panels(c, a, w, mode)
     else:
         _lstm_product_t(c, a, w, mode)
@@ -1865,6 +1869,8 @@ def _lstm_grad_range(p0, p1, c, a, w, mode):
     scratch, then added to c."""
     M, K = a.shape
     j0, j1 = 16 * p0, 16 * p1
+    if M == 0 and mode == 1:  # a sum of no rows
+        c[:, j0:j1] = 0
     tmp = np.empty((K, c.shape[1]), c.dtype)
     for m0 in range(0, M, _LSTM_GRAD_CHUNK):
         m1 = min(M, m0 + _LSTM_GRAD_CHUNK)
@@ -1895,14 +1901,14 @@ def _lstm_grad_range(p0, p1, c, a, w, mode):
                     dst[j] += src[j]
 
 
-def _lstm_grad_on_panels(c, a, w):
+def _lstm_grad_on_panels(c, a, w, rows):
     """Whether _lstm_grad_panels computes c = a.T @ w: float32, w's columns a
-    multiple of 16 up to _LSTM_GRAD_MAX_COLUMNS, from _LSTM_GRAD_MIN_MACS,
-    c up to _LSTM_GRAD_MAX_OUTPUT values."""
-    M, K = a.shape
+    multiple of 16 up to _LSTM_GRAD_MAX_COLUMNS, from _LSTM_GRAD_MIN_MACS
+    (rows K N), c up to _LSTM_GRAD_MAX_OUTPUT values."""
+    K = a.shape[1]
     N = w.shape[1]
-    return (c.dtype == np.float32 and N % 16 == 0 and N <= _LSTM_GRAD_MAX_COLUMNS and M > 0
-            and M * K * N >= _LSTM_GRAD_MIN_MACS and K * N <= _LSTM_GRAD_MAX_OUTPUT)
+    return (c.dtype == np.float32 and N % 16 == 0 and N <= _LSTM_GRAD_MAX_COLUMNS and rows > 0
+            and rows * K * N >= _LSTM_GRAD_MIN_MACS and K * N <= _LSTM_GRAD_MAX_OUTPUT)
 
 
 def _lstm_grad_panels(c, a, w, mode):
@@ -2077,7 +2083,7 @@ def _lstm_embedded_grads(dkernel, dzs, inv, nu, xu, pu, kernel, wmode):
     n = int(nu[0])
     xn, dzu = xu[:n], pu[:n]
     _lstm_sum_by_id(dzu, dzs, inv)
-    _lstm_grad_product(dkernel, xn, dzu, wmode)
+    _lstm_grad_product(dkernel, xn, dzu, wmode, dzs.shape[0] * dzs.shape[1])
     _lstm_rows_grads(xn, dzu, kernel)
 
 

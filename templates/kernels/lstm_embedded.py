@@ -86,7 +86,7 @@ def _lstm_embedded_grads(dkernel, dzs, inv, nu, xu, pu, kernel, wmode):
     n = int(nu[0])
     xn, dzu = xu[:n], pu[:n]
     _lstm_sum_by_id(dzu, dzs, inv)
-    _lstm_grad_product(dkernel, xn, dzu, wmode)
+    _lstm_grad_product(dkernel, xn, dzu, wmode, dzs.shape[0] * dzs.shape[1])
     _lstm_rows_grads(xn, dzu, kernel)
 
 
