@@ -9,7 +9,8 @@ changes nothing but the time: the recorder sees a whole step or forward
 pass and only what it compiles; a first step after a predict-only run on a
 cold cache gives the numbers a step without the helper gives, loads
 kernels the helper compiled, prints nothing twice and leaves no process
-behind; and a later process loads the whole step from that cache. The
+behind, nor a file half-written when it was killed; and a later process
+loads the whole step from that cache. The
 rest of the suite runs without the helper (conftest.py)."""
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def test_the_recorder_runs_a_whole_forward_pass_and_records_only_what_it_compile
 
 
 CHILD = r'''
-import json, os, sys
+import json, os, signal, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 from numba.core.dispatcher import Dispatcher
@@ -78,6 +79,15 @@ from conftest import import_module_from_path
 from genmods import random_data
 forks = []
 fork = os.fork
+stall = os.environ.get("STALL_HELPER")
+if stall:  # the helper stops at its first rename of a file it wrote, as if killed mid-write
+    parent, replace = os.getpid(), os.replace
+    def stalled(src, dst):
+        if os.getpid() != parent:
+            open(stall, "w").close()
+            os.kill(os.getpid(), signal.SIGSTOP)  # until the process kills it
+        return replace(src, dst)
+    os.replace = stalled
 os.fork = lambda: forks.append(1) or fork()
 mod = import_module_from_path(sys.argv[2], "ahead_module")
 m = mod.Model(seed=0)
@@ -105,7 +115,7 @@ print(json.dumps({"forks": done, "left": left, "parts": m._parts_for(256),
 '''
 
 
-def _run(tmp_path, what, tag):
+def _run(tmp_path, what, tag, **env):
     '''CHILD's run of mlp.py with the helper on, ``what`` "fit" (then a
     predict) or "predict": (its report, weights, stdout). numba caches the
     module's kernels beside it (prelude: keyed by its import name), in
@@ -113,7 +123,7 @@ def _run(tmp_path, what, tag):
     src = tmp_path / "model.py"
     if not src.exists():
         src.write_text((ROOT / "generated" / "mlp" / "model.py").read_text())
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), GEN_COMPILE_AHEAD="1")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), GEN_COMPILE_AHEAD="1", **env)
     out = tmp_path / f"{tag}.npz"
     r = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "tests"), str(src), str(out), what],
                        env=env, capture_output=True, text=True, timeout=600)
@@ -165,6 +175,19 @@ def test_first_passes_load_what_the_helper_compiled_and_give_the_same_numbers(tm
     assert warm["left"] is None, warm
     for w, r in zip(weights, ref.get_weights()):
         np.testing.assert_allclose(w, r, rtol=1e-6, atol=1e-7)
+
+
+def test_a_helper_killed_mid_write_leaves_no_half_written_file(tmp_path):
+    """The helper stops before renaming the first file it wrote; the
+    process kills it when its pass ends and removes that file (numba's
+    own temporary names would leave it in the cache for good)."""
+    stalled = tmp_path / "stalled"
+    report, _, _ = _run(tmp_path, "fit", "fit", STALL_HELPER=str(stalled))
+    assert report["forks"]["fit"] == 1 and report["left"] is None, report
+    assert stalled.exists()  # the helper did stop mid-write
+    cache = tmp_path / "__pycache__"
+    assert not [p.name for p in cache.rglob("*") if ".tmp." in p.name]
+    assert list(cache.rglob("*.gen-ahead-*")), sorted(p.name for p in cache.rglob("*"))  # the pass ended
 
 
 def test_without_numba_cache_a_first_step_forks_nothing_and_runs(monkeypatch):

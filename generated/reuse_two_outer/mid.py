@@ -1430,6 +1430,7 @@ def _rt_shape(shape):
 # cache. The helper ends when the pass does. A pass that an earlier run finished, on a cache
 # that holds that run's entries, forks none. GEN_COMPILE_AHEAD=0 turns it off.
 # ---------------------------------------------------------------------------
+import contextlib
 import signal
 import warnings
 
@@ -1462,6 +1463,7 @@ def _rt_compile_ahead(kind, batch, step, *args):
                 os.waitpid(pid, 0)
             except OSError:  # reaped already (SIGCHLD ignored)
                 pass
+            _rt_remove_helper_tmp(marker, pid)
     if marker is not None and not _rt_marked(marker):  # every kernel of this pass is in the cache now
         try:
             with open(marker, "w"):
@@ -1482,6 +1484,24 @@ def _rt_ahead_marker(key, Dispatcher):
             stem = os.path.splitext(os.path.basename(__file__))[0]
             return os.path.join(folder, f"{stem}.{__name__}.gen-ahead-{key}")
     return None
+
+
+def _rt_helper_tmp(pid):
+    """The suffix of the helper's half-written cache files (numba writes
+    each to a temporary name, then renames it): its own, so that the files
+    of a helper killed mid-write are told from another process's."""
+    return f".tmp.gen-ahead-{pid}"
+
+
+def _rt_remove_helper_tmp(marker, pid):
+    """Remove what helper pid left half-written beside the marker."""
+    try:
+        folder = os.path.dirname(marker)
+        for name in os.listdir(folder):
+            if name.endswith(_rt_helper_tmp(pid)):
+                os.unlink(os.path.join(folder, name))
+    except OSError:
+        pass
 
 
 def _rt_marked(marker):
@@ -1597,11 +1617,23 @@ def _rt_helper_compile(calls, Dispatcher, IndexDataCacheFile):
             kernel._cache.load_overload = lambda sig, target_context: None
     first = 1000 * (1 + int.from_bytes(os.urandom(3), "little"))
     IndexDataCacheFile._data_name = lambda self, number: self._data_name_pattern.format(number=first + number)
+    IndexDataCacheFile._open_for_write = _rt_helper_open_for_write
     for kernel, sig in reversed(calls[1:]):  # this process starts with the first
         try:
             kernel.compile(sig)
         except Exception:  # this process compiles it and reports the error
             pass
+
+
+@contextlib.contextmanager
+def _rt_helper_open_for_write(self, path):
+    """numba's IndexDataCacheFile._open_for_write in the helper: the same
+    write-then-rename, under a temporary name _rt_remove_helper_tmp finds
+    when this process is killed mid-write."""
+    tmp = path + _rt_helper_tmp(os.getpid())
+    with open(tmp, "wb") as f:
+        yield f
+    os.replace(tmp, path)
 
 
 # ------------------------------- runtime: weights, gradients, optimizer
