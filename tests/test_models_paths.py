@@ -46,23 +46,31 @@ def test_small_forward_is_the_per_layer_forward(example, model, monkeypatch):
 
 
 def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
-    """Training takes the one-call forward pass too, with the same bits (on
-    one OpenBLAS thread, as that call runs in training: OpenBLAS's two-thread
-    path rounds some products differently); from the first batch size at
-    which a Dense output reaches the parallel kernels' size, the forward
-    pass takes the per-layer path (mlp: one module is enough, the test is
-    the same line in every module)."""
+    """Training takes the one-call forward pass too, on one OpenBLAS thread
+    (OpenBLAS's two-thread path rounds some products differently), with the
+    bits of the per-layer forward pass (both steps on one thread: whether
+    the backward pass's products round alike on one and two threads depends
+    on OpenBLAS's kernel; with OPENBLAS_CORETYPE=Haswell they do not); from
+    the first batch size at which a Dense output reaches the parallel
+    kernels' size, the forward pass takes the per-layer path (mlp: one module
+    is enough, the test is the same line in every module)."""
     mod = generated("mlp", "model")
     calls = _count_small_calls(mod, monkeypatch)
     monkeypatch.setattr(mod, "_rt_owned_threads", lambda: 0)  # the one-call path, not owned rows
     monkeypatch.setattr(mod, "_RT_PARTS_MIN_ROWS", 1 << 40)  # ... nor parts (test_parts.py)
+    blas = mod._scipy_openblas()
+    threads = []  # OpenBLAS's threads as each one-call forward pass starts
+    counted = mod._forward_small
+    monkeypatch.setattr(mod, "_forward_small", lambda *a: threads.append(blas[1]() if blas else 1) or counted(*a))
     one, per_layer = mod.Model(seed=3), mod.Model(seed=3)
     per_layer._fuse_small = False
     xs, ys = random_data(mod.Model, 32, np.random.default_rng(1))
+    mod.Model(seed=3).train_on_batch(xs, ys)
+    assert threads == [1], threads
     for _ in range(3):
-        one.train_on_batch(xs, ys)
+        mod._blas_one_thread(one.train_on_batch, xs, ys)
         mod._blas_one_thread(per_layer.train_on_batch, xs, ys)
-    assert len(calls) == 3
+    assert len(calls) == 4
     calls.clear()
     for a, b in zip(one.get_weights(), per_layer.get_weights()):
         np.testing.assert_array_equal(a, b)
