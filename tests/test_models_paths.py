@@ -21,9 +21,11 @@ def test_small_forward_only_where_every_layer_has_a_serial_kernel():
 
 
 def _count_small_calls(mod, monkeypatch):
+    """A list that each one-call forward pass (_forward_small) appends
+    OpenBLAS's thread count to as it starts."""
     calls = []
-    fused = mod._forward_small
-    monkeypatch.setattr(mod, "_forward_small", lambda *a: calls.append(1) or fused(*a))
+    fused, blas = mod._forward_small, mod._scipy_openblas()
+    monkeypatch.setattr(mod, "_forward_small", lambda *a: calls.append(blas[1]() if blas else 1) or fused(*a))
     return calls
 
 
@@ -58,15 +60,11 @@ def test_small_forward_in_training_and_where_a_layer_goes_parallel(monkeypatch):
     calls = _count_small_calls(mod, monkeypatch)
     monkeypatch.setattr(mod, "_rt_owned_threads", lambda: 0)  # the one-call path, not owned rows
     monkeypatch.setattr(mod, "_RT_PARTS_MIN_ROWS", 1 << 40)  # ... nor parts (test_parts.py)
-    blas = mod._scipy_openblas()
-    threads = []  # OpenBLAS's threads as each one-call forward pass starts
-    counted = mod._forward_small
-    monkeypatch.setattr(mod, "_forward_small", lambda *a: threads.append(blas[1]() if blas else 1) or counted(*a))
     one, per_layer = mod.Model(seed=3), mod.Model(seed=3)
     per_layer._fuse_small = False
     xs, ys = random_data(mod.Model, 32, np.random.default_rng(1))
     mod.Model(seed=3).train_on_batch(xs, ys)
-    assert threads == [1], threads
+    assert calls == [1], calls  # OpenBLAS's threads as the pass started
     for _ in range(3):
         mod._blas_one_thread(one.train_on_batch, xs, ys)
         mod._blas_one_thread(per_layer.train_on_batch, xs, ys)

@@ -2075,10 +2075,10 @@ def _rt_helper_tmp(pid):
 
 def _rt_remove_helper_tmp(marker, pid):
     """Remove what helper pid left half-written beside the marker."""
+    folder, suffix = os.path.dirname(marker), _rt_helper_tmp(pid)
     try:
-        folder = os.path.dirname(marker)
         for name in os.listdir(folder):
-            if name.endswith(_rt_helper_tmp(pid)):
+            if name.endswith(suffix):
                 os.unlink(os.path.join(folder, name))
     except OSError:
         pass
