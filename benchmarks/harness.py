@@ -1,6 +1,7 @@
 """What run.py and sweep.py share: the framework names they accept, the
 environment of their child processes (this one without the slow-BLAS
-overrides), one worker process (worker.py) run and its result read, the
+overrides), one worker process (worker.py) run and its result read, or one kept
+alive to time windows on request (Served), the
 rotating order of the frameworks, and the description of the machine and of
 the generated modules that goes with the results.
 
@@ -9,6 +10,7 @@ Used by the parent processes only: nothing here imports a framework.
 import json
 import os
 import platform
+import selectors
 import subprocess
 import sys
 import time
@@ -50,6 +52,69 @@ def run_worker(spec, env, timeout):
             return json.loads(line[len("BENCH-RESULT "):]), None, t_launch
     tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
     return None, f"exit {p.returncode}: " + " | ".join(tail)[-400:], t_launch
+
+
+class Served:
+    """A worker in mode "sweep-serve": started, then asked for windows of
+    timed steps (window), then stopped (stop), so several frameworks' processes
+    can take turns on the same point within seconds of each other. Every read
+    waits at most until `deadline` (time.time()); past it, or if the worker
+    dies, the call raises RuntimeError and the worker is killed."""
+
+    def __init__(self, spec, env, deadline, cmd=None):
+        self.deadline = deadline
+        self.p = subprocess.Popen(cmd or [sys.executable, WORKER, json.dumps(spec)], env=env,
+                                  cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.p.stdout, selectors.EVENT_READ)
+        self.buf = b""  # read with os.read: a buffered reader could hold a line select() cannot see
+
+    def _read(self, tag):
+        """The JSON after the next line that starts with `tag ` (other lines
+        are the framework's chatter)."""
+        want = (tag + " ").encode()
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                if line.startswith(want):
+                    return json.loads(line[len(want):])
+            left = self.deadline - time.time()
+            if left <= 0 or not self.sel.select(left):
+                self.kill()
+                raise RuntimeError(f"no {tag} before the deadline")
+            chunk = os.read(self.p.stdout.fileno(), 1 << 16)
+            if not chunk:
+                self.kill()
+                raise RuntimeError(f"exit {self.p.wait()} before {tag}")
+            self.buf += chunk
+
+    def ready(self):
+        return self._read("BENCH-READY")
+
+    def _send(self, ask):
+        try:
+            self.p.stdin.write(json.dumps(ask) + "\n")
+            self.p.stdin.flush()
+        except OSError as err:  # the worker died: its pipe is closed
+            self.kill()
+            raise RuntimeError(f"worker gone ({err})")
+
+    def window(self, **ask):
+        """One window of timed steps: ask = {"budget": s, "min_steps": n, ...}."""
+        self._send(ask)
+        return self._read("BENCH-WINDOW")
+
+    def stop(self):
+        self._send({"stop": True})
+        res = self._read("BENCH-RESULT")
+        self.p.wait()
+        return res
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
 
 
 def rotate(seq, k):

@@ -28,10 +28,14 @@ What it does:
   3. confirms the close points: a point whose gen / fastest anchor ratio
      lies within --confirm-band (default 0.8-1.25) after those rounds, where
      one round's noise on this kind of machine can flip the verdict, is
-     measured --confirm-rounds more times (default 2), by gen and by every
-     anchor within 2x of that point's fastest, in the same rotating order;
-     its figures are then medians over all its rounds, whichever way they
-     move the ratio;
+     measured again by gen and by every anchor within 2x of that point's
+     fastest, paired: one process per framework, all alive at once, each
+     built and warmed up, then taking turns, --confirm-rounds x 3 windows
+     each (default 2 x 3) of budget / 2 seconds (one untimed step, then
+     timed steps), 0.1 s apart, the first of each turn rotating; so every
+     framework is timed in the same seconds of the machine's state.  Its
+     figures are then medians over its first rounds and those windows,
+     whichever way they move the ratio;
   4. measures again where gen's step time looks steep in T: where it grows
      more than 1.2x linear between two lengths of a (units, batch), gen runs
      those lengths again, one after the other in one process, --linear-rounds
@@ -60,10 +64,10 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from frameworks import FRAMEWORK_ENV  # noqa: E402
-from harness import (EXTRA, FRAMEWORKS, child_env, log, machine_info,  # noqa: E402
+from harness import (EXTRA, FRAMEWORKS, Served, child_env, log, machine_info,  # noqa: E402
                      module_fingerprint, rotate, run_worker)
-from sweep_analysis import (LINEAR_CONFIRM_ABOVE, close_points, confirm_runs,  # noqa: E402
-                            linear_runs, linearity, steep_growth, summarise)
+from sweep_analysis import (LINEAR_CONFIRM_ABOVE, close_points, linear_runs,  # noqa: E402
+                            linearity, paired_runs, paired_windows, steep_growth, summarise)
 from sweep_report import markdown_tables, print_report  # noqa: E402
 from workloads import SWEEP_FEATURES, sweep_model_source  # noqa: E402
 
@@ -71,6 +75,12 @@ DEFAULT_FRAMEWORKS = ("gen", "keras-jax", "torch")
 SEQ_LENS = (25, 100, 400)
 UNITS = (32, 128, 512)
 BATCHES = (1, 32, 256)
+# the paired confirmation: windows a framework per confirmation round, each
+# half the budget; the pause before each window lets the process before it
+# wind down (threads that spin after their last work: torch's OpenMP pool,
+# XLA's)
+PAIRED_WINDOWS_PER_ROUND = 3
+PAIRED_GAP_S = 0.1
 
 PROFILES = {
     # budget: timed seconds per point per framework; steps: warm-up (untimed),
@@ -143,8 +153,10 @@ def main(argv=None):
     ap.add_argument("--min-steps", type=int, help="timed steps per point at least (default 3)")
     ap.add_argument("--rounds", type=int, help="rounds (default 1); medians over rounds")
     ap.add_argument("--confirm-rounds", type=int,
-                    help="extra rounds for the points whose ratio is within --confirm-band "
-                         "after --rounds (default 2; --quick 0; 0: none)")
+                    help="the points whose ratio is within --confirm-band after --rounds are "
+                         f"measured again, the frameworks alternating: {PAIRED_WINDOWS_PER_ROUND} "
+                         "windows of budget/2 s a framework per confirm round "
+                         "(default 2; --quick 0; 0: none)")
     ap.add_argument("--confirm-band", type=lambda v: tuple(float(x) for x in v.split(",")),
                     help="LO,HI: the ratios a point is confirmed at (default 0.8,1.25)")
     ap.add_argument("--linear-rounds", type=int,
@@ -163,6 +175,7 @@ def main(argv=None):
         if getattr(a, k) is not None:
             prof[k] = getattr(a, k)
     prof["max_timed_s"] = 10 * prof["budget"]
+    prof["confirm_windows"] = prof["confirm_rounds"] * PAIRED_WINDOWS_PER_ROUND
     if a.points:
         points = sorted(set(a.points))
     else:
@@ -197,8 +210,8 @@ def main(argv=None):
     for t, u, b in sorted(points, key=lambda p: (p[1], p[0], p[2])):
         groups.setdefault(u, []).append((t, u, b))
 
-    def spec(fw, pts):
-        s = {"mode": "sweep", "framework": fw, "model": "sweep", "features": SWEEP_FEATURES}
+    def spec(fw, pts, mode="sweep"):
+        s = {"mode": mode, "framework": fw, "model": "sweep", "features": SWEEP_FEATURES}
         s.update({k: prof[k] for k in ("budget", "warmup_steps", "min_steps", "max_steps",
                                        "max_timed_s")})
         s["points"] = []
@@ -250,14 +263,48 @@ def main(argv=None):
 
     for r in range(prof["rounds"]):
         run_round(r + 1, {u: [(fw, pts) for fw in fws] for u, pts in groups.items()})
+    def run_paired(pt, pfws):
+        """The paired confirmation of one point: a process per framework,
+        all alive at once, their windows of timed steps alternating
+        (paired_windows); each window's median step time into values, once
+        all ran (on an error the first rounds' figures stand)."""
+        served, got, t0 = {}, {f: [] for f in pfws}, time.perf_counter()
+        key = "x".join(map(str, pt))
+        try:
+            for fw in pfws:
+                served[fw] = Served(spec(fw, [pt], mode="sweep-serve"), env_for(fw),
+                                    time.time() + a.timeout)
+            for fw in pfws:
+                served[fw].ready()
+            for fw in paired_windows(pfws, prof["confirm_windows"]):
+                time.sleep(PAIRED_GAP_S)
+                m = served[fw].window(budget=prof["budget"] / 2, min_steps=1, warmup_steps=1)
+                got[fw].append(m["step_s"])
+            for fw in pfws:
+                res = served.pop(fw).stop()
+                res.update(framework=fw, round="paired", point=list(pt))
+                raw.append(res)
+                loads.append(tuple(res["loadavg"]))
+            for fw in pfws:
+                values.setdefault(pt + (fw,), []).extend(got[fw])
+        except RuntimeError as err:
+            errors.append(f"paired {key}: {err}")
+            log(f"  paired {key} ERROR {err}")
+        finally:
+            for sv in served.values():
+                sv.kill()
+        log(f"  paired {key:<12} {time.perf_counter() - t0:6.1f}s  "
+            + "  ".join(f"{fw} " + ",".join(f"{v * 1e3:.3g}" for v in got[fw]) + " ms"
+                        for fw in pfws)
+            + f"  [{(time.time() - t_run) / 60:.1f} min]")
+
     confirmed = close_points(summarise(points, fws, values), prof["confirm_band"])
     if confirmed and prof["confirm_rounds"] > 0:
         log(f"  confirming {len(confirmed)} close point(s) (gen/fastest within "
-            f"{prof['confirm_band'][0]:g}-{prof['confirm_band'][1]:g}): "
-            + ", ".join(f"{t}x{u}x{b}" for t, u, b, _ in confirmed))
-        todo = confirm_runs(confirmed, fws)
-        for r in range(prof["confirm_rounds"]):
-            run_round(f"c{r + 1}", todo)
+            f"{prof['confirm_band'][0]:g}-{prof['confirm_band'][1]:g}), the frameworks "
+            f"alternating: " + ", ".join(f"{t}x{u}x{b}" for t, u, b, _ in confirmed))
+        for pt, pfws in paired_runs(confirmed, fws):
+            run_paired(pt, pfws)
 
     table = summarise(points, fws, values)
     again = steep_growth(linearity(points, fws, values), LINEAR_CONFIRM_ABOVE)

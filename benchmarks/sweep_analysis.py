@@ -4,10 +4,12 @@ anchor; per (units, batch), how the step time grows with T; and which points
 are measured again (ratios close to 1, steep growth), in which processes."""
 import statistics
 
+from harness import rotate
+
 # gen's step-time ratio between two sequence lengths, divided by the length
 # ratio: 1.0 is linear; the issue's 4x steps give 3.0-5.5 for "linear"
 LINEAR_BAND = (0.75, 1.375)
-# a close point's extra rounds also run every anchor within this factor of
+# a close point's confirmation also runs every anchor within this factor of
 # its fastest (one far behind cannot become the fastest; torch's T 400 steps
 # at 512 units take over a minute each)
 CONFIRM_ANCHORS_WITHIN = 2.0
@@ -46,20 +48,24 @@ def close_points(table, band):
             if r["ratio"] is not None and lo <= r["ratio"] <= hi]
 
 
-def confirm_runs(confirmed, fws):
-    """What a confirmation round runs, {units: [(framework, points)]}: every
-    close point by gen and by each anchor within CONFIRM_ANCHORS_WITHIN of
-    that point's fastest."""
-    todo = {}
-    for fw in fws:
-        for t, u, b, rates in sorted(confirmed, key=lambda c: (c[1], c[0], c[2])):
-            best = max(v for f, v in rates.items() if not f.startswith("gen"))
-            if fw.startswith("gen") or rates.get(fw, 0.0) * CONFIRM_ANCHORS_WITHIN >= best:
-                runs = todo.setdefault(u, [])
-                if not runs or runs[-1][0] != fw:
-                    runs.append((fw, []))
-                runs[-1][1].append((t, u, b))
-    return todo
+def paired_runs(confirmed, fws):
+    """What the paired confirmation measures, [((T, units, batch),
+    [framework, ...])]: every close point, by gen and by each anchor within
+    CONFIRM_ANCHORS_WITHIN of that point's fastest, in the order of fws."""
+    runs = []
+    for t, u, b, rates in sorted(confirmed, key=lambda c: (c[1], c[0], c[2])):
+        best = max(v for f, v in rates.items() if not f.startswith("gen"))
+        runs.append(((t, u, b), [f for f in fws if f.startswith("gen")
+                                 or rates.get(f, 0.0) * CONFIRM_ANCHORS_WITHIN >= best]))
+    return runs
+
+
+def paired_windows(fws, windows):
+    """The order of the windows of a paired confirmation: `windows` turns,
+    each framework once a turn, the first of each turn rotating, so that none
+    always runs just after another (what a process leaves in the caches, or
+    its threads winding down, falls on each in turn)."""
+    return [f for w in range(windows) for f in rotate(fws, w)]
 
 
 def _linear_label(norm):

@@ -103,7 +103,8 @@ def print_report(out):
     if out.get("confirmed"):
         lo, hi = prof["confirm_band"]
         print(f"Confirmed (gen/fastest within {lo:g}-{hi:g} after the first round(s), then "
-              f"{prof['confirm_rounds']} more round(s); medians over all): "
+              f"{prof['confirm_windows']} windows a framework, the frameworks alternating; "
+              f"medians over all): "
               + ", ".join(f"{t}x{u}x{b}" for t, u, b in out["confirmed"]))
     _print_table(*point_rows(out))
     verdicts = [r["verdict"] for r in out["table"] if r["verdict"]]

@@ -2,8 +2,9 @@
 
     python benchmarks/worker.py '<json spec>'
 
-The spec names the mode ("steady", "startup", "kernels" or "sweep"), the
-framework, the model and the time budgets.  The result is printed as one line
+The spec names the mode ("steady", "startup", "kernels", "sweep" or
+"sweep-serve", which also reads stdin), the framework, the model and the time
+budgets.  The result is printed as one line
 `BENCH-RESULT <json>` (anything else on stdout/stderr is the frameworks' own
 chatter).  Nothing here is timed against a threshold: it only measures.
 """
@@ -154,20 +155,22 @@ def run_steady(spec):
 
 # -------------------------------------------------------------------- sweep
 
-def _train_step_times(r, xs, ys, spec):
-    """Wall times of single training steps (train_on_batch-like, optimizer
-    update included, loss back on the host) on one fixed batch.
-
-    `warmup_steps` untimed steps first: the first one compiles (numba for gen,
-    XLA for keras-jax) or allocates; then timed steps until `budget` seconds
-    are spent and at least `min_steps` were taken (at most `max_steps`).  A
-    point so slow that `max_timed_s` pass before `min_steps` stops early, with
-    at least one timed step, so one slow point cannot stall the whole sweep."""
+def _warm_steps(r, xs, ys, spec):
+    """`warmup_steps` untimed training steps (the first compiles: numba for
+    gen, XLA for keras-jax, or allocates): their wall times."""
     warm = []
     for _ in range(spec["warmup_steps"]):
         t = time.perf_counter()
         r.train_step(xs, ys)
         warm.append(time.perf_counter() - t)
+    return warm
+
+
+def _timed_steps(r, xs, ys, spec):
+    """Timed training steps until `budget` seconds are spent and at least
+    `min_steps` were taken (at most `max_steps`). A point so slow that
+    `max_timed_s` pass before `min_steps` stops early, with at least one
+    timed step, so one slow point cannot stall the whole sweep."""
     times = []
     start = time.perf_counter()
     while True:
@@ -182,7 +185,15 @@ def _train_step_times(r, xs, ys, spec):
         if spent >= spec["max_timed_s"]:
             break
     return {"step_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "steps": len(times), "warmup_s": warm, "timed_s": sum(times)}
+            "steps": len(times), "timed_s": sum(times)}
+
+
+def _train_step_times(r, xs, ys, spec):
+    """Wall times of single training steps (train_on_batch-like, optimizer
+    update included, loss back on the host) on one fixed batch: warm-up
+    steps, then timed ones (_warm_steps, _timed_steps)."""
+    warm = _warm_steps(r, xs, ys, spec)
+    return dict(_timed_steps(r, xs, ys, spec), warmup_s=warm)
 
 
 def run_sweep(spec):
@@ -223,6 +234,37 @@ def run_sweep(spec):
     emit(res)
 
 
+def run_sweep_serve(spec):
+    """One point of the sweep, timed in windows the parent asks for (sweep.py's
+    paired confirmation: every framework's process alive at once, their
+    windows alternating). Builds the model and runs its warm-up steps, prints
+    `BENCH-READY`, then for each line on stdin, {"budget": s, "min_steps": n,
+    "warmup_steps": k}, runs k untimed steps (the first steps after the
+    process idled: caches and threads cold), times steps as _timed_steps does
+    and prints `BENCH-WINDOW <json>`; on
+    {"stop": true} or the end of stdin, `BENCH-RESULT` as run_sweep does."""
+    from frameworks import RUNNERS, blas_info
+    from workloads import make_data
+    fw, pt = spec["framework"], spec["points"][0]
+    pspec = dict(spec, **pt)
+    xs, ys = make_data("sweep", pt["batch"], seed=1, spec=pspec)
+    r = RUNNERS[fw]("sweep", pspec)
+    warm = _warm_steps(r, xs, ys, pspec)
+    print("BENCH-READY " + json.dumps({"warmup_s": warm}), flush=True)
+    windows = []
+    for line in sys.stdin:
+        ask = json.loads(line)
+        if ask.get("stop"):
+            break
+        wspec = dict(pspec, **ask)
+        warm_w = _warm_steps(r, xs, ys, wspec)
+        m = dict(_timed_steps(r, xs, ys, wspec), warmup_s=warm_w)
+        windows.append(m)
+        print("BENCH-WINDOW " + json.dumps(m), flush=True)
+    emit({"windows": windows, "warmup_s": warm, "info": r.info(), "blas": blas_info(),
+          "peak_rss_mb": peak_rss_mb(), "loadavg": os.getloadavg()})
+
+
 def main():
     spec = json.loads(sys.argv[1])
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -233,6 +275,8 @@ def main():
         run_steady(spec)
     elif mode == "sweep":
         run_sweep(spec)
+    elif mode == "sweep-serve":
+        run_sweep_serve(spec)
     elif mode == "kernels":
         import kernels
         emit(kernels.breakdown(spec))

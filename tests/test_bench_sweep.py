@@ -26,17 +26,75 @@ def test_close_points_are_those_within_the_band_either_side():
     assert sweep_analysis.close_points(t, (0.9, 1.0)) == []
 
 
-def test_a_confirmation_round_runs_gen_and_the_anchors_near_the_fastest():
+def test_a_confirmation_pairs_gen_with_the_anchors_near_the_fastest():
     """An anchor more than CONFIRM_ANCHORS_WITHIN behind a point's fastest
     is not measured again there (torch's T 400 steps at 512 units)."""
     t = table({(25, 512, 32): (0.036, 0.056, 0.0316),      # keras-jax 1.77x behind torch: kept
                (400, 512, 256): (4.3, 5.07, 77.0),         # torch 15x behind keras-jax: dropped
                (25, 32, 256): (0.0052, 0.0088, 0.0064)})   # 1.21x, the only 32-unit one
-    todo = sweep_analysis.confirm_runs(sweep_analysis.close_points(t, (0.8, 1.25)), FWS)
-    assert todo == {32: [("gen", [(25, 32, 256)]), ("keras-jax", [(25, 32, 256)]), ("torch", [(25, 32, 256)])],
-                    512: [("gen", [(25, 512, 32), (400, 512, 256)]),
-                          ("keras-jax", [(25, 512, 32), (400, 512, 256)]),
-                          ("torch", [(25, 512, 32)])]}
+    runs = sweep_analysis.paired_runs(sweep_analysis.close_points(t, (0.8, 1.25)), FWS)
+    assert runs == [((25, 32, 256), FWS), ((25, 512, 32), FWS), ((400, 512, 256), ["gen", "keras-jax"])]
+
+
+def test_paired_windows_take_turns_and_rotate_who_goes_first():
+    assert sweep_analysis.paired_windows(FWS, 4) == ["gen", "keras-jax", "torch", "keras-jax", "torch", "gen",
+                                                    "torch", "gen", "keras-jax", "gen", "keras-jax", "torch"]
+    assert sweep_analysis.paired_windows(["gen", "torch"], 0) == []
+
+
+# A stand-in for worker.py's "sweep-serve" mode: chatter on stdout, then the
+# protocol's lines; a window whose budget is negative makes it exit.
+STUB = """
+import json, sys
+print("framework chatter", flush=True)
+print("BENCH-READY " + json.dumps({"warmup_s": [0.5]}), flush=True)
+n = 0
+for line in sys.stdin:
+    ask = json.loads(line)
+    if ask.get("stop"):
+        break
+    if ask["budget"] < 0:
+        sys.exit(3)
+    n += 1
+    sys.stdout.write("more chatter\\nBENCH-WINDOW " + json.dumps({"step_s": ask["budget"] * n}) + "\\n")
+    sys.stdout.flush()
+if ask.get("hang"):
+    import time; time.sleep(60)
+print("BENCH-RESULT " + json.dumps({"windows": n}), flush=True)
+"""
+
+
+def served(deadline_s=30):
+    import time
+    import harness
+    return harness.Served({}, None, time.time() + deadline_s, cmd=[sys.executable, "-c", STUB])
+
+
+def test_a_served_worker_answers_each_window_past_its_chatter():
+    """Two lines in one read (chatter and the window's) are both seen."""
+    sv = served()
+    assert sv.ready() == {"warmup_s": [0.5]}
+    assert sv.window(budget=0.25, min_steps=1) == {"step_s": 0.25}
+    assert sv.window(budget=0.25, min_steps=1) == {"step_s": 0.5}
+    assert sv.stop() == {"windows": 2}
+    assert sv.p.returncode == 0
+
+
+def test_a_served_worker_that_dies_or_stalls_raises_and_is_gone():
+    import pytest
+    sv = served()
+    sv.ready()
+    with pytest.raises(RuntimeError, match="exit 3 before BENCH-WINDOW"):
+        sv.window(budget=-1)
+    assert sv.p.poll() == 3
+    with pytest.raises(RuntimeError, match="worker gone"):
+        sv.window(budget=0.25)
+    sv = served(deadline_s=3)
+    sv.ready()
+    sv._send({"stop": True, "hang": True})
+    with pytest.raises(RuntimeError, match="no BENCH-RESULT before the deadline"):
+        sv._read("BENCH-RESULT")
+    assert sv.p.poll() is not None
 
 
 def growth(steps, again=None):
