@@ -1,7 +1,7 @@
 """Scaling sweep of issue 5: gen vs Keras 3 on JAX and PyTorch eager over
 sequence length x LSTM units x batch size.
 
-    python benchmarks/sweep.py                  # 27 points x 3 frameworks, close ones again: ~13-20 min on 2 cores
+    python benchmarks/sweep.py                  # 27 points x 3 frameworks, close ones again: ~7-20 min on 2 cores
     python benchmarks/sweep.py --quick          # 8 points, tiny budget: a smoke test, ~1.5-2 min
     python benchmarks/sweep.py --units 512 --batches 32,256 --budget 3
     python benchmarks/sweep.py --points 400x512x256,25x32x1 --rounds 3
