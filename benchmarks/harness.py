@@ -13,6 +13,7 @@ import platform
 import selectors
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,13 +60,15 @@ class Served:
     timed steps (window), then stopped (stop), so several frameworks' processes
     can take turns on the same point within seconds of each other. Every read
     waits at most until `deadline` (time.time()); past it, or if the worker
-    dies, the call raises RuntimeError and the worker is killed."""
+    dies, the call raises RuntimeError (with the end of the worker's stderr)
+    and the worker is killed."""
 
     def __init__(self, spec, env, deadline, cmd=None):
         self.deadline = deadline
+        self.err = tempfile.TemporaryFile("w+")  # a file: a pipe nobody reads could fill
         self.p = subprocess.Popen(cmd or [sys.executable, WORKER, json.dumps(spec)], env=env,
                                   cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
+                                  stderr=self.err, text=True)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.p.stdout, selectors.EVENT_READ)
         self.buf = b""  # read with os.read: a buffered reader could hold a line select() cannot see
@@ -81,13 +84,17 @@ class Served:
                     return json.loads(line[len(want):])
             left = self.deadline - time.time()
             if left <= 0 or not self.sel.select(left):
-                self.kill()
-                raise RuntimeError(f"no {tag} before the deadline")
+                self._fail(f"no {tag} before the deadline")
             chunk = os.read(self.p.stdout.fileno(), 1 << 16)
             if not chunk:
-                self.kill()
-                raise RuntimeError(f"exit {self.p.wait()} before {tag}")
+                self._fail(f"exit {self.p.wait()} before {tag}")
             self.buf += chunk
+
+    def _fail(self, what):
+        self.kill()
+        self.err.seek(0)
+        tail = self.err.read().strip().splitlines()[-3:]
+        raise RuntimeError(what + (": " + " | ".join(tail)[-400:] if tail else ""))
 
     def ready(self):
         return self._read("BENCH-READY")
@@ -97,8 +104,7 @@ class Served:
             self.p.stdin.write(json.dumps(ask) + "\n")
             self.p.stdin.flush()
         except OSError as err:  # the worker died: its pipe is closed
-            self.kill()
-            raise RuntimeError(f"worker gone ({err})")
+            self._fail(f"worker gone ({err})")
 
     def window(self, **ask):
         """One window of timed steps: ask = {"budget": s, "min_steps": n, ...}."""
@@ -109,6 +115,7 @@ class Served:
         self._send({"stop": True})
         res = self._read("BENCH-RESULT")
         self.p.wait()
+        self.err.close()
         return res
 
     def kill(self):

@@ -261,8 +261,6 @@ def main(argv=None):
                     f"[{(time.time() - t_run) / 60:.1f} min]")
             turn[0] += 1
 
-    for r in range(prof["rounds"]):
-        run_round(r + 1, {u: [(fw, pts) for fw in fws] for u, pts in groups.items()})
     def run_paired(pt, pfws):
         """The paired confirmation of one point: a process per framework,
         all alive at once, their windows of timed steps alternating
@@ -298,6 +296,8 @@ def main(argv=None):
                         for fw in pfws)
             + f"  [{(time.time() - t_run) / 60:.1f} min]")
 
+    for r in range(prof["rounds"]):
+        run_round(r + 1, {u: [(fw, pts) for fw in fws] for u, pts in groups.items()})
     confirmed = close_points(summarise(points, fws, values), prof["confirm_band"])
     if confirmed and prof["confirm_rounds"] > 0:
         log(f"  confirming {len(confirmed)} close point(s) (gen/fastest within "

@@ -241,8 +241,8 @@ def run_sweep_serve(spec):
     `BENCH-READY`, then for each line on stdin, {"budget": s, "min_steps": n,
     "warmup_steps": k}, runs k untimed steps (the first steps after the
     process idled: caches and threads cold), times steps as _timed_steps does
-    and prints `BENCH-WINDOW <json>`; on
-    {"stop": true} or the end of stdin, `BENCH-RESULT` as run_sweep does."""
+    and prints `BENCH-WINDOW <json>`; on {"stop": true} or the end of stdin,
+    `BENCH-RESULT` as run_sweep does."""
     from frameworks import RUNNERS, blas_info
     from workloads import make_data
     fw, pt = spec["framework"], spec["points"][0]

@@ -43,7 +43,7 @@ def test_paired_windows_take_turns_and_rotate_who_goes_first():
 
 
 # A stand-in for worker.py's "sweep-serve" mode: chatter on stdout, then the
-# protocol's lines; a window whose budget is negative makes it exit.
+# protocol's lines; a window whose budget is negative makes it exit with a message.
 STUB = """
 import json, sys
 print("framework chatter", flush=True)
@@ -54,7 +54,7 @@ for line in sys.stdin:
     if ask.get("stop"):
         break
     if ask["budget"] < 0:
-        sys.exit(3)
+        sys.exit("boom")
     n += 1
     sys.stdout.write("more chatter\\nBENCH-WINDOW " + json.dumps({"step_s": ask["budget"] * n}) + "\\n")
     sys.stdout.flush()
@@ -84,9 +84,9 @@ def test_a_served_worker_that_dies_or_stalls_raises_and_is_gone():
     import pytest
     sv = served()
     sv.ready()
-    with pytest.raises(RuntimeError, match="exit 3 before BENCH-WINDOW"):
+    with pytest.raises(RuntimeError, match="exit 1 before BENCH-WINDOW: boom"):
         sv.window(budget=-1)
-    assert sv.p.poll() == 3
+    assert sv.p.poll() == 1
     with pytest.raises(RuntimeError, match="worker gone"):
         sv.window(budget=0.25)
     sv = served(deadline_s=3)
