@@ -256,9 +256,7 @@ def run_sweep_serve(spec):
         ask = json.loads(line)
         if ask.get("stop"):
             break
-        wspec = dict(pspec, **ask)
-        warm_w = _warm_steps(r, xs, ys, wspec)
-        m = dict(_timed_steps(r, xs, ys, wspec), warmup_s=warm_w)
+        m = _train_step_times(r, xs, ys, dict(pspec, **ask))
         windows.append(m)
         print("BENCH-WINDOW " + json.dumps(m), flush=True)
     emit({"windows": windows, "warmup_s": warm, "info": r.info(), "blas": blas_info(),
